@@ -1,0 +1,43 @@
+# Build, test and run the TDPM-DIP book.  `make report` and `make test` are the two entry points.
+SHELL   := /bin/bash
+VENV    := .venv
+PY      := $(VENV)/bin/python
+JB      := $(VENV)/bin/jupyter-book
+STAMP   := $(VENV)/.installed
+# paper on a CUDA machine, cpu otherwise; override with `make report PROFILE=smoke|cpu|paper`.
+# Recursively expanded, so it is evaluated in the recipe, after the venv exists.
+PROFILE ?= $(if $(filter True,$(shell $(PY) -c "import torch;print(torch.cuda.is_available())" 2>/dev/null)),paper,cpu)
+
+.PHONY: venv test report book smoke bench clean
+
+venv: $(STAMP)
+
+# torch/torchvision come first, pinned with `===` so that a local `+cpu` torch wheel
+# (which torchvision and diffusers do not work with) can never satisfy the pin.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch===2.14.1" "torchvision===0.29.2"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+test: venv
+	$(PY) -m pytest -q tests
+
+report: venv
+	$(PY) scripts/run_notebooks.py --profile $(PROFILE) --out notebooks
+	$(MAKE) book
+
+book:
+	$(JB) build . -W
+	@echo "Book: $(CURDIR)/_build/html/index.html"
+
+# Executes every notebook into a scratch folder; notebooks/ is left untouched.
+smoke: venv
+	$(PY) scripts/run_notebooks.py --profile smoke --out $${SMOKE_DIR:-/tmp/tdpm-smoke}
+
+bench: venv
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf _build

@@ -1,0 +1,175 @@
+"""Profiles and the validated run configuration built from a notebook's flat papermill parameters.
+
+A notebook's ``parameters`` cell holds flat literals; ``Config.from_params(**params)`` checks every one
+of them before any work starts and fills the profile's defaults. A bad value raises one ``ValueError``
+that names the parameter, the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import models, schedules
+
+# What each profile runs. "paper" is the report's configuration (64x64, the 113.7 M DDPM, the 4-level DIP);
+# "cpu" is a reduced one that runs the whole book on 2 CPU cores; "smoke" only checks that cells run.
+PROFILES = {
+    "smoke": dict(resolution=16, ddpm_preset="tiny", dip_preset="tiny", dip_preset_small="tiny", max_images=48,
+                  train_steps=20, train_epochs=0, batch_size=8, warmup_steps=5, n_generate=8, n_denoise=3,
+                  dip_iterations=20, dip_iterations_long=40, n_chains=2, sample_batch=64),
+    "cpu": dict(resolution=32, ddpm_preset="ddpm-cpu", dip_preset="dip-cpu", dip_preset_small="dip-cpu-small",
+                max_images=None, train_steps=1500, train_epochs=0, batch_size=32, warmup_steps=100, n_generate=64,
+                n_denoise=8, dip_iterations=100, dip_iterations_long=500, n_chains=4, sample_batch=64),
+    "paper": dict(resolution=64, ddpm_preset="ddpm-paper", dip_preset="dip-paper", dip_preset_small="dip-cpu",
+                  max_images=None, train_steps=0, train_epochs=100, batch_size=32, warmup_steps=500,
+                  n_generate=1000, n_denoise=50, dip_iterations=100, dip_iterations_long=1000, n_chains=8,
+                  sample_batch=500),
+}
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _fail(name, value, allowed):
+    raise ValueError(f"{name}={value!r} is not allowed; {allowed}")
+
+
+def check_int(name, value, *, low=None, high=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(name, value, f"use an integer{'' if low is None else f' >= {low}'}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        _fail(name, value, f"use an integer in {low}..{high}" if high is not None else f"use an integer >= {low}")
+    return value
+
+
+def check_float(name, value, *, low=None, high=None, open_low=True):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(name, value, "use a finite number")
+    if low is not None and (value <= low if open_low else value < low):
+        _fail(name, value, f"use a number {'>' if open_low else '>='} {low}")
+    if high is not None and value >= high:
+        _fail(name, value, f"use a number < {high}")
+    return float(value)
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        _fail(name, value, f"use one of {list(choices)}")
+    return value
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when present; 'cuda' on a machine without CUDA is refused."""
+    check_choice("device", device, DEVICES)
+    if device == "cuda" and not torch.cuda.is_available():
+        _fail("device", device, "CUDA is not available on this machine; use 'auto' or 'cpu'")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+@dataclass
+class Config:
+    """The validated configuration of one notebook run. ``extra`` holds notebook-specific parameters."""
+
+    profile: str = "cpu"
+    data_source: str = ""
+    seed: int = 0
+    device: str = "auto"
+    results_dir: str = "../results"
+    run_name: str = ""
+    schedule: str = "linear"
+    resolution: int = 32
+    ddpm_preset: str = "ddpm-cpu"
+    dip_preset: str = "dip-cpu"
+    dip_preset_small: str = "dip-cpu-small"
+    max_images: int | None = None
+    train_steps: int = 0
+    train_epochs: int = 0
+    batch_size: int = 32
+    warmup_steps: int = 100
+    n_generate: int = 64
+    n_denoise: int = 8
+    dip_iterations: int = 100
+    dip_iterations_long: int = 500
+    n_chains: int = 4
+    sample_batch: int = 64
+    dip_lr: float = 1e-3
+    held_out: float = 0.1
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, *, profile: str, notebook: str, extra_checks: dict | None = None, **params) -> "Config":
+        """Validate flat parameters. Profile defaults apply where a parameter is None or absent.
+
+        ``extra_checks`` maps a notebook-specific parameter to a function ``f(name, value) -> value``.
+        """
+        check_choice("profile", profile, list(PROFILES))
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "profile"}
+        extra_checks = extra_checks or {}
+        unknown = set(params) - known - set(extra_checks)
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {sorted(unknown)}; allowed: {sorted(known | set(extra_checks))}")
+        values = dict(PROFILES[profile])
+        values.update({k: v for k, v in params.items() if k in known and v is not None})
+        cfg = cls(profile=profile, **values)
+        cfg.extra = {k: extra_checks[k](k, v) for k, v in params.items() if k in extra_checks}
+        cfg.run_name = cfg.run_name or notebook
+        cfg._validate()
+        return cfg
+
+    def _validate(self):
+        if not isinstance(self.data_source, str):
+            _fail("data_source", self.data_source, "use a string: a path or a hub dataset id ('' = TDPM_DATA or the hub)")
+        if self.data_source and ("/" in self.data_source or self.data_source.endswith((".parquet", ".npz"))):
+            p = Path(self.data_source)
+            looks_local = p.suffix in (".parquet", ".npz") or self.data_source.startswith((".", "/"))
+            if looks_local and not p.exists():
+                _fail("data_source", self.data_source, "the path does not exist; give an existing parquet, folder or .npz")
+        check_int("seed", self.seed, low=0)
+        resolve_device(self.device)
+        schedules.check_schedule(self.schedule)
+        for name in ("ddpm_preset", "dip_preset", "dip_preset_small"):
+            check_choice(name, getattr(self, name), list(models.PRESETS))
+            models.check_resolution(getattr(self, name), self.resolution)
+        if self.max_images is not None:
+            check_int("max_images", self.max_images, low=2)
+        check_int("train_steps", self.train_steps, low=0)
+        check_int("train_epochs", self.train_epochs, low=0)
+        if (self.train_steps > 0) == (self.train_epochs > 0):
+            _fail("train_steps", self.train_steps, f"set exactly one of train_steps and train_epochs (got epochs={self.train_epochs!r})")
+        for name in ("batch_size", "n_generate", "n_denoise", "dip_iterations", "dip_iterations_long", "n_chains", "sample_batch"):
+            check_int(name, getattr(self, name), low=1)
+        check_int("warmup_steps", self.warmup_steps, low=0)
+        check_float("dip_lr", self.dip_lr, low=0, high=1)
+        check_float("held_out", self.held_out, low=0, high=1)
+        if not isinstance(self.results_dir, str) or not self.results_dir:
+            _fail("results_dir", self.results_dir, "use a non-empty path string")
+        if not isinstance(self.run_name, str) or any(c in self.run_name for c in "/\\"):
+            _fail("run_name", self.run_name, "use a plain folder name")
+
+    @property
+    def torch_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A CPU generator seeded from the run's seed (CPU generators give identical draws on every device)."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + offset)
+
+    def out_dir(self) -> Path:
+        d = Path(self.results_dir) / self.profile / self.run_name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def model_dir(self, schedule: str | None = None) -> Path:
+        """Where the trained DDPM of a schedule lives, shared by all notebooks of the profile."""
+        return Path(self.results_dir) / self.profile / "models" / f"ddpm-{schedule or self.schedule}"
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(d.pop("extra"))
+        return d

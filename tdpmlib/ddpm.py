@@ -1,0 +1,278 @@
+"""DDPM training (Algorithm 1) and sampling: ancestral, DDIM, and the truncated reverse chain from any level.
+
+Training is epsilon-prediction MSE (Ho et al. 2020, Eq. 14) with AdamW, a cosine LR schedule with warm-up,
+gradient clipping and an EMA of the weights (diffusers' ``EMAModel``). It checkpoints atomically and
+resumes exactly: the data order is a pure function of (seed, epoch) and every other random draw comes
+from one ``torch.Generator`` whose state is in the checkpoint, so on the CPU an interrupted and resumed
+run ends with bitwise the same weights as an uninterrupted one.
+
+Levels follow ``tdpmlib.schedules``: level t in 0..T, and level t is diffusers timestep t - 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DModel
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from . import data, results, schedules
+
+# --- the fast path ----------------------------------------------------------------------------------------
+
+FAST_DEFAULT = True  # bf16 autocast + channels_last on CUDA; set False (or pass fast=False) to check in fp32
+
+
+def use_fast(device, fast=None) -> bool:
+    return torch.device(device).type == "cuda" and (FAST_DEFAULT if fast is None else fast)
+
+
+def autocast(device, fast=None):
+    """bf16 autocast on CUDA when the fast path is on; a no-op elsewhere."""
+    device = torch.device(device)
+    if use_fast(device, fast):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare(unet, device, fast=None):
+    """Move a network to ``device`` (channels_last on the fast path) and return it."""
+    unet = unet.to(device)
+    if use_fast(device, fast):
+        unet = unet.to(memory_format=torch.channels_last)
+    return unet
+
+
+def predict_eps(unet, x: torch.Tensor, level: int, *, fast=None) -> torch.Tensor:
+    """The network's noise prediction for a batch at one level (diffusers timestep level - 1)."""
+    ts = torch.full((x.shape[0],), level - 1, device=x.device, dtype=torch.long)
+    with autocast(x.device, fast):
+        return unet(x, ts).sample.float()
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+def train_ddpm(
+    unet: UNet2DModel,
+    images: torch.Tensor,
+    scheduler,
+    *,
+    out_dir,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int = 32,
+    lr: float = 1e-4,
+    betas: tuple[float, float] = (0.95, 0.999),  # the report's AdamW settings (diffusers' DDPM example)
+    weight_decay: float = 1e-6,
+    warmup_steps: int = 500,
+    grad_clip: float = 1.0,
+    ema_decay: float = 0.999,
+    checkpoint_every: int = 500,
+    hflip: bool = True,
+    seed: int = 0,
+    device="cpu",
+    fast: bool | None = None,
+    callback=None,
+    callback_every: int = 0,
+    progress: bool = True,
+    config: dict | None = None,
+) -> dict:
+    """Train ``unet`` in place; resume from ``out_dir/checkpoint.pt`` when it exists.
+
+    Exactly one of ``steps`` and ``epochs`` limits training. ``callback(step, ema_unet)`` runs every
+    ``callback_every`` steps with the EMA weights swapped in (for sample grids). Returns a dict with the
+    EMA network (``ema_unet``), the loss log (DataFrame), and the wall-clock seconds of this call.
+    The EMA network is saved with ``save_pretrained`` to ``out_dir/unet_ema``.
+    """
+    if (steps is None) == (epochs is None):
+        raise ValueError(f"give exactly one of steps={steps!r} and epochs={epochs!r}")
+    for name, v in dict(steps=steps, epochs=epochs).items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name}={v!r} is not allowed; use a positive integer")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is not allowed; use a positive integer")
+    if len(images) == 0:
+        raise ValueError("images is empty; training needs at least one image")
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = len(images)
+    per_epoch = math.ceil(n / batch_size)
+    total = steps if steps is not None else epochs * per_epoch
+    config = dict(config or {}, total_steps=total, batch_size=batch_size, lr=lr, betas=list(betas),
+                  weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip,
+                  ema_decay=ema_decay, hflip=hflip, seed=seed, n_images=n)
+
+    unet = prepare(unet, device, fast).train()
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    lr_sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=min(warmup_steps, total), num_training_steps=total)
+    ema = EMAModel(unet.parameters(), decay=ema_decay)
+    gen = torch.Generator().manual_seed(seed)
+    log: list[dict] = []
+    step = 0
+
+    ckpt_path = out_dir / "checkpoint.pt"
+    if ckpt_path.exists():
+        state = results.load_checkpoint(ckpt_path, expected_config=config)
+        unet.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["lr_scheduler"])
+        ema.load_state_dict(state["ema"])
+        ema.to(device)
+        gen.set_state(state["rng"]["train"])
+        torch.set_rng_state(state["rng"]["torch"])
+        log = [dict(zip(state["log_columns"], row)) for row in state["log"]]
+        step = state["step"]
+
+    def checkpoint():
+        cols = ["step", "epoch", "loss", "lr", "seconds"]
+        results.save_checkpoint(ckpt_path, dict(
+            model=unet.state_dict(), optimizer=opt.state_dict(), lr_scheduler=lr_sched.state_dict(),
+            ema=ema.state_dict(), step=step, config=config,
+            rng=dict(train=gen.get_state(), torch=torch.get_rng_state()),
+            log_columns=cols, log=[[row[c] for c in cols] for row in log]))
+        results.write_csv(out_dir / "loss.csv", pd.DataFrame(log, columns=cols))
+
+    t_start = time.perf_counter()
+    elapsed0 = log[-1]["seconds"] if log else 0.0
+    bar = tqdm(total=total, initial=step, disable=not progress, mininterval=10, desc="train")
+    while step < total:
+        epoch, i = divmod(step, per_epoch)
+        idx = data.batches(n, batch_size, seed=seed, epoch=epoch)[i]
+        x0 = images[idx]
+        if hflip:
+            x0 = data.random_hflip(x0, gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
+        x0, noise, t = x0.to(device), noise.to(device), t.to(device)
+        x_t = scheduler.add_noise(x0, noise, t)
+        with autocast(device, fast):
+            pred = unet(x_t, t).sample
+        loss = F.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), grad_clip)
+        opt.step()
+        lr_sched.step()
+        ema.step(unet.parameters())
+        step += 1
+        log.append(dict(step=step, epoch=epoch, loss=loss.item(), lr=lr_sched.get_last_lr()[0],
+                        seconds=elapsed0 + time.perf_counter() - t_start))
+        bar.update(1)
+        if callback is not None and callback_every and (step % callback_every == 0 or step == total):
+            with ema_weights(ema, unet):
+                callback(step, unet)
+        if step % checkpoint_every == 0 or step == total:
+            checkpoint()
+    bar.close()
+
+    ema_unet = save_ema(unet, ema, out_dir / "unet_ema")
+    return dict(ema_unet=ema_unet, log=pd.DataFrame(log), seconds=time.perf_counter() - t_start, steps=total)
+
+
+@contextlib.contextmanager
+def ema_weights(ema: EMAModel, unet):
+    """Temporarily swap the EMA weights into ``unet`` (eval mode), restoring the training weights after."""
+    ema.store(unet.parameters())
+    ema.copy_to(unet.parameters())
+    unet.eval()
+    try:
+        yield unet
+    finally:
+        ema.restore(unet.parameters())
+        unet.train()
+
+
+def save_ema(unet, ema: EMAModel, path) -> UNet2DModel:
+    """Write the EMA network with ``save_pretrained`` (safetensors) atomically and return it (eval mode)."""
+    path = Path(path)
+    ema_unet = UNet2DModel.from_config(unet.config)
+    ema_unet.load_state_dict(unet.state_dict())
+    ema.copy_to(ema_unet.parameters())
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ema_unet.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return ema_unet.eval()
+
+
+def load_unet(path, device="cpu") -> UNet2DModel:
+    """Load a network saved with ``save_pretrained``; a missing or damaged folder gives one clear error."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise ValueError(f"no saved network at {str(path)!r} (config.json missing); train it first")
+    try:
+        unet = UNet2DModel.from_pretrained(path, use_safetensors=True)
+    except Exception as e:
+        raise ValueError(f"saved network {str(path)!r} is corrupt or incomplete ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    return unet.to(device).eval()
+
+
+# --- sampling ---------------------------------------------------------------------------------------------
+
+def _ddim_levels(t: int, num_steps: int) -> list[int]:
+    """``num_steps`` + 1 evenly spaced integer levels from t down to 0 (duplicates removed)."""
+    levels = torch.linspace(t, 0, num_steps + 1).round().long().tolist()
+    return sorted(set(levels), reverse=True)
+
+
+@torch.no_grad()
+def reverse_chain(unet, scheduler, x_t: torch.Tensor, t: int, *, method: str = "ddpm", num_steps: int | None = None,
+                  generator: torch.Generator | None = None, fast: bool | None = None) -> torch.Tensor:
+    """Run the reverse process from level ``t`` to 0 on a batch ``x_t`` and return x_0.
+
+    ``method="ddpm"``: ancestral sampling, t network evaluations, each step ``scheduler.step(...)``
+    (posterior mean with 1/sqrt(alpha_t), noise sigma_t z; see ``schedules.posterior_step``).
+    ``method="ddim"``: deterministic DDIM over ``num_steps`` evenly spaced levels.
+    Noise is drawn from ``generator`` (a CPU generator gives the same draws on every device).
+    """
+    schedules.check_level("t", t, scheduler)
+    x = x_t
+    if method == "ddpm":
+        scheduler.set_timesteps(scheduler.config.num_train_timesteps)
+        for level in range(t, 0, -1):
+            eps = predict_eps(unet, x, level, fast=fast)
+            x = scheduler.step(eps, level - 1, x, generator=generator).prev_sample
+    elif method == "ddim":
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps={num_steps!r} is not allowed for DDIM; use a positive integer")
+        levels = _ddim_levels(t, num_steps)
+        for a, b in zip(levels[:-1], levels[1:]):
+            eps = predict_eps(unet, x, a, fast=fast)
+            x = schedules.ddim_step(x, eps, a, b, scheduler, clip=scheduler.config.clip_sample)
+    else:
+        raise ValueError(f"method={method!r} is not allowed; use 'ddpm' or 'ddim'")
+    return x
+
+
+def network_evaluations(t: int, *, method: str = "ddpm", num_steps: int | None = None) -> int:
+    """Network evaluations per image of ``reverse_chain`` from level t."""
+    return t if method == "ddpm" else len(_ddim_levels(t, num_steps)) - 1
+
+
+@torch.no_grad()
+def sample(unet, scheduler, *, n: int, resolution: int, generator: torch.Generator, device="cpu",
+           method: str = "ddpm", num_steps: int | None = None, batch_size: int = 64, fast: bool | None = None,
+           progress: bool = False) -> torch.Tensor:
+    """Generate ``n`` images from pure noise at level T, in batches; returns a CPU tensor in [-1, 1]."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r} is not allowed; use a positive integer")
+    T = scheduler.config.num_train_timesteps
+    out = []
+    for start in tqdm(range(0, n, batch_size), disable=not progress, desc=f"sample {method}"):
+        b = min(batch_size, n - start)
+        x_T = torch.randn((b, 3, resolution, resolution), generator=generator).to(device)
+        out.append(reverse_chain(unet, scheduler, x_T, T, method=method, num_steps=num_steps,
+                                 generator=generator, fast=fast).clamp(-1, 1).cpu())
+    return torch.cat(out)

@@ -1,0 +1,99 @@
+"""Notebook glue: validate parameters, show provenance, load the data split, train or load the DDPM, save results.
+
+Every notebook calls ``setup`` first and can run standalone: ``train_or_load`` reuses the DDPM that
+``01_ddpm_training`` saved for the same profile and schedule, and trains it (resuming any checkpoint) if
+it is missing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+
+import pandas as pd
+import torch
+
+from . import data, ddpm, models, results, schedules
+from .config import Config
+
+
+def setup(notebook: str, *, show: bool = True, **params) -> Config:
+    """Validate the parameters into a Config, seed torch, and print the provenance header."""
+    cfg = Config.from_params(notebook=notebook, **params)
+    torch.manual_seed(cfg.seed)
+    if show:
+        prov = results.provenance(cfg.profile, cfg.torch_device)
+        prov["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        prov["data"] = data.resolve_source(cfg.data_source or None)
+        _show_markdown("| run | |\n|---|---|\n" + "\n".join(f"| {k} | `{v}` |" for k, v in prov.items()))
+    return cfg
+
+
+def _show_markdown(text: str):
+    try:
+        from IPython.display import Markdown, display
+
+        display(Markdown(text))
+    except ImportError:  # plain Python
+        print(text)
+
+
+def load_split(cfg: Config):
+    """(train, held_out) images at the profile's resolution, split deterministically by the seed."""
+    images = data.load_images(cfg.data_source or None, resolution=cfg.resolution, max_images=cfg.max_images)
+    held = cfg.held_out if cfg.held_out < 1 else int(cfg.held_out)
+    return data.split(images, held_out=held, seed=cfg.seed)
+
+
+def train_config(cfg: Config, schedule: str, n_train: int) -> dict:
+    """The configuration that identifies a trained DDPM; a saved model with another one is not reused."""
+    return dict(schedule=schedule, preset=cfg.ddpm_preset, resolution=cfg.resolution, steps=cfg.train_steps,
+                epochs=cfg.train_epochs, batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, seed=cfg.seed,
+                n_train=n_train, data=data.resolve_source(cfg.data_source or None))
+
+
+def train_or_load(cfg: Config, train_images: torch.Tensor, *, schedule: str | None = None, callback=None,
+                  callback_every: int = 0, progress: bool = False):
+    """Return (ema_unet, scheduler, info) for a schedule, training (or resuming) when no matching model exists.
+
+    ``info`` holds the loss log, the training wall time and whether the model was loaded.
+    """
+    schedule = schedule or cfg.schedule
+    scheduler = schedules.make_scheduler(schedule)
+    mdir = cfg.model_dir(schedule)
+    tcfg = train_config(cfg, schedule, len(train_images))
+    done = mdir / "train_config.json"
+    if done.exists() and json.loads(done.read_text()) == tcfg and (mdir / "unet_ema" / "config.json").exists():
+        unet = ddpm.load_unet(mdir / "unet_ema", cfg.torch_device)
+        summary = results.read_json(mdir / "train_summary.json")
+        return unet, scheduler, dict(log=pd.read_csv(mdir / "loss.csv"), loaded=True, **summary)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        unet = models.make_unet(cfg.ddpm_preset, resolution=cfg.resolution)
+    out = ddpm.train_ddpm(
+        unet, train_images, scheduler, out_dir=mdir, steps=cfg.train_steps or None, epochs=cfg.train_epochs or None,
+        batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, seed=cfg.seed, device=cfg.torch_device,
+        callback=callback, callback_every=callback_every, progress=progress, config=tcfg)
+    log = out["log"]
+    summary = dict(train_seconds=float(log["seconds"].iloc[-1]), steps=out["steps"],
+                   parameters=models.count_parameters(out["ema_unet"]), device=str(cfg.torch_device),
+                   hardware=results.hardware(cfg.torch_device))
+    results.write_json(mdir / "train_summary.json", summary)
+    results.write_json(done, tcfg)  # written last: its presence marks a finished model
+    return out["ema_unet"].to(cfg.torch_device).eval(), scheduler, dict(log=log, loaded=False, **summary)
+
+
+def save_results(cfg: Config, table: pd.DataFrame, *, name: str = "results.csv", **extra) -> None:
+    """Write a results table with the run's config beside it. ``results.csv`` is written last: it marks
+    a finished run (the sweep CLI skips runs that have it)."""
+    out = cfg.out_dir()
+    results.write_json(out / "config.json", dict(cfg.to_dict(), **extra))
+    results.write_csv(out / name, table)
+
+
+def threads() -> int:
+    """Use every core for torch's CPU kernels (papermill kernels otherwise inherit a default)."""
+    n = os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n

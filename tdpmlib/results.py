@@ -1,0 +1,147 @@
+"""Results I/O: atomic writes, run folders with their config, checkpoints, and provenance.
+
+Every file is written to a temporary name in the same folder and renamed into place with
+``os.replace`` (atomic on POSIX), so a crash never leaves a truncated file that a later run would load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def _jsonable(obj):
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, (Path, torch.device)):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def write_json(path, obj) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, default=_jsonable, allow_nan=True) + "\n")
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def write_csv(path, df) -> Path:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def save_figure(fig, path, *, dpi: int = 110) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
+    return Path(path)
+
+
+def run_dir(results_dir, profile: str, name: str) -> Path:
+    """``<results_dir>/<profile>/<name>/``, created."""
+    d = Path(results_dir) / profile / name
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------
+
+def save_checkpoint(path, state: dict) -> Path:
+    """``torch.save`` a dict of tensors / plain Python values atomically (loadable with weights_only=True)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path, *, expected_config: dict | None = None) -> dict:
+    """Load a checkpoint with ``weights_only=True`` (nothing arbitrary is unpickled).
+
+    A corrupt or truncated file raises ``ValueError`` naming the file. If ``expected_config`` is given,
+    a checkpoint made with a different configuration is refused, listing the differing keys.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch raises RuntimeError / UnpicklingError / EOFError for damaged files
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt or truncated ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); delete it to start afresh") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {str(path)!r} does not hold a dict of named entries")
+    if expected_config is not None:
+        diff = config_diff(state.get("config", {}), expected_config)
+        if diff:
+            raise ValueError(f"checkpoint {str(path)!r} was made with a different configuration; "
+                             f"differing keys: {', '.join(diff)}")
+    return state
+
+
+def config_diff(a: dict, b: dict) -> list[str]:
+    """Keys whose values differ between two flat config dicts (missing counts as different)."""
+    return [f"{k} ({a.get(k, '<missing>')!r} != {b.get(k, '<missing>')!r})"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+# --- provenance ------------------------------------------------------------------------------------------
+
+def git_commit(cwd=None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd or Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hardware(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(device)}"
+    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def provenance(profile: str, device) -> dict:
+    import diffusers
+    import torchmetrics
+
+    return dict(profile=profile, hardware=hardware(device), device=str(device), git_commit=git_commit(),
+                python=platform.python_version(), torch=torch.__version__, diffusers=diffusers.__version__,
+                torchmetrics=torchmetrics.__version__)

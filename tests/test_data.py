@@ -1,0 +1,401 @@
+"""Tests for tdpmlib.data: sources, preprocessing, errors, split, augmentation and batch order.
+
+The loader is tested on the shared Pokémon parquet when it is present (``$TDPM_DATA`` if that names a
+parquet file, else ``<repo>/../shared/data/pokemon/train-128px.parquet``), and otherwise on a synthetic
+parquet with the same schema that the tests write themselves.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from tdpmlib import data
+
+SHARED_PARQUET = Path(__file__).resolve().parents[2] / "shared" / "data" / "pokemon" / "train-128px.parquet"
+SHARED_ROWS = 819
+
+
+def _shared_candidate() -> Path | None:
+    env = os.environ.get("TDPM_DATA", "")
+    path = Path(env) if env else SHARED_PARQUET
+    return path if path.is_file() and path.suffix == ".parquet" else None
+
+
+@pytest.fixture(scope="module")
+def parquet_source(tmp_path_factory):
+    """(path, expected row count or None): the shared Pokémon parquet, else a synthetic one."""
+    shared = _shared_candidate()
+    if shared is not None:
+        yield shared, (SHARED_ROWS if shared.name == SHARED_PARQUET.name else None)
+    else:
+        path = data.write_synthetic_parquet(tmp_path_factory.mktemp("synthetic") / "synthetic.parquet", n=24, size=48)
+        yield path, 24
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_parquet(path: Path, cells: list[bytes], names: list[str]) -> Path:
+    features = datasets.Features({"image": datasets.Image(), "name": datasets.Value("string")})
+    rows = {"image": [{"bytes": b, "path": None} for b in cells], "name": names}
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    return path
+
+
+RED = torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1)
+GREEN = torch.tensor([-1.0, 1.0, -1.0]).view(3, 1, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading the real (or synthetic) parquet
+# --------------------------------------------------------------------------------------------------
+
+
+def test_loads_parquet_shape_range_and_white_background(parquet_source):
+    path, expected_n = parquet_source
+    x = data.load_images(path, resolution=64)
+    assert x.dtype == torch.float32
+    assert x.shape[1:] == (3, 64, 64)
+    if expected_n is not None:
+        assert x.shape[0] == expected_n
+    assert x.min() >= -1.0 and x.max() <= 1.0
+    assert x.std() > 0.2  # real content, not a blank canvas
+    corners = torch.stack([x[:, :, 0, 0], x[:, :, 0, -1], x[:, :, -1, 0], x[:, :, -1, -1]], dim=1)
+    assert corners.mean() > 0.98
+    assert (corners.amin(dim=(1, 2)) > 0.9).float().mean() > 0.95
+
+
+def test_first_image_matches_a_direct_pil_pipeline(parquet_source):
+    path, _ = parquet_source
+    x = data.load_images(path, resolution=64, max_images=1)
+    assert x.shape == (1, 3, 64, 64)
+    cell = pq.read_table(path, columns=["image"]).column("image")[0].as_py()
+    img = Image.open(io.BytesIO(cell["bytes"])).convert("RGB")
+    side = min(img.size)
+    img = img.crop(((img.width - side) // 2, (img.height - side) // 2, (img.width + side) // 2, (img.height + side) // 2))
+    img = img.resize((64, 64), Image.Resampling.LANCZOS, reducing_gap=None)
+    expected = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1
+    torch.testing.assert_close(x[0], expected, atol=1e-6, rtol=0)
+
+
+def test_max_images_takes_the_first_rows(parquet_source):
+    path, _ = parquet_source
+    full = data.load_images(path, resolution=32)
+    head = data.load_images(path, resolution=32, max_images=5)
+    assert head.shape == (5, 3, 32, 32)
+    torch.testing.assert_close(head, full[:5], atol=0, rtol=0)
+    more = data.load_images(path, resolution=32, max_images=10**6)
+    assert more.shape[0] == full.shape[0]
+
+
+def test_results_are_copies_and_rewritten_files_are_reread(tmp_path):
+    path = data.write_synthetic_parquet(tmp_path / "s.parquet", n=4, size=32, seed=0)
+    first = data.load_images(path, resolution=16)
+    first.zero_()
+    again = data.load_images(path, resolution=16)
+    assert again.abs().sum() > 0  # mutating a result does not touch the memoised tensor
+    time.sleep(0.01)
+    data.write_synthetic_parquet(path, n=6, size=32, seed=1)
+    other = data.load_images(path, resolution=16)
+    assert other.shape[0] == 6
+
+
+def test_write_synthetic_parquet_has_the_shared_schema(tmp_path):
+    path = data.write_synthetic_parquet(tmp_path / "syn.parquet", n=3, size=16, seed=5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["syn.parquet"]  # no temporary file left
+    ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    assert ds.features == datasets.Features({"image": datasets.Image(), "name": datasets.Value("string")})
+    assert len(ds) == 3 and ds[0]["image"].size == (16, 16)
+    if SHARED_PARQUET.is_file():
+        assert pq.read_schema(path).remove_metadata() == pq.read_schema(SHARED_PARQUET).remove_metadata()
+    # Same seed, same bytes; another seed, other images.
+    again = data.write_synthetic_parquet(tmp_path / "again.parquet", n=3, size=16, seed=5)
+    other = data.write_synthetic_parquet(tmp_path / "other.parquet", n=3, size=16, seed=6)
+    img = lambda p: pq.read_table(p).column("image").to_pylist()  # noqa: E731
+    assert img(path) == img(again) and img(path) != img(other)
+
+
+# --------------------------------------------------------------------------------------------------
+# Preprocessing
+# --------------------------------------------------------------------------------------------------
+
+
+def test_centre_crop_not_pad_or_squash(tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    wide = np.zeros((20, 60, 3), np.uint8)
+    wide[:, :, 2] = 255  # blue
+    wide[:, 20:40] = (255, 0, 0)  # red middle third
+    tall = np.ascontiguousarray(wide.transpose(1, 0, 2))
+    Image.fromarray(wide).save(folder / "a_wide.png")
+    Image.fromarray(tall).save(folder / "b_tall.png")
+    x = data.load_images(str(folder), resolution=8)
+    assert x.shape == (2, 3, 8, 8)
+    # A centre crop keeps only the red middle; padding would add white/black, squashing blue.
+    torch.testing.assert_close(x, RED.expand(2, 3, 8, 8), atol=1e-6, rtol=0)
+
+
+def test_alpha_is_composited_onto_white(tmp_path):
+    rgba = np.zeros((1, 16, 16, 4), np.uint8)  # transparent black everywhere ...
+    rgba[0, 4:12, 4:12] = (0, 255, 0, 255)  # ... except an opaque green square
+    np.savez(tmp_path / "rgba.npz", images=rgba)
+    x = data.load_images(str(tmp_path / "rgba.npz"), resolution=16)[0]
+    torch.testing.assert_close(x[:, 0, 0], torch.ones(3))
+    torch.testing.assert_close(x[:, 4:12, 4:12], GREEN.expand(3, 8, 8))
+    assert (x[:, :4, :] == 1).all()
+
+    # A palette PNG whose index 0 is transparent (black in the palette) also ends up white.
+    pal = Image.new("P", (8, 8), 0)
+    pal.putpalette([0, 0, 0, 255, 0, 0] + [0] * (256 * 3 - 6))
+    pal.paste(1, (2, 2, 6, 6))
+    folder = tmp_path / "pal"
+    folder.mkdir()
+    pal.save(folder / "p.png", transparency=0)
+    y = data.load_images(str(folder), resolution=8)[0]
+    torch.testing.assert_close(y[:, 0, 0], torch.ones(3))
+    torch.testing.assert_close(y[:, 2:6, 2:6], RED.expand(3, 4, 4))
+
+
+# --------------------------------------------------------------------------------------------------
+# Other sources
+# --------------------------------------------------------------------------------------------------
+
+
+def test_npz_source_rgb_and_grey(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+    np.savez(tmp_path / "rgb.npz", images=rgb)
+    x = data.load_images(str(tmp_path / "rgb.npz"), resolution=16)
+    expected = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 127.5 - 1  # same size: no resample
+    torch.testing.assert_close(x, expected, atol=1e-6, rtol=0)
+
+    grey = rng.integers(0, 256, size=(2, 16, 16), dtype=np.uint8)
+    np.savez(tmp_path / "grey.npz", images=grey)
+    g = data.load_images(str(tmp_path / "grey.npz"), resolution=16)
+    assert g.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(g[:, 0], torch.from_numpy(grey).float() / 127.5 - 1, atol=1e-6, rtol=0)
+    assert torch.equal(g[:, 0], g[:, 1]) and torch.equal(g[:, 1], g[:, 2])
+
+
+def test_npz_with_wrong_array_is_rejected(tmp_path):
+    np.savez(tmp_path / "f.npz", images=np.zeros((2, 8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        data.load_images(str(tmp_path / "f.npz"))
+    np.savez(tmp_path / "k.npz", pictures=np.zeros((2, 8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="pictures"):
+        data.load_images(str(tmp_path / "k.npz"))
+
+
+def test_image_folder_source(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    for i, c in enumerate(colours):
+        Image.new("RGB", (12, 12), c).save(folder / f"{i}.png")
+    x = data.load_images(str(folder), resolution=4)
+    assert x.shape == (3, 3, 4, 4)
+    expected = torch.tensor(colours, dtype=torch.float32) / 127.5 - 1
+    torch.testing.assert_close(x.mean(dim=(2, 3)), expected, atol=1e-5, rtol=0)
+
+
+def test_tdpm_data_env_is_used_when_no_source(tmp_path, monkeypatch):
+    path = data.write_synthetic_parquet(tmp_path / "env.parquet", n=5, size=16, seed=3)
+    monkeypatch.setenv("TDPM_DATA", str(path))
+    assert data.resolve_source() == str(path)
+    assert data.resolve_source("other.parquet") == "other.parquet"
+    assert data.resolve_source("") == str(path)
+    x = data.load_images(resolution=16)
+    assert x.shape == (5, 3, 16, 16)
+    torch.testing.assert_close(x, data.load_images(str(path), resolution=16), atol=0, rtol=0)
+    monkeypatch.setenv("TDPM_DATA", "")
+    assert data.resolve_source() == data.DEFAULT_SOURCE == "huggan/pokemon"
+    monkeypatch.delenv("TDPM_DATA")
+    assert data.resolve_source() == "huggan/pokemon"
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["missing.parquet", "missing.npz", "missing_dir/sub/"])
+def test_missing_path_is_a_value_error_naming_it(tmp_path, name):
+    path = str(tmp_path / name)
+    with pytest.raises(ValueError, match="data_source") as info:
+        data.load_images(path)
+    assert path.rstrip("/") in str(info.value) and "does not exist" in str(info.value)
+    assert not isinstance(info.value, data.DataSourceError)
+
+
+def test_parquet_without_image_column_names_its_columns(tmp_path):
+    path = tmp_path / "noimg.parquet"
+    pq.write_table(pa.table({"pixels": [1, 2], "label": ["a", "b"]}), path)
+    with pytest.raises(ValueError, match="image") as info:
+        data.load_images(str(path))
+    assert "pixels" in str(info.value) and "label" in str(info.value) and "noimg.parquet" in str(info.value)
+
+
+def test_empty_sources_are_rejected(tmp_path):
+    empty = data.write_synthetic_parquet(tmp_path / "empty.parquet", n=0)
+    with pytest.raises(ValueError, match="no images"):
+        data.load_images(str(empty))
+    some = data.write_synthetic_parquet(tmp_path / "some.parquet", n=2, size=16)
+    with pytest.raises(ValueError, match="no images"):
+        data.load_images(str(some), max_images=0)
+    folder = tmp_path / "empty_folder"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        data.load_images(str(folder))
+
+
+def test_corrupt_parquet_row_is_named(tmp_path):
+    good = _png(Image.new("RGB", (8, 8), "red"))
+    path = _write_parquet(tmp_path / "bad.parquet", [good, good, b"not a png at all", good], ["a", "b", "broken-one", "d"])
+    with pytest.raises(ValueError, match="row 2") as info:
+        data.load_images(str(path))
+    assert "broken-one" in str(info.value)
+    # The rows before it load fine: the failure is the bad row, not the file.
+    assert data.load_images(str(path), max_images=2, resolution=8).shape == (2, 3, 8, 8)
+
+
+def test_truncated_image_is_not_skipped(tmp_path):
+    png = _png(Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)))
+    path = _write_parquet(tmp_path / "trunc.parquet", [png, png[: len(png) // 2]], ["ok", "cut"])
+    with pytest.raises(ValueError, match=r"row 1 \(name='cut'\)"):
+        data.load_images(str(path))
+
+
+def test_corrupt_file_in_image_folder_is_named(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), "blue").save(folder / "fine.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
+    with pytest.raises(ValueError, match="broken.png"):
+        data.load_images(str(folder))
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_hub_dataset_fails_fast_with_a_hint():
+    # A hub id that exists nowhere: offline the probe fails; online the hub answers 404. Either
+    # way the error is one DataSourceError, without a chained traceback, well within a minute.
+    start = time.monotonic()
+    with pytest.raises(data.DataSourceError, match="TDPM_DATA") as info:
+        data.load_images("tdpmlib-tests/no-such-dataset-0")
+    assert time.monotonic() - start < 60
+    assert isinstance(info.value, ValueError)
+    assert "tdpmlib-tests/no-such-dataset-0" in str(info.value) and "data_source=" in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_hub_errors_from_load_dataset_are_wrapped(monkeypatch):
+    def boom(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'x/y' on the Hub (LocalEntryNotFoundError)\nsecond line")
+
+    monkeypatch.setattr(data, "_hub_unreachable_reason", lambda *a, **k: None)
+    monkeypatch.setattr(datasets, "load_dataset", boom)
+    with pytest.raises(data.DataSourceError) as info:
+        data.load_images("x/y")
+    message = str(info.value)
+    assert message.startswith("could not load dataset 'x/y' from the HuggingFace hub (ConnectionError: Couldn't reach")
+    assert "second line" not in message and "TDPM_DATA" in message
+
+
+def test_unreachable_probe_short_circuits_load_dataset(monkeypatch):
+    def must_not_be_called(*args, **kwargs):
+        raise AssertionError("load_dataset called although the hub is unreachable")
+
+    monkeypatch.setattr(data, "_hub_unreachable_reason", lambda *a, **k: "probe says no")
+    monkeypatch.setattr(datasets, "load_dataset", must_not_be_called)
+    with pytest.raises(data.DataSourceError, match=r"\(probe says no\)"):
+        data.load_images("huggan/pokemon")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="resolution"):
+        data.load_images("x.parquet", resolution=0)
+    with pytest.raises(ValueError, match="max_images"):
+        data.load_images("x.parquet", max_images=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Split, flip, batches
+# --------------------------------------------------------------------------------------------------
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    images = torch.arange(819, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)
+    train, held = data.split(images, held_out=0.1, seed=0)
+    train2, held2 = data.split(images, held_out=0.1, seed=0)
+    assert torch.equal(train, train2) and torch.equal(held, held2)
+    assert (len(train), len(held)) == (737, 82)
+    ids_train, ids_held = train[:, 0, 0, 0].long(), held[:, 0, 0, 0].long()
+    assert set(ids_train.tolist()).isdisjoint(ids_held.tolist())
+    assert sorted(ids_train.tolist() + ids_held.tolist()) == list(range(819))
+    _, held_other = data.split(images, held_out=0.1, seed=1)
+    assert not torch.equal(held, held_other)
+    _, held_count = data.split(images, held_out=5, seed=0)
+    assert held_count.shape == (5, 3, 2, 2)
+    assert len(data.split(images[:4], held_out=0.1)[1]) == 1  # a fraction holds out at least one
+
+
+@pytest.mark.parametrize("held_out", [0, 0.0, 1.0, -0.1, 1.5, -1, 10, 11, True, "0.1", None])
+def test_split_rejects_bad_held_out(held_out):
+    with pytest.raises(ValueError, match="held_out"):
+        data.split(torch.zeros(10, 3, 2, 2), held_out=held_out)
+
+
+def test_split_needs_two_images():
+    with pytest.raises(ValueError, match="held_out"):
+        data.split(torch.zeros(1, 3, 2, 2), held_out=0.5)
+
+
+def test_random_hflip_flips_about_half_reproducibly():
+    batch = torch.randn(64, 3, 4, 5)
+    out = data.random_hflip(batch, torch.Generator().manual_seed(0))
+    again = data.random_hflip(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    flipped = torch.tensor([torch.equal(o, b.flip(-1)) for o, b in zip(out, batch)])
+    kept = torch.tensor([torch.equal(o, b) for o, b in zip(out, batch)])
+    assert (flipped ^ kept).all()  # each image is either flipped or untouched
+    assert 16 < flipped.sum() < 48
+    expected = torch.rand(64, generator=torch.Generator().manual_seed(0)) < 0.5
+    assert torch.equal(flipped, expected)
+
+
+def test_batches_cover_every_index_once_and_depend_only_on_seed_and_epoch():
+    state = torch.random.get_rng_state()
+    b0 = data.batches(10, 4, seed=0, epoch=0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is untouched
+    assert [len(b) for b in b0] == [4, 4, 2]  # last partial batch kept
+    assert sorted(torch.cat(b0).tolist()) == list(range(10))
+    assert all(b.dtype == torch.int64 for b in b0)
+    torch.manual_seed(123)
+    assert all(torch.equal(a, b) for a, b in zip(b0, data.batches(10, 4, seed=0, epoch=0)))
+    b1 = data.batches(10, 4, seed=0, epoch=1)
+    assert not torch.equal(torch.cat(b0), torch.cat(b1))
+    assert not torch.equal(torch.cat(b0), torch.cat(data.batches(10, 4, seed=1, epoch=0)))
+    big = data.batches(819, 64, seed=7, epoch=3)
+    assert len(big) == 13 and sorted(torch.cat(big).tolist()) == list(range(819))
+    expected = torch.randperm(819, generator=torch.Generator().manual_seed(7 * 1_000_003 + 3))
+    assert torch.equal(torch.cat(big), expected)
+
+
+@pytest.mark.parametrize("kwargs", [dict(n=0), dict(batch_size=0), dict(seed=-1), dict(epoch=-1), dict(epoch=1.0)])
+def test_batches_reject_bad_arguments(kwargs):
+    args = dict(n=10, batch_size=4, seed=0, epoch=0) | kwargs
+    with pytest.raises(ValueError):
+        data.batches(args.pop("n"), args.pop("batch_size"), **args)

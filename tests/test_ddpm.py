@@ -1,0 +1,139 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tdpmlib import ddpm, models, schedules
+
+
+def tiny_unet(seed=0):
+    torch.manual_seed(seed)
+    return models.make_unet("tiny", resolution=8)
+
+
+def fixed_loss(unet, images, scheduler):
+    """Epsilon-MSE on a fixed set of (noise, timestep) draws: a deterministic yardstick."""
+    g = torch.Generator().manual_seed(123)
+    noise = torch.randn(images.shape, generator=g)
+    t = torch.randint(0, 1000, (len(images),), generator=g)
+    with torch.no_grad():
+        return F.mse_loss(unet(scheduler.add_noise(images, noise, t), t).sample, noise).item()
+
+
+def test_twenty_steps_lower_the_loss(tiny_images, tmp_path):
+    s = schedules.make_scheduler("linear")
+    unet = tiny_unet()
+    before = fixed_loss(unet, tiny_images, s)
+    out = ddpm.train_ddpm(unet, tiny_images, s, out_dir=tmp_path, steps=20, batch_size=8, lr=3e-3,
+                          warmup_steps=0, progress=False)
+    assert fixed_loss(unet, tiny_images, s) < 0.9 * before
+    assert len(out["log"]) == 20 and (tmp_path / "unet_ema" / "config.json").exists()
+    assert list(out["log"].columns) == ["step", "epoch", "loss", "lr", "seconds"]
+
+
+def test_resume_gives_bitwise_identical_weights(tiny_images, tmp_path):
+    s = schedules.make_scheduler("linear")
+    kw = dict(steps=12, batch_size=6, lr=2e-3, warmup_steps=3, seed=5, progress=False, checkpoint_every=4)
+    full = tiny_unet()
+    ref = ddpm.train_ddpm(full, tiny_images, s, out_dir=tmp_path / "full", **kw)
+
+    # interrupted run: stop after the checkpoint at step 8 by raising from the callback
+    class Stop(Exception):
+        pass
+
+    def boom(step, _):
+        if step == 9:
+            raise Stop
+
+    part = tiny_unet()
+    with pytest.raises(Stop):
+        ddpm.train_ddpm(part, tiny_images, s, out_dir=tmp_path / "resumed", callback=boom, callback_every=1, **kw)
+    resumed = ddpm.train_ddpm(tiny_unet(seed=99), tiny_images, s, out_dir=tmp_path / "resumed", **kw)
+    for (k, a), b in zip(ref["ema_unet"].state_dict().items(), resumed["ema_unet"].state_dict().values()):
+        assert torch.equal(a, b), k
+    for a, b in zip(full.state_dict().values(), torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["model"].values()):
+        assert torch.equal(a, b)
+    assert ref["log"]["loss"].tolist() == resumed["log"]["loss"].tolist()
+
+
+def test_resume_refuses_other_config(tiny_images, tmp_path):
+    s = schedules.make_scheduler("linear")
+    ddpm.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path, steps=2, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match="different configuration.*batch_size"):
+        ddpm.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path, steps=2, batch_size=4, progress=False)
+
+
+def test_epochs_limit(tiny_images, tmp_path):
+    out = ddpm.train_ddpm(tiny_unet(), tiny_images, schedules.make_scheduler("cosine"), out_dir=tmp_path,
+                          epochs=2, batch_size=6, progress=False)
+    assert out["steps"] == 2 * 3 and out["log"]["epoch"].tolist() == [0, 0, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("kw, match", [(dict(steps=0), "steps=0"), (dict(steps=-1), "steps=-1"),
+                                        (dict(steps=3, epochs=1), "exactly one"), (dict(), "exactly one"),
+                                        (dict(steps=2, batch_size=0), "batch_size=0")])
+def test_bad_training_arguments(tiny_images, tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        ddpm.train_ddpm(tiny_unet(), tiny_images, schedules.make_scheduler("linear"), out_dir=tmp_path,
+                        progress=False, **kw)
+
+
+def test_saved_network_loads_and_corrupt_one_is_named(tiny_images, tmp_path):
+    out = ddpm.train_ddpm(tiny_unet(), tiny_images, schedules.make_scheduler("linear"), out_dir=tmp_path,
+                          steps=2, batch_size=8, progress=False)
+    loaded = ddpm.load_unet(tmp_path / "unet_ema")
+    for a, b in zip(out["ema_unet"].state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    weights = next((tmp_path / "unet_ema").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="unet_ema.*corrupt"):
+        ddpm.load_unet(tmp_path / "unet_ema")
+    with pytest.raises(ValueError, match="no saved network"):
+        ddpm.load_unet(tmp_path / "missing")
+
+
+def test_reverse_chain_ddpm_matches_manual_loop():
+    s = schedules.make_scheduler("linear")
+    unet = tiny_unet().eval()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = ddpm.reverse_chain(unet, s, x, 5, generator=torch.Generator().manual_seed(1))
+    # manual: the pipeline_ddpm loop over diffusers timesteps 4..0
+    s2 = schedules.make_scheduler("linear")
+    s2.set_timesteps(1000)
+    g, y = torch.Generator().manual_seed(1), x
+    with torch.no_grad():
+        for ts in range(4, -1, -1):
+            y = s2.step(unet(y, torch.full((2,), ts)).sample, ts, y, generator=g).prev_sample
+    torch.testing.assert_close(out, y)
+    assert torch.equal(ddpm.reverse_chain(unet, s, x, 0), x)  # level 0: nothing to do
+    assert ddpm.network_evaluations(5) == 5 and ddpm.network_evaluations(1000, method="ddim", num_steps=50) == 50
+
+
+def test_sample_is_seeded_and_batched():
+    s = schedules.make_scheduler("linear")
+    unet = tiny_unet().eval()
+    kw = dict(n=5, resolution=8, method="ddim", num_steps=10)
+    a = ddpm.sample(unet, s, generator=torch.Generator().manual_seed(0), batch_size=2, **kw)
+    b = ddpm.sample(unet, s, generator=torch.Generator().manual_seed(0), batch_size=2, **kw)
+    c = ddpm.sample(unet, s, generator=torch.Generator().manual_seed(1), batch_size=2, **kw)
+    assert a.shape == (5, 3, 8, 8) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= -1 and a.max() <= 1
+
+
+def test_ddim_from_any_level_uses_requested_steps():
+    s = schedules.make_scheduler("linear")
+    unet = tiny_unet().eval()
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    calls = []
+    orig = unet.forward
+    unet.forward = lambda *a, **k: (calls.append(int(a[1][0])), orig(*a, **k))[1]
+    ddpm.reverse_chain(unet, s, x, 37, method="ddim", num_steps=4)
+    assert len(calls) == 4 and calls[0] == 36 and calls == sorted(calls, reverse=True)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(method="euler"), "method="), (dict(method="ddim"), "num_steps="),
+                                        (dict(t=1001), "t=1001"), (dict(t=-1), "t=-1")])
+def test_bad_sampling_arguments(kw, match):
+    s = schedules.make_scheduler("linear")
+    kw = dict(dict(t=10), **kw)
+    with pytest.raises(ValueError, match=match):
+        ddpm.reverse_chain(tiny_unet(), s, torch.zeros(1, 3, 8, 8), kw.pop("t"), **kw)
