@@ -212,7 +212,7 @@ def load_unet(path, device="cpu") -> UNet2DModel:
     if not (path / "config.json").exists():
         raise ValueError(f"no saved network at {str(path)!r} (config.json missing); train it first")
     try:
-        unet = UNet2DModel.from_pretrained(path, use_safetensors=True)
+        unet = UNet2DModel.from_pretrained(path, use_safetensors=True, low_cpu_mem_usage=False)
     except Exception as e:
         raise ValueError(f"saved network {str(path)!r} is corrupt or incomplete ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})") from None

@@ -479,7 +479,7 @@ def nearest_distances(
     dists, indices = [], []
     for chunk in q.split(batch_size):
         index = torch.cdist(chunk, r).argmin(dim=1)
-        dists.append((chunk - r[index]).norm(dim=1) )
+        dists.append((chunk - r[index]).norm(dim=1) / math.sqrt(dim))
         indices.append(index)
     if not dists:
         return q.new_zeros(0), torch.zeros(0, dtype=torch.long, device=q.device)

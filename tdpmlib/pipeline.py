@@ -93,7 +93,7 @@ def save_results(cfg: Config, table: pd.DataFrame, *, name: str = "results.csv",
 
 
 def threads() -> int:
-    """Use every core for torch's CPU kernels (papermill kernels otherwise inherit a default)."""
-    n = os.cpu_count() or 1
+    """Set torch's CPU threads: $OMP_NUM_THREADS when set, else every core. Returns the count."""
+    n = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
     torch.set_num_threads(n)
     return n
