@@ -23,7 +23,7 @@ PROFILES = {
                   train_steps=20, train_epochs=0, batch_size=8, warmup_steps=5, n_generate=8, n_denoise=3,
                   dip_iterations=20, dip_iterations_long=40, n_chains=2, sample_batch=64),
     "cpu": dict(resolution=32, ddpm_preset="ddpm-cpu", dip_preset="dip-cpu", dip_preset_small="dip-cpu-small",
-                max_images=None, train_steps=1500, train_epochs=0, batch_size=32, warmup_steps=100, n_generate=64,
+                max_images=None, train_steps=1200, train_epochs=0, batch_size=32, warmup_steps=100, n_generate=64,
                 n_denoise=8, dip_iterations=100, dip_iterations_long=500, n_chains=4, sample_batch=64),
     "paper": dict(resolution=64, ddpm_preset="ddpm-paper", dip_preset="dip-paper", dip_preset_small="dip-cpu",
                   max_images=None, train_steps=0, train_epochs=100, batch_size=32, warmup_steps=500,
