@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import data, results, schedules
 
@@ -276,3 +276,43 @@ def sample(unet, scheduler, *, n: int, resolution: int, generator: torch.Generat
         out.append(reverse_chain(unet, scheduler, x_T, T, method=method, num_steps=num_steps,
                                  generator=generator, fast=fast).clamp(-1, 1).cpu())
     return torch.cat(out)
+
+
+# --- command line -----------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    """``python -m tdpmlib.ddpm --profile cpu --schedule linear``: train (or resume, or load) one DDPM.
+
+    Rerunning the same command after an interruption resumes from the latest checkpoint.
+    """
+    import argparse
+    import sys
+
+    from . import pipeline
+
+    p = argparse.ArgumentParser(prog="python -m tdpmlib.ddpm", description=main.__doc__)
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--schedule", default="linear")
+    p.add_argument("--data-source", default="")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--train-steps", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--progress", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        cfg = pipeline.setup("train", show=False, profile=a.profile, schedule=a.schedule, data_source=a.data_source,
+                             results_dir=a.results_dir, seed=a.seed, device=a.device, train_steps=a.train_steps,
+                             checkpoint_every=a.checkpoint_every)
+        train, _ = pipeline.load_split(cfg)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _, _, info = pipeline.train_or_load(cfg, train, progress=a.progress)
+    print(f"{'loaded' if info['loaded'] else 'trained'} {cfg.model_dir()} ({info['steps']} steps)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

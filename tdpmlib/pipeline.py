@@ -49,8 +49,8 @@ def load_split(cfg: Config):
 def train_config(cfg: Config, schedule: str, n_train: int) -> dict:
     """The configuration that identifies a trained DDPM; a saved model with another one is not reused."""
     return dict(schedule=schedule, preset=cfg.ddpm_preset, resolution=cfg.resolution, steps=cfg.train_steps,
-                epochs=cfg.train_epochs, batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, seed=cfg.seed,
-                n_train=n_train, data=data.resolve_source(cfg.data_source or None))
+                epochs=cfg.train_epochs, batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, lr=cfg.train_lr,
+                seed=cfg.seed, n_train=n_train, data=data.resolve_source(cfg.data_source or None))
 
 
 def train_or_load(cfg: Config, train_images: torch.Tensor, *, schedule: str | None = None, callback=None,
@@ -73,7 +73,8 @@ def train_or_load(cfg: Config, train_images: torch.Tensor, *, schedule: str | No
         unet = models.make_unet(cfg.ddpm_preset, resolution=cfg.resolution)
     out = ddpm.train_ddpm(
         unet, train_images, scheduler, out_dir=mdir, steps=cfg.train_steps or None, epochs=cfg.train_epochs or None,
-        batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, seed=cfg.seed, device=cfg.torch_device,
+        batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, lr=cfg.train_lr, seed=cfg.seed,
+        checkpoint_every=cfg.checkpoint_every, device=cfg.torch_device,
         callback=callback, callback_every=callback_every, progress=progress, config=tcfg)
     log = out["log"]
     summary = dict(train_seconds=float(log["seconds"].iloc[-1]), steps=out["steps"],
@@ -88,7 +89,8 @@ def save_results(cfg: Config, table: pd.DataFrame, *, name: str = "results.csv",
     """Write a results table with the run's config beside it. ``results.csv`` is written last: it marks
     a finished run (the sweep CLI skips runs that have it)."""
     out = cfg.out_dir()
-    results.write_json(out / "config.json", dict(cfg.to_dict(), **extra))
+    resolved = dict(data_resolved=data.resolve_source(cfg.data_source or None), device_resolved=str(cfg.torch_device))
+    results.write_json(out / "config.json", dict(cfg.to_dict(), **resolved, **extra))
     results.write_csv(out / name, table)
 
 

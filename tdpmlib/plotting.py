@@ -48,16 +48,39 @@ def image_rows(rows: dict[str, torch.Tensor], *, scale: float = 1.4, col_titles=
 
 
 def curves(df, *, x: str, ys: list[str], hue: str | None = None, logx: bool = False, title: str | None = None,
-           ylabels: list[str] | None = None):
-    """Side-by-side line plots of several columns against ``x`` (mean with a 95% band over other rows)."""
+           ylabels: list[str] | None = None, errorbar=("ci", 95)):
+    """Side-by-side line plots of several columns against ``x`` (mean with a band over other rows:
+    a 95% bootstrap interval by default, ``errorbar="sd"`` for mean ± standard deviation)."""
     fig, axes = plt.subplots(1, len(ys), figsize=(4.6 * len(ys), 3.4), squeeze=False)
     for ax, y, lab in zip(axes[0], ys, ylabels or ys):
-        sns.lineplot(data=df, x=x, y=y, hue=hue, ax=ax, errorbar=("ci", 95) if len(df) > len(df[x].unique()) else None)
+        many = len(df) > len(df[[x] + ([hue] if hue else [])].drop_duplicates())
+        sns.lineplot(data=df, x=x, y=y, hue=hue, ax=ax, errorbar=errorbar if many else None)
         ax.set_ylabel(lab)
         if logx:
             ax.set_xscale("log")
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(logs: dict, *, window: int = 1, x: str = "step", y: str = "loss", logy: bool = True,
+                title: str | None = None):
+    """Training losses, one colour per label of ``logs`` (label -> DataFrame with columns ``x`` and ``y``):
+    the raw values faint, their rolling mean over ``window`` rows solid."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for i, (label, log) in enumerate(logs.items()):
+        color = sns.color_palette()[i % 10]
+        ax.plot(log[x], log[y], color=color, alpha=0.25, linewidth=0.8)
+        smooth = log[y].rolling(max(1, int(window)), min_periods=1).mean()
+        ax.plot(log[x], smooth, color=color, linewidth=1.8, label=f"{label} (rolling mean, {max(1, int(window))} steps)")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if logy:
+        ax.set_yscale("log")
+    ax.legend()
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     return fig
 
