@@ -28,13 +28,13 @@ report: venv
 	$(PY) scripts/run_notebooks.py --profile $(PROFILE) --out notebooks
 	$(MAKE) book
 
-book:
+book: venv
 	$(JB) build . -W
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
 # Executes every notebook into a scratch folder; notebooks/ is left untouched.
 smoke: venv
-	$(PY) scripts/run_notebooks.py --profile smoke --out $${SMOKE_DIR:-/tmp/tdpm-smoke}
+	d=$${SMOKE_DIR:-/tmp/tdpm-smoke}; $(PY) scripts/run_notebooks.py --profile smoke --out $$d --param results_dir=$$d/results
 
 bench: venv
 	$(PY) -m benchmarks
