@@ -13,6 +13,7 @@ Iteration k's output is G_{psi_k}(z) after k Adam updates; k = 0 is the untraine
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -20,6 +21,10 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from . import ddpm, metrics, models
+
+# vmap has no batching rule for CPU flash attention and falls back to a loop over the batch for that op
+# (correct, and measured in benchmarks/); the warning would otherwise print in every notebook.
+warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
 
 
 def check_positive_int(name: str, v, *, allow_zero: bool = False) -> int:
