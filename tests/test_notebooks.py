@@ -50,6 +50,9 @@ def test_one_parameters_cell_first_with_flat_literals(path):
         ast.literal_eval(node.value)  # raises if not a literal
         names.add(node.targets[0].id)
     assert REQUIRED <= names, f"{path.name}: missing {REQUIRED - names}"
+    import papermill  # papermill silently skips lines it cannot parse (e.g. a comment holding '='): it must see all
+
+    assert set(papermill.inspect_notebook(str(path))) == names, f"{path.name}: papermill does not see every parameter"
     first = nb["cells"][0]
     assert first["cell_type"] == "markdown" and "".join(first["source"]).startswith("# ")
     assert "colab-badge" in "".join(first["source"])
