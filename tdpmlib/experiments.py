@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import ddpm, dip, metrics, schedules, tdpm
+from . import ddpm, dip, metrics, models, schedules, tdpm
 
 # --------------------------------------------------------------------------- #
 # Method registry
@@ -104,6 +104,21 @@ def _ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return metrics.ssim(pred, target)
 
 
+def dip_batch_limit(preset: str, *, resolution: int, device, cap: int, bytes_per_param: int = 24,
+                    fraction: float = 0.5) -> int:
+    """How many DIP networks to fit at once. ``cap`` on the CPU; on CUDA, also at most what fits in
+    ``fraction`` of the free GPU memory at ``bytes_per_param`` bytes per network parameter (weights, gradients,
+    two Adam moments and an allowance for activations: a rough budget, not a measurement). The paper-size DIP
+    has about 62 M parameters, so 500 of them at once would not fit on any GPU."""
+    _check_int("cap", cap, low=1)
+    if torch.device(device).type != "cuda":
+        return cap
+    with torch.device("meta"):
+        n_params = models.count_parameters(models.make_unet(preset, resolution=resolution))
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return max(1, min(cap, int(fraction * free // (bytes_per_param * n_params))))
+
+
 def check_sigmas(name: str, value) -> tuple[int, ...]:
     """Parse a comma-separated string of pixel noise levels on the 0..255 scale ("15,25,50").
 
@@ -127,9 +142,11 @@ def check_sigmas(name: str, value) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- #
 def _fit_tdpm_batches(unet, scheduler, images, *, t_trunc, dip_iterations, generator, device, dip_preset, dip_lr,
                       seed, sample_batch):
-    """tdpm.tdpm_dip on ``images`` in batches of at most ``sample_batch`` (one DIP network per image)."""
+    """tdpm.tdpm_dip on ``images`` in batches of at most ``sample_batch`` images (one DIP network per image;
+    on CUDA also at most ``dip_batch_limit`` networks)."""
+    size = dip_batch_limit(dip_preset, resolution=images.shape[-1], device=device, cap=sample_batch)
     outs = []
-    for c, (a, b) in enumerate(_chunks(len(images), sample_batch)):
+    for c, (a, b) in enumerate(_chunks(len(images), size)):
         res = tdpm.tdpm_dip(unet, scheduler, images[a:b], t_trunc=t_trunc, dip_iterations=dip_iterations,
                             generator=generator, device=device, preset=dip_preset, lr=dip_lr,
                             seed=seed * 1_000 + c, record_every=max(1, dip_iterations))
@@ -144,7 +161,7 @@ def run_generation(unet, scheduler, *, train: torch.Tensor, held: torch.Tensor, 
 
     Methods (keys of ``GENERATION_METHODS``; ``methods`` selects a subset, the floor row is always added):
 
-    * ``ddpm`` -- ancestral sampling from pure noise, 1000 network evaluations per image;
+    * ``ddpm`` -- ancestral sampling from pure noise, T (= 1000) network evaluations per image;
     * ``ddim50``, ``ddim100`` -- deterministic DDIM over 50 / 100 levels;
     * ``tdpm_train`` -- TDPM-DIP as the report ran it: the DIP target is built from ``n`` training images
       (the first ``n`` of ``train`` after a shuffle seeded by ``generator_fn``), ``t_trunc`` reverse steps;
@@ -220,8 +237,9 @@ def run_generation(unet, scheduler, *, train: torch.Tensor, held: torch.Tensor, 
         if key not in methods:
             continue
         with metrics.CudaTimer(device) as timer:
-            fake = ddpm.sample(unet, scheduler, n=n, resolution=resolution, generator=generator_fn(OFFSETS[f"gen_{key}"]),
-                               device=device, method=method, num_steps=steps, batch_size=sample_batch)
+            fake = ddpm.sample(unet, scheduler, n=n, resolution=resolution, device=device, method=method,
+                               num_steps=steps, batch_size=sample_batch,
+                               generator=generator_fn(OFFSETS[f"gen_{key}"]))
         score(key, fake, reference=held, reference_set=held_name, seconds=timer.seconds,
               nfe=ddpm.network_evaluations(T, method=method, num_steps=steps), dip_its=0)
 
@@ -237,7 +255,9 @@ def run_generation(unet, scheduler, *, train: torch.Tensor, held: torch.Tensor, 
         with metrics.CudaTimer(device) as timer:
             fake = _fit_tdpm_batches(unet, scheduler, held_fit, generator=generator_fn(OFFSETS["gen_tdpm_held"]),
                                      seed=seed + 1, **tdpm_kw)
-        note = f"fit to {n_held} held-out images" + (f" (n capped by the {len(held)} held-out images)" if n_held < n else "")
+        note = f"fit to {n_held} held-out images"
+        if n_held < n:
+            note += f" (n capped by the {len(held)} held-out images)"
         score("tdpm_held", fake, reference=train_ref, reference_set=f"training images it did not fit ({n_held})",
               seconds=timer.seconds, nfe=t_trunc, dip_its=dip_iterations, fitted=held_fit, note=note)
     score("real", train_fit, reference=held, reference_set=held_name, seconds=0.0, nfe=0, dip_its=0,
@@ -251,12 +271,13 @@ def copy_verdict(row, *, copy_fraction: float = 0.5, ratio: float = 0.5) -> str:
 
     "reproduces the images it was fit to" when at least ``copy_fraction`` of the samples are copies of a
     fitted image (``frac_copies_fit``: nearer to it than half the distance to the nearest unfitted image)
-    or the median distance ratio ``ratio_median_fit`` is below ``ratio``; otherwise "generates images that
-    are not copies of the images it was fit to".
+    or the median distance ratio ``ratio_median_fit`` is below ``ratio``; otherwise "does not reproduce the
+    images it was fit to closely enough to count as copies" (which says nothing about their quality: an
+    under-fitted DIP gives noise, not new images).
     """
     if row["frac_copies_fit"] >= copy_fraction or row["ratio_median_fit"] < ratio:
         return "reproduces the images it was fit to"
-    return "generates images that are not copies of the images it was fit to"
+    return "does not reproduce the images it was fit to closely enough to count as copies"
 
 
 def nearest_rows(generated: torch.Tensor, train: torch.Tensor, held: torch.Tensor, *, k: int = 8,
@@ -267,8 +288,8 @@ def nearest_rows(generated: torch.Tensor, train: torch.Tensor, held: torch.Tenso
     d_tr, i_tr = metrics.nearest_distances(g, train)
     d_he, i_he = metrics.nearest_distances(g, held)
     return {f"{prefix}generated": g,
-            f"nearest training image\n(mean RMS {d_tr.mean():.3f})": train[i_tr],
-            f"nearest held-out image\n(mean RMS {d_he.mean():.3f})": held[i_he]}
+            f"{prefix}nearest training\nimage (mean RMS {d_tr.mean():.3f})": train[i_tr],
+            f"{prefix}nearest held-out\nimage (mean RMS {d_he.mean():.3f})": held[i_he]}
 
 
 # --------------------------------------------------------------------------- #
@@ -354,7 +375,8 @@ def run_denoising(unets: dict, *, clean: torch.Tensor, settings: list[dict], dev
     sigma255_requested, method, method_key, protocol, measured_against, image (index into ``clean``), psnr,
     ssim (NaN below 11 px), seconds (the method's wall time / number of images), nfe, dip_iterations.
     PSNR/SSIM use ``metrics.psnr``/``metrics.ssim``: both images clipped to [-1, 1] and mapped to [0, 1].
-    Images run in chunks of ``batch_size``. ``methods`` selects a subset of ``DENOISING_METHODS`` keys.
+    Images run in chunks of ``batch_size`` (on CUDA at most ``dip_batch_limit`` DIP networks). ``methods``
+    selects a subset of ``DENOISING_METHODS`` keys.
     With ``return_outputs=True`` returns ``(df, outputs)``, ``outputs[setting name]`` a dict with
     ``y``, ``y_scaled`` (y / sqrt(abar_t)) and one entry per method key.
     """
@@ -364,7 +386,8 @@ def run_denoising(unets: dict, *, clean: torch.Tensor, settings: list[dict], dev
     _check_int("t_trunc", t_trunc)
     _check_int("batch_size", batch_size, low=1)
     if dip_iterations > dip_iterations_long:
-        raise ValueError(f"dip_iterations={dip_iterations!r} is not allowed; use at most dip_iterations_long={dip_iterations_long}")
+        raise ValueError(f"dip_iterations={dip_iterations!r} is not allowed; "
+                         f"use at most dip_iterations_long={dip_iterations_long}")
     if clean.ndim != 4 or clean.shape[1] != 3 or len(clean) == 0:
         raise ValueError(f"clean has shape {tuple(clean.shape)}; use N x 3 x H x W with N >= 1")
     methods = list(DENOISING_METHODS) if methods is None else list(methods)
@@ -375,7 +398,8 @@ def run_denoising(unets: dict, *, clean: torch.Tensor, settings: list[dict], dev
     labels = denoising_labels(dip_iterations=dip_iterations, dip_iterations_long=dip_iterations_long,
                               n_chains=n_chains, t_trunc=t_trunc)
     dip_kw = dict(preset=dip_preset, lr=dip_lr, device=device)
-    chunks = _chunks(len(clean), batch_size)
+    chunk_size = dip_batch_limit(dip_preset, resolution=clean.shape[-1], device=device, cap=batch_size)
+    chunks = _chunks(len(clean), chunk_size)
     rows, all_outputs = [], {}
 
     # Report-protocol fits that do not depend on the observation: computed once, repeated per setting.
@@ -473,7 +497,9 @@ def run_denoising(unets: dict, *, clean: torch.Tensor, settings: list[dict], dev
         if "report_tdpm_clean" in methods:
             results["report_tdpm_clean"] = report_tdpm_clean(schedule)
 
-        meta = dict(ddpm=(t, 0), tweedie=(1, 0), ddim=(ddpm.network_evaluations(t, method="ddim", num_steps=ddim_steps), 0),
+        # (network evaluations, DIP iterations) per image
+        meta = dict(ddpm=(t, 0), tweedie=(1, 0),
+                    ddim=(ddpm.network_evaluations(t, method="ddim", num_steps=ddim_steps), 0),
                     mean_k=(n_chains * t, 0), dip_short=(0, dip_iterations), dip_long=(0, dip_iterations_long),
                     dip_oracle=(0, dip_iterations_long), tdpm_dip=(tt, dip_iterations), nlm=(0, 0),
                     report_dip_clean=(0, dip_iterations), report_dip_y=(0, dip_iterations),
@@ -489,7 +515,8 @@ def run_denoising(unets: dict, *, clean: torch.Tensor, settings: list[dict], dev
                 rows.append(dict(setting=name, schedule=schedule, t=t, sigma255=sigma_eq,
                                  sigma255_requested=setting.get("sigma255"), method=labels[key], method_key=key,
                                  protocol="report" if key in REPORT_PROTOCOL else "corrected",
-                                 measured_against="dip_target" if key in ("report_dip_clean", "report_dip_y") else "clean",
+                                 measured_against=("dip_target" if key in ("report_dip_clean", "report_dip_y")
+                                                   else "clean"),
                                  image=i, psnr=float(psnr[i]), ssim=float(ssim[i]), seconds=total / len(clean),
                                  nfe=nfe, dip_iterations=its))
         if return_outputs:

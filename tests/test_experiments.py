@@ -1,0 +1,257 @@
+"""Tests for tdpmlib.experiments: the generation and denoising protocol runners (tiny models, 8-16 px)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tdpmlib import dip, experiments as E, metrics, models, schedules, tdpm
+
+
+def smooth(n, size, seed):
+    g = torch.Generator().manual_seed(seed)
+    return F.interpolate(torch.rand(n, 3, 2, 2, generator=g) * 2 - 1, size=size, mode="bilinear", align_corners=False)
+
+
+@pytest.fixture(scope="module")
+def unets():
+    torch.manual_seed(0)
+    return {s: (models.make_unet("tiny", resolution=8).eval(), schedules.make_scheduler(s)) for s in ("linear", "cosine")}
+
+
+DEN_KW = dict(device="cpu", dip_preset="tiny", dip_lr=1e-2, dip_iterations=2, dip_iterations_long=4, n_chains=2,
+              t_trunc=10, seed=0)
+
+
+@pytest.fixture(scope="module")
+def denoised(unets):
+    clean = smooth(2, 8, 1)
+    settings = [dict(name="A", schedule="linear", t=12, sigma255=None),
+                dict(name="B", schedule="cosine", t=5, sigma255=None)]  # t < t_trunc: TDPM-DIP's T_trunc is capped
+    df, outs = E.run_denoising(unets, clean=clean, settings=settings, return_outputs=True, **DEN_KW)
+    return clean, settings, df, outs
+
+
+# --------------------------------------------------------------------------- #
+# parameters and settings
+# --------------------------------------------------------------------------- #
+def test_check_sigmas():
+    assert E.check_sigmas("sigmas", "15, 25,50") == (15, 25, 50)
+    assert E.check_sigmas("sigmas", "") == ()
+    for bad in ("a", "0", "15,15", "300", "15;25", 15, None):
+        with pytest.raises(ValueError, match="sigmas="):
+            E.check_sigmas("sigmas", bad)
+
+
+def test_denoising_settings_map_sigma_to_its_level(unets):
+    scheds = {k: v[1] for k, v in unets.items()}
+    st = E.denoising_settings(scheds, t=600, sigmas=(15, 50))
+    assert [s["schedule"] for s in st] == ["linear", "cosine", "linear", "linear"]
+    assert [s["t"] for s in st[:2]] == [600, 600]
+    for s, sig in zip(st[2:], (15, 50)):
+        assert s["t"] == schedules.t_for_sigma(scheds["linear"], sig) and s["sigma255"] == sig
+        assert abs(float(schedules.sigma_at(scheds["linear"], s["t"])) - sig) < 1.0  # nearest level
+    assert len({s["name"] for s in st}) == 4
+
+
+# --------------------------------------------------------------------------- #
+# denoising
+# --------------------------------------------------------------------------- #
+def test_denoising_table_has_one_row_per_setting_method_image(denoised):
+    clean, settings, df, _ = denoised
+    assert len(df) == len(settings) * len(E.DENOISING_METHODS) * len(clean)
+    assert list(df.columns) == ["setting", "schedule", "t", "sigma255", "sigma255_requested", "method", "method_key",
+                                "protocol", "measured_against", "image", "psnr", "ssim", "seconds", "nfe",
+                                "dip_iterations"]
+    assert not df.duplicated(["setting", "method", "image"]).any()
+    a = df[df.setting == "A"].set_index("method_key")
+    assert set(df[df.protocol == "report"].method_key) == set(E.REPORT_PROTOCOL)
+    assert set(df[df.measured_against == "dip_target"].method_key) == {"report_dip_clean", "report_dip_y"}
+    nfe = a.groupby(level=0).nfe.first()
+    assert nfe["ddpm"] == 12 and nfe["tweedie"] == 1 and nfe["ddim"] == 12 and nfe["mean_k"] == 24
+    assert nfe["tdpm_dip"] == 10 and nfe["dip_long"] == 0
+    its = a.groupby(level=0).dip_iterations.first()
+    assert its["dip_short"] == 2 and its["dip_long"] == 4 and its["dip_oracle"] == 4 and its["tdpm_dip"] == 2
+    b = df[(df.setting == "B") & (df.method_key == "tdpm_dip")]
+    assert (b.nfe == 5).all()  # T_trunc capped at t = 5
+    # the equivalent sigma is the schedule's, the label carries the iteration counts
+    assert a.sigma255.iloc[0] == pytest.approx(float(schedules.sigma_at(schedules.make_scheduler("linear"), 12)))
+    assert "DIP on y/√ᾱ (2 it.)" in set(df.method) and "Mean of K = 2 ancestral samples" in set(df.method)
+    # the short DIP rows are charged 2/4 of the shared fit's time
+    assert a.loc["dip_short"].seconds.iloc[0] == pytest.approx(a.loc["dip_long"].seconds.iloc[0] / 2)
+    assert (df.seconds > 0).all()
+
+
+def test_denoising_scores_and_outputs_follow_the_definitions(unets, denoised):
+    clean, _, df, outs = denoised
+    o = outs["A"]
+    off = E._setting_offset("A")
+    y = tdpm.observe(clean, 12, unets["linear"][1], generator=E._generator(0, off))
+    torch.testing.assert_close(o["y"], y)
+    torch.testing.assert_close(o["y_scaled"], y / schedules.alpha_bar(unets["linear"][1], 12).sqrt().float())
+    a = df[df.setting == "A"]
+    for key in E.DENOISING_METHODS:
+        target = o["y_scaled"] if key == "report_dip_y" else clean
+        got = torch.tensor(a[a.method_key == key].sort_values("image").psnr.values, dtype=torch.float32)
+        torch.testing.assert_close(got, metrics.psnr(o[key], target), rtol=1e-5, atol=1e-4)
+    # the short DIP row (kept from the long fit) equals an independent short fit with the same z and seed
+    z = torch.randn(clean.shape, generator=E._generator(0, off + 3))
+    short = dip.fit_dip(o["y_scaled"], iterations=2, z=z, seed=0, preset="tiny", lr=1e-2)
+    torch.testing.assert_close(o["dip_short"], short.output)
+    # the oracle is the best iteration against the clean image
+    per = a.pivot(index="image", columns="method_key", values="psnr")
+    assert (per.dip_oracle >= per.dip_short - 1e-4).all() and (per.dip_oracle >= per.dip_long - 1e-4).all()
+    # report rows that do not depend on y are identical in every setting
+    for key in ("report_dip_clean",):
+        torch.testing.assert_close(outs["A"][key], outs["B"][key])
+
+
+def test_tdpm_dip_with_zero_truncation_equals_the_short_dip(unets):
+    """TDPM-DIP shares the DIP input and initialisation with the DIP rows: at T_trunc = 0 they coincide."""
+    clean = smooth(2, 8, 2)
+    st = [dict(name="C", schedule="linear", t=15, sigma255=None)]
+    _, outs = E.run_denoising(unets, clean=clean, settings=st, methods=["dip_short", "tdpm_dip"], return_outputs=True,
+                              **dict(DEN_KW, t_trunc=0))
+    torch.testing.assert_close(outs["C"]["tdpm_dip"], outs["C"]["dip_short"].clamp(-1, 1))
+
+
+def test_observations_do_not_depend_on_other_settings(unets):
+    clean = smooth(1, 8, 3)
+    a = dict(name="A", schedule="linear", t=20, sigma255=None)
+    b = dict(name="B", schedule="linear", t=20, sigma255=None)
+    kw = dict(DEN_KW, methods=["tweedie"], return_outputs=True)
+    _, one = E.run_denoising(unets, clean=clean, settings=[a], **kw)
+    _, two = E.run_denoising(unets, clean=clean, settings=[b, a], **kw)
+    assert torch.equal(one["A"]["y"], two["A"]["y"]) and not torch.equal(two["A"]["y"], two["B"]["y"])
+
+
+def test_non_local_means_removes_noise():
+    clean = smooth(2, 16, 4)
+    sigma01 = 0.1  # on [0, 1]: 0.2 on [-1, 1]
+    noisy = clean + 0.2 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    out = E._nl_means(noisy, sigma01)
+    assert out.shape == clean.shape
+    assert (metrics.psnr(out, clean) > metrics.psnr(noisy, clean) + 3).all()
+
+
+def test_denoising_validation(unets):
+    clean = smooth(1, 8, 5)
+    st = [dict(name="A", schedule="linear", t=20)]
+    with pytest.raises(ValueError, match="dip_iterations=7"):
+        E.run_denoising(unets, clean=clean, settings=st, **dict(DEN_KW, dip_iterations=7))
+    with pytest.raises(ValueError, match="used twice"):
+        E.run_denoising(unets, clean=clean, settings=st + st, **DEN_KW)
+    with pytest.raises(ValueError, match="no model"):
+        E.run_denoising(unets, clean=clean, settings=[dict(name="X", schedule="sqrt", t=5)], **DEN_KW)
+    with pytest.raises(ValueError, match="methods"):
+        E.run_denoising(unets, clean=clean, settings=st, methods=["bm3d"], **DEN_KW)
+    with pytest.raises(ValueError, match="t of setting"):
+        E.run_denoising(unets, clean=clean, settings=[dict(name="Z", schedule="linear", t=0)], **DEN_KW)
+
+
+def test_summarise_mean_std_and_format(denoised):
+    _, _, df, _ = denoised
+    s = E.summarise(df)
+    assert len(s) == 2 * len(E.DENOISING_METHODS)
+    assert list(s.setting.unique()) == ["A", "B"]  # first-appearance order
+    row = s[(s.setting == "A") & (s.method_key == "ddpm")].iloc[0]
+    vals = df[(df.setting == "A") & (df.method_key == "ddpm")].psnr
+    assert row.psnr_mean == pytest.approx(vals.mean()) and row.psnr_std == pytest.approx(vals.std(ddof=1))
+    assert row.n == 2 and row.nfe == 12 and row.protocol == "corrected" and row.t == 12
+    assert row.psnr_pm == f"{vals.mean():.2f} ± {vals.std(ddof=1):.2f}" and row.pm.startswith(row.psnr_pm + " dB / ")
+    assert math.isnan(row.ssim_mean)  # 8 px images: SSIM's window does not fit
+    by_method = E.summarise(df, by=["method"])
+    assert len(by_method) == len(E.DENOISING_METHODS) and (by_method.n == 4).all()
+    with pytest.raises(ValueError, match="not in the table"):
+        E.summarise(df, by=["nope"])
+
+
+# --------------------------------------------------------------------------- #
+# generation
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def generation():
+    torch.manual_seed(0)
+    unet = models.make_unet("tiny", resolution=8).eval()
+    sched = schedules.make_scheduler("linear", num_train_timesteps=20)  # a short chain keeps the test fast
+    images = smooth(17, 8, 6)
+    train, held = images[:14], images[14:]
+    feats = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+    gen_fn = lambda off: torch.Generator().manual_seed(off)  # noqa: E731
+    kw = dict(train=train, held=held, n=4, resolution=8, device="cpu", generator_fn=gen_fn, dip_preset="tiny",
+              dip_lr=1e-2, sample_batch=3, seed=0, feature_extractor=feats)
+    table, samples = E.run_generation(unet, sched, dip_iterations=2, t_trunc=2, **kw)
+    return unet, sched, train, held, gen_fn, kw, table, samples
+
+
+def test_generation_table(generation):
+    _, sched, train, held, gen_fn, _, table, samples = generation
+    assert list(table.method_key) == list(E.GENERATION_METHODS)
+    assert list(table.method) == list(samples) == list(E.GENERATION_METHODS.values())
+    t = table.set_index("method_key")
+    assert list(t.nfe) == [20, 20, 20, 2, 2, 0]  # T = 20 here: DDIM's 50 / 100 levels collapse to 20
+    assert list(t.dip_iterations) == [0, 0, 0, 2, 2, 0]
+    assert list(t.n) == [4, 4, 4, 4, 3, 4] and "capped" in t.loc["tdpm_held", "note"]
+    assert t.loc["tdpm_held", "reference_set"].startswith("training images it did not fit")
+    assert (t.drop(index="real").seconds > 0).all()
+    assert t.loc["ddpm", "seconds_per_image"] == pytest.approx(t.loc["ddpm", "seconds"] / 4)
+    assert (t.fid_status == "ok (custom feature extractor)").all() and t.kid_mean.notna().all()
+    # the floor row is the shuffled training images the train-fit TDPM-DIP used: exact copies of training data
+    perm = torch.randperm(len(train), generator=gen_fn(E.OFFSETS["gen_shuffle"]))
+    assert torch.equal(samples[E.GENERATION_METHODS["real"]], train[perm[:4]])
+    assert t.loc["real", "ratio_median"] == 0 and t.loc["real", "frac_copies"] == 1
+    # metrics are the library's, against the stated reference set
+    ddpm_s = samples[E.GENERATION_METHODS["ddpm"]]
+    assert t.loc["ddpm", "swd"] == pytest.approx(metrics.swd(held, ddpm_s, seed=0)["swd_mean"])
+    assert t.loc["ddpm", "ratio_median"] == pytest.approx(metrics.memorisation(ddpm_s, train, held)["ratio_median"])
+    assert math.isnan(t.loc["ddpm", "d_fit_mean"])
+    fake = samples[E.GENERATION_METHODS["tdpm_train"]]
+    d = ((fake - train[perm[:4]]).flatten(1).norm(dim=1) / math.sqrt(fake[0].numel())).mean()
+    assert t.loc["tdpm_train", "d_fit_mean"] == pytest.approx(float(d))
+    assert all(s.min() >= -1 and s.max() <= 1 and s.shape[1:] == (3, 8, 8) for s in samples.values())
+
+
+def test_tdpm_dip_generation_reproduces_the_images_it_was_fit_to(generation):
+    """The report's "generation": fit long enough, TDPM-DIP returns the images it was given."""
+    unet, sched, train, held, _, kw, _, _ = generation
+    table, samples = E.run_generation(unet, sched, dip_iterations=20, t_trunc=0, methods=["tdpm_train", "tdpm_held"],
+                                      **dict(kw, dip_lr=3e-2))
+    t = table.set_index("method_key")
+    assert list(t.index) == ["tdpm_train", "tdpm_held", "real"]
+    assert t.loc["tdpm_train", "frac_copies_fit"] == 1 and t.loc["tdpm_held", "frac_copies_fit"] == 1
+    assert t.loc["tdpm_train", "frac_copies"] == 1  # copies of training images...
+    assert t.loc["tdpm_held", "ratio_median"] > 1   # ...and, fit to held-out images, copies of those
+    assert E.copy_verdict(t.loc["tdpm_train"]) == "reproduces the images it was fit to"
+
+
+def test_generation_validation(generation):
+    unet, sched, *_, kw, _, _ = generation
+    with pytest.raises(ValueError, match="n=99"):
+        E.run_generation(unet, sched, **dict(kw, n=99))
+    with pytest.raises(ValueError, match="methods"):
+        E.run_generation(unet, sched, methods=["gan"], **kw)
+
+
+def test_copy_verdict_thresholds():
+    assert E.copy_verdict(dict(frac_copies_fit=0.6, ratio_median_fit=0.9)).startswith("reproduces")
+    assert E.copy_verdict(dict(frac_copies_fit=0.1, ratio_median_fit=0.3)).startswith("reproduces")
+    assert E.copy_verdict(dict(frac_copies_fit=0.1, ratio_median_fit=0.9)).startswith("does not")
+
+
+def test_nearest_rows(generation):
+    _, _, train, held, _, _, _, samples = generation
+    g = samples[E.GENERATION_METHODS["ddpm"]]
+    rows = E.nearest_rows(g, train, held, k=3, prefix="DDPM: ")
+    vals = list(rows.values())
+    assert list(rows)[0] == "DDPM: generated" and all(len(v) == 3 for v in vals)
+    _, idx = metrics.nearest_distances(g[:3], train)
+    assert torch.equal(vals[1], train[idx])
+
+
+def test_dip_batch_limit_is_the_cap_on_the_cpu():
+    assert E.dip_batch_limit("dip-paper", resolution=64, device="cpu", cap=500) == 500
+    with pytest.raises(ValueError, match="cap=0"):
+        E.dip_batch_limit("tiny", resolution=8, device="cpu", cap=0)
