@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
+from diffusers.models.attention_processor import AttnProcessor
 from torch.func import functional_call, stack_module_state, vmap
 
 from . import ddpm, metrics, models
@@ -57,6 +58,13 @@ class DIPFitter:
                 nets.append(ddpm.prepare(models.make_unet(preset, resolution=h), self.device, fast))
         self.batched = batched
         if batched:
+            if self.device.type == "cpu":
+                # vmap has no batching rule for the CPU flash-attention kernel behind SDPA and falls back to a
+                # per-network loop; the classic processor (baddbmm + softmax) is batched natively.
+                for net in nets:
+                    for m in net.modules():
+                        if hasattr(m, "set_processor"):
+                            m.set_processor(AttnProcessor())
             self.params, self.buffers = stack_module_state(nets)
             self.base = copy.deepcopy(nets[0]).to("meta")
             self.opt = torch.optim.Adam(list(self.params.values()), lr=lr)

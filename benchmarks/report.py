@@ -1,0 +1,337 @@
+"""The benchmark table: printing, writing bench.csv / bench.json, and loading them back (notebook 08)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from tdpmlib import results
+
+from . import CASES, COLUMNS
+from .common import fmt_mb
+
+# The issue's targets (and the report's claim), in display order: id -> (what, target, value column, best).
+TARGETS = {
+    "dip_cpu": ("DIP fitting: batched vs fastest loop, dip-cpu @32 px, B=16, 100 it. (2 CPU cores)", ">= 3x",
+                "ratio", "max"),
+    "dip_gpu": ("DIP fitting: batched vs fastest loop, dip-paper @64 px, B=64, 100 it. (H200)", ">= 20x",
+                "ratio", "max"),
+    "sampling_gpu_1000x1000": ("DDPM sampling: 1000 images x 1000 ancestral steps, ddpm-paper @64 px (H200)",
+                               "<= 90 s", "seconds", "min"),
+    "sampling_gpu_speedup": ("DDPM sampling: fast path vs fp32 eager, ddpm-paper @64 px, batch 500 (H200)", ">= 3x",
+                             "ratio", "max"),
+    "mem_training_b32": ("Memory: the report's training configuration (batch 32) fits on the GPU",
+                         "peak <= GPU memory", "peak_mem_mb", "max"),
+    "mem_sampling_b500": ("Memory: sampling at batch 500 fits on the GPU", "peak <= GPU memory", "peak_mem_mb",
+                          "max"),
+    "e2e_claim": ("TDPM-DIP per image vs DDPM-1000 (the report claims x5 faster)", ">= 5x", "ratio", "max"),
+}
+
+
+# --- printing -----------------------------------------------------------------------------------------------
+
+def _num(v, fmt="{:.3g}") -> str:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return "" if math.isnan(v) else fmt.format(v)
+
+
+def display_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The table as people read it: one formatted string per cell."""
+    out = pd.DataFrame({
+        "case": df["case"],
+        "row": df["row"],
+        "variant": df["variant"].fillna(""),
+        "status": df["status"],
+        "throughput": [f"{_num(t)} {u}" if _num(t) else "" for t, u in zip(df["throughput"], df["unit"])],
+        "seconds": [f"{_num(s)} s / {p}" if _num(s) else "" for s, p in zip(df["seconds"], df["seconds_per"])],
+        "peak memory": [fmt_mb(float(m)) if str(st) == "measured" and str(how) not in ("", "nan") else ""
+                        for m, st, how in zip(df["peak_mem_mb"], df["status"], df["mem_method"])],
+        "ratio": [f"{_num(r, '{:.2f}')}x" if _num(r) else "" for r in df["ratio"]],
+        "target": df["target"].fillna(""),
+        "met": [{True: "yes", False: "NO"}.get(_bool(m), "") for m in df["target_met"]],
+        "MFU": [f"{float(m):.1%}" if _num(m) else "" for m in df["mfu"]],
+        "extrapolation": df["extrapolation"].fillna(""),
+    })
+    return out
+
+
+def _bool(v):
+    if isinstance(v, bool):
+        return v
+    if str(v) in ("True", "true", "1"):
+        return True
+    if str(v) in ("False", "false", "0"):
+        return False
+    return None
+
+
+def format_table(df: pd.DataFrame) -> str:
+    """A plain-text table, one block per benchmark row label, notes underneath."""
+    shown = display_frame(df)
+    lines = []
+    for label, idx in shown.groupby("row", sort=False).groups.items():
+        block = shown.loc[idx].drop(columns=["case", "row"])
+        block = block.loc[:, [c for c in block.columns if (block[c].astype(str) != "").any()]]
+        lines.append(f"== [{df.loc[idx[0], 'case']}] {label}")
+        lines.append(block.to_string(index=False))
+        for i in idx:
+            if str(df.loc[i, "note"]).strip() not in ("", "nan"):
+                lines.append(f"   note ({df.loc[i, 'variant'] or 'row'}): {df.loc[i, 'note']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --- files --------------------------------------------------------------------------------------------------
+
+def run_dir(out_root, slug: str, quick: bool) -> Path:
+    return Path(out_root) / (slug + ("-quick" if quick else ""))
+
+
+def write(out_root, slug: str, quick: bool, rows: list[dict], meta: dict, cases_run: list[str]) -> Path:
+    """Write bench.csv and bench.json atomically. A run of some cases replaces only those cases' rows of an
+    earlier run on the same hardware (bench.json keeps when and at which commit each case was measured)."""
+    d = run_dir(out_root, slug, quick)
+    new = pd.DataFrame(rows, columns=COLUMNS)
+    old_meta = {}
+    if (d / "bench.csv").exists() and (d / "bench.json").exists() and set(cases_run) != set(CASES):
+        old = pd.read_csv(d / "bench.csv")
+        old_meta = results.read_json(d / "bench.json")
+        drop = set(cases_run) | ({"peak"} if (new["case"] == "peak").any() else set())
+        kept = old[~old["case"].isin(drop)]
+        new = pd.concat([kept.reindex(columns=COLUMNS), new], ignore_index=True)
+        order = {c: i for i, c in enumerate(["peak", *CASES])}
+        new = new.sort_values("case", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+    case_runs = dict(old_meta.get("case_runs", {}))
+    for c in cases_run:
+        case_runs[c] = dict(date=meta["date"], git_commit=meta["git_commit"], torch=meta["torch"],
+                            threads=meta.get("threads"), loadavg_start=meta.get("loadavg_start"))
+    meta = dict(meta, case_runs=case_runs, columns=COLUMNS)
+    results.write_csv(d / "bench.csv", new)
+    results.write_json(d / "bench.json", meta)
+    return d
+
+
+def load_runs(root) -> list[dict]:
+    """Every benchmark run under ``root`` (``<root>/<slug>/bench.csv`` + ``bench.json``), newest first.
+
+    A quick run is left out when a full run on the same hardware exists. Each entry: slug, quick, meta, table.
+    """
+    root = Path(root)
+    found = []
+    for csv in sorted(root.glob("*/bench.csv")):
+        js = csv.with_name("bench.json")
+        if not js.exists():
+            continue
+        meta = results.read_json(js)
+        found.append(dict(slug=csv.parent.name, quick=bool(meta.get("quick")), meta=meta,
+                          table=pd.read_csv(csv, keep_default_na=True)))
+    full = {r["slug"] for r in found if not r["quick"]}
+    runs = [r for r in found if not (r["quick"] and r["slug"].removesuffix("-quick") in full)]
+    return sorted(runs, key=lambda r: r["meta"].get("date", ""), reverse=True)
+
+
+def runs_table(runs: list[dict]) -> pd.DataFrame:
+    """One line per run: where it was measured, with what, when."""
+    cols = ["hardware", "device", "torch threads", "kind", "date", "git commit", "torch", "peak (measured)"]
+    rows = []
+    for r in runs:
+        m = r["meta"]
+        peak = m.get("peak") or {}
+        rows.append({"hardware": m.get("hardware_name", r["slug"]), "device": m.get("device", ""),
+                     "torch threads": m.get("threads", ""),
+                     "kind": "quick (smoke settings, not a measurement of the targets)" if r["quick"] else "full",
+                     "date": m.get("date", ""), "git commit": m.get("git_commit", ""), "torch": m.get("torch", ""),
+                     "peak (measured)": (f"{peak['flops_per_s'] / 1e12:.2f} TFLOP/s {peak['dtype']} matmul"
+                                         if peak else "")})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def targets_table(runs: list[dict]) -> pd.DataFrame:
+    """One line per target and hardware that measured it; "not measured" where no full run did (never estimated)."""
+    rows = []
+    for tid, (what, target, col, best) in TARGETS.items():
+        hits = []
+        for r in runs:
+            if r["quick"]:
+                continue
+            t = r["table"]
+            sel = t[(t["target_id"] == tid) & (t["status"] == "measured")]
+            if len(sel):
+                pick = sel.loc[sel[col].idxmax() if best == "max" else sel[col].idxmin()]
+                hits.append((r, pick))
+        if not hits:
+            rows.append(dict(id=tid, what=what, target=target, hardware="", value="not measured", met="",
+                             extrapolated=""))
+        for r, pick in hits:
+            v = float(pick[col])
+            value = (f"{v:.2f}x" if col == "ratio" else f"{v:.1f} s" if col == "seconds" else fmt_mb(v))
+            rows.append(dict(id=tid, what=what, target=target, hardware=r["meta"].get("hardware_name", r["slug"]),
+                             value=value, met={True: "yes", False: "no"}.get(_bool(pick["target_met"]), ""),
+                             extrapolated=pick["extrapolation"] if isinstance(pick["extrapolation"], str) else ""))
+    return pd.DataFrame(rows, columns=["id", "what", "target", "hardware", "value", "met", "extrapolated"])
+
+
+def speedups(runs: list[dict]) -> pd.DataFrame:
+    """Rows with a measured ratio other than the baselines', for the bar chart (with their target, if any)."""
+    out = []
+    for r in runs:
+        t = r["table"]
+        sel = t[(t["status"] == "measured") & t["ratio"].notna() & (t["variant"] != t["baseline"])
+                & ~t["variant"].astype(str).str.startswith("loop")]
+        for _, row in sel.iterrows():
+            out.append(dict(hardware=r["meta"].get("hardware_name", r["slug"]) + (" (quick)" if r["quick"] else ""),
+                            case=row["case"], label=f"{row['case']}: {row['variant']}\n{row['row']}",
+                            ratio=float(row["ratio"]), target=float(row["target_value"])
+                            if str(row["target"]).startswith(">=") else float("nan")))
+    return pd.DataFrame(out, columns=["hardware", "case", "label", "ratio", "target"])
+
+
+# --- notebook 08 helpers ------------------------------------------------------------------------------------
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is not allowed; use True or False")
+    return value
+
+
+def check_dir(name: str, value) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name}={value!r} is not allowed; use a folder path string ('' = the default)")
+    return value
+
+
+def target_hit(runs: list[dict], tid: str) -> dict | None:
+    """The newest full run's measurement of a target: value (formatted), met (True/False), hardware; or None."""
+    table = targets_table(runs)
+    sel = table[(table["id"] == tid) & (table["hardware"] != "")]
+    if not len(sel):
+        return None
+    row = sel.iloc[0]
+    return dict(value=row["value"], met=row["met"] == "yes", hardware=row["hardware"],
+                extrapolated=row["extrapolated"])
+
+
+def verdict(hit: dict | None, yes: str = "meets", no: str = "does not meet", none: str = "has not measured") -> str:
+    return none if hit is None else (yes if hit["met"] else no)
+
+
+def e2e_summary(runs: list[dict]) -> dict | None:
+    """Per-image seconds of DDPM-1000, DDIM-50 and TDPM-DIP from the newest run that has the e2e case."""
+    for r in runs:
+        t = r["table"]
+        e = t[(t["case"] == "e2e") & (t["status"] == "measured")]
+        if len(e) == 3:
+            by = {("tdpm" if v.startswith("TDPM") else "ddim" if v.startswith("DDIM") else "ddpm"): row
+                  for v, (_, row) in zip(e["variant"], e.iterrows())}
+            return dict(hardware=r["meta"].get("hardware_name", r["slug"]), quick=r["quick"], row=by["tdpm"]["row"],
+                        ddpm_s=float(by["ddpm"]["seconds"]), ddim_s=float(by["ddim"]["seconds"]),
+                        tdpm_s=float(by["tdpm"]["seconds"]), tdpm_vs_ddpm=float(by["tdpm"]["ratio"]),
+                        tdpm_vs_ddim=float(by["ddim"]["seconds"]) / float(by["tdpm"]["seconds"]),
+                        ddpm_extrapolation=str(by["ddpm"]["extrapolation"]) if by["ddpm"]["extrapolation"] ==
+                        by["ddpm"]["extrapolation"] else "", tdpm_variant=by["tdpm"]["variant"])
+    return None
+
+
+def speedup_figure(runs: list[dict]):
+    """Horizontal bars: each measured speed-up against its baseline, one panel per run, targets as red ticks."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    data = speedups(runs)
+    groups = list(dict.fromkeys(data["hardware"])) or ["no measurements"]
+    heights = [max(1, (data["hardware"] == g).sum()) for g in groups]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(9, 0.55 * sum(heights) + 1.2 * len(groups)),
+                             gridspec_kw=dict(height_ratios=heights), squeeze=False)
+    for ax, g in zip(axes[:, 0], groups):
+        d = data[data["hardware"] == g].reset_index(drop=True)
+        ax.barh(range(len(d)), d["ratio"] - 1, left=1, color=["C0" if c != "e2e" else "C2" for c in d["case"]])
+        for i, (ratio, target) in enumerate(zip(d["ratio"], d["target"])):
+            ax.text(ratio, i, f" {ratio:.2f}x", va="center", fontsize=8)
+            if target == target:
+                ax.plot([target, target], [i - 0.45, i + 0.45], color="C3", lw=2.5,
+                        label="target" if i == d["target"].first_valid_index() else None)
+        ax.axvline(1.0, color="grey", lw=1, ls="--")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_yticks(range(len(d)), [lab.replace("\n", "\n  ") for lab in d["label"]], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(g, fontsize=10)
+        ax.set_xlabel("speed-up over the baseline measured in the same run (x, log scale; dashed: 1x)")
+        if d["target"].notna().any():
+            ax.legend(loc="lower right", fontsize=8)
+        if not len(d):
+            ax.text(0.5, 0.5, "no measurements", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return fig
+
+
+def find_repo(start=None) -> Path | None:
+    """The repository root (the folder holding ``benchmarks/``) above ``start`` (default: the working folder)."""
+    here = Path(start or Path.cwd()).resolve()
+    for d in [here, *here.parents]:
+        if (d / "benchmarks" / "__init__.py").exists():
+            return d
+    return None
+
+
+def _x(v: float) -> str:
+    return f"{v:.2f}x"
+
+
+def sentences(runs: list[dict], bench_dir) -> dict[str, str]:
+    """The result-dependent sentences of notebook 08, generated from the measurements (glued into the text)."""
+    h = {tid: target_hit(runs, tid) for tid in TARGETS}
+    s = {}
+    full = [r for r in runs if not r["quick"]]
+    if not runs:
+        s["source"] = f"No benchmark results were found in {bench_dir}."
+    elif not full:
+        s["source"] = ("Only a quick run (tiny settings) exists: its rows show that the suite runs and say nothing about "
+                       "the targets, which are all reported as not measured. Run 'make bench' for real numbers.")
+    else:
+        s["source"] = (f"{len(full)} full run(s) found ({', '.join(r['meta'].get('hardware_name', r['slug']) for r in full)}); "
+                       "targets that need other hardware are reported as not measured.")
+
+    def say(hit, what, target, absent):
+        if hit is None:
+            return f"{what}: not measured ({absent}); target: {target}."
+        extra = f", {hit['extrapolated']}" if hit["extrapolated"] else ""
+        return (f"{what}: {hit['value']} on {hit['hardware']}{extra}, which "
+                f"{'meets' if hit['met'] else 'does not meet'} the target ({target}).")
+
+    s["dip"] = " ".join([
+        say(h["dip_cpu"], "Batched DIP fitting against the fastest per-image loop, dip-cpu at 32 px, B = 16, on CPU",
+            ">= 3x on 2 cores", "no full CPU run"),
+        say(h["dip_gpu"], "The same with the report's DIP network, dip-paper at 64 px, B = 64, on the GPU",
+            ">= 20x on an H200", "no CUDA run")])
+    s["sampling"] = " ".join([
+        say(h["sampling_gpu_1000x1000"], "Generating 1000 images with 1000 ancestral steps with the report's DDPM "
+            "network on the fast path", "<= 90 s on an H200", "no CUDA run"),
+        say(h["sampling_gpu_speedup"], "The fast path's sampling speed-up over fp32 eager at batch 500",
+            ">= 3x", "no CUDA run")])
+    s["memory"] = " ".join([
+        say(h["mem_training_b32"], "Peak GPU memory of the report's training configuration (batch 32)",
+            "fits in the GPU's memory", "no CUDA run"),
+        say(h["mem_sampling_b500"], "Peak GPU memory of sampling at batch 500", "fits in the GPU's memory",
+            "no CUDA run")])
+    e = e2e_summary(runs)
+    if e is None:
+        s["e2e"] = "The end-to-end comparison has not been measured."
+    else:
+        kind = "a quick run with tiny settings, so these numbers only show that the suite runs" if e["quick"] else \
+            "a full run"
+        extrap = f" ({e['ddpm_extrapolation']})" if e["ddpm_extrapolation"] else ""
+        faster = "faster" if e["tdpm_vs_ddim"] >= 1 else "slower"
+        vs_ddim = e["tdpm_vs_ddim"] if e["tdpm_vs_ddim"] >= 1 else 1 / e["tdpm_vs_ddim"]
+        claim = ("cannot be tested by a quick run" if e["quick"] else "is consistent with this measurement"
+                 if e["tdpm_vs_ddpm"] >= 5 else "is not reproduced here")
+        s["e2e"] = (f"On {e['hardware']} ({kind}; {e['row']}), one image costs {e['tdpm_s']:.3g} s with "
+                    f"{e['tdpm_variant']}, {e['ddpm_s']:.3g} s with DDPM-1000{extrap} and {e['ddim_s']:.3g} s with "
+                    f"DDIM-50: TDPM-DIP is {_x(e['tdpm_vs_ddpm'])} faster than DDPM-1000 and {_x(vs_ddim)} {faster} "
+                    f"than DDIM-50. The report's claim of about 5x faster than DDPM {claim}.")
+    return s
