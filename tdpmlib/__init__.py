@@ -4,4 +4,10 @@ Modules, one concept each: ``data``, ``models``, ``schedules``, ``ddpm``, ``dip`
 ``metrics``, ``plotting``, ``results``, ``config``, ``pipeline`` (notebook glue) and ``sweep`` (CLI).
 """
 
+import warnings
+
+# datasets and diffusers import tqdm.auto, which warns in every notebook kernel without ipywidgets; tdpmlib
+# shows no progress bars in notebooks, so the warning is noise.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 __version__ = "0.1.0"
