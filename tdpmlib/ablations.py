@@ -116,7 +116,7 @@ def check_bool(name, value):
 
 EXTRA_CHECKS = dict(
     mode=lambda n, v: config.check_choice(n, v, ("report", "point")),
-    t_trunc=lambda n, v: config.check_int(n, v, low=0, high=1000),
+    t_trunc=lambda n, v: config.check_int(n, v, low=0, high=999),
     sigma=check_sigma,
     t_obs=lambda n, v: config.check_int(n, v, low=1, high=1000),
     report_protocol=check_bool,

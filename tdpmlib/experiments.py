@@ -188,7 +188,7 @@ def run_generation(unet, scheduler, *, train: torch.Tensor, held: torch.Tensor, 
     _check_int("n", n, low=2)
     _check_int("sample_batch", sample_batch, low=1)
     _check_int("dip_iterations", dip_iterations)
-    schedules.check_level("t_trunc", t_trunc, scheduler)
+    tdpm.check_t_trunc(t_trunc, scheduler)
     if len(held) < 2:
         raise ValueError(f"held has {len(held)} images; the reference set needs at least 2")
     if n > len(train):

@@ -24,6 +24,14 @@ import torch
 from . import ddpm, dip, metrics, schedules
 
 
+def check_t_trunc(t_trunc, scheduler) -> int:
+    """T_trunc must truncate: an integer level in 0..T-1 (T_trunc = T would be the full chain)."""
+    T = scheduler.config.num_train_timesteps
+    if isinstance(t_trunc, bool) or not isinstance(t_trunc, int) or not 0 <= t_trunc < T:
+        raise ValueError(f"t_trunc={t_trunc!r} is not allowed; use an integer in 0..{T - 1} (T_trunc < T = {T})")
+    return t_trunc
+
+
 @dataclass
 class TDPMResult:
     x0: torch.Tensor              # final images, CPU, [-1, 1]
@@ -36,7 +44,7 @@ class TDPMResult:
 
 
 def _run(unet, scheduler, target, z, *, t_trunc, dip_iterations, generator, device, reference, dip_kwargs, fast):
-    schedules.check_level("t_trunc", t_trunc, scheduler)
+    check_t_trunc(t_trunc, scheduler)
     dip.check_positive_int("dip_iterations", dip_iterations, allow_zero=True)
     with metrics.CudaTimer(device) as timer:
         fit = dip.fit_dip(target, iterations=dip_iterations, z=z, device=device, reference=reference,
@@ -57,7 +65,7 @@ def tdpm_dip(unet, scheduler, x0: torch.Tensor, *, t_trunc: int = 10, dip_iterat
     ``z`` (the target's noise and the DIP's input) is drawn from ``generator`` unless given.
     ``dip_kwargs`` go to ``dip.fit_dip`` (preset, lr, seed, record_every, ...).
     """
-    schedules.check_level("t_trunc", t_trunc, scheduler)
+    check_t_trunc(t_trunc, scheduler)
     if z is None:
         z = torch.randn(x0.shape, generator=generator)
     target = schedules.q_sample(x0, t_trunc, z, scheduler).float()
@@ -76,7 +84,7 @@ def denoise(unet, scheduler, y: torch.Tensor, t_obs: int, *, t_trunc: int, dip_i
     fits the DIP to y itself. ``reference`` (the clean image) is only used for the recorded curves.
     """
     schedules.check_level("t_obs", t_obs, scheduler, allow_zero=False)
-    schedules.check_level("t_trunc", t_trunc, scheduler)
+    check_t_trunc(t_trunc, scheduler)
     if t_trunc > t_obs:
         raise ValueError(f"t_trunc={t_trunc!r} is not allowed; use 0..t_obs={t_obs}")
     scale = (schedules.alpha_bar(scheduler, t_trunc) / schedules.alpha_bar(scheduler, t_obs)).sqrt()

@@ -69,8 +69,8 @@ def test_tweedie_is_exact_for_the_true_noise(setup, tiny_images):
     torch.testing.assert_close(tdpm.tweedie(Oracle(), s, y, 600), x0, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("t_trunc", [-1, 1001, 2.0])
+@pytest.mark.parametrize("t_trunc", [-1, 1000, 1001, 2.0])
 def test_bad_t_trunc(setup, tiny_images, t_trunc):
     unet, s = setup
-    with pytest.raises(ValueError, match="t_trunc="):
+    with pytest.raises(ValueError, match=r"t_trunc=.* is not allowed; use an integer in 0\.\.999"):
         tdpm.tdpm_dip(unet, s, tiny_images[:1], t_trunc=t_trunc, generator=torch.Generator())
