@@ -148,7 +148,6 @@ def from_noise(unet, scheduler, *, n: int, resolution: int, generator: torch.Gen
                batch_size: int = 64, fast: bool | None = None) -> torch.Tensor:
     """Pure-noise samples: the full ancestral chain from T (``nfe=None``, T evaluations) or a strided DDIM
     chain from T with ``nfe`` evaluations."""
-    T = scheduler.config.num_train_timesteps
     if nfe is not None:
         schedules.check_level("nfe", nfe, scheduler, allow_zero=False)
     method = "ddpm" if nfe is None else "ddim"
