@@ -65,6 +65,15 @@ def test_committed_notebooks_have_no_error_outputs(path):
     assert not errors, f"{path.name}: {len(errors)} error outputs"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebooks_are_valid_nbformat(path):
+    """Invalid JSON (e.g. `outputs` on a markdown cell) makes papermill and jupyter warn on every cell."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)  # raises ValidationError naming the offending property
+
+
 @pytest.mark.slow
 def test_bad_parameter_fails_at_the_validation_cell(tmp_path):
     import papermill
