@@ -128,14 +128,46 @@ def config_diff(a: dict, b: dict) -> list[str]:
 # --- provenance ------------------------------------------------------------------------------------------
 
 def git_commit(cwd=None) -> str:
+    """Short HEAD hash, with "-dirty" when the code or a notebook's source differs from that commit.
+
+    A run's own outputs do not count: every reference run rewrites results/ and the executed
+    notebooks (outputs, metadata, the injected-parameters cell), so only their sources are compared.
+    """
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=cwd or Path(__file__).parent, capture_output=True,
+                              text=True, timeout=10)
+
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd or Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=cwd or Path(__file__).parent, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+        head = git("rev-parse", "--short", "HEAD")
+        root = git("rev-parse", "--show-toplevel")
+        if head.returncode != 0 or root.returncode != 0:
+            return "unknown"
+        changed = git("diff", "--name-only", "HEAD").stdout.split("\n")
+        dirty = False
+        for name in filter(None, changed):
+            if name.startswith("results/"):
+                continue
+            if name.endswith(".ipynb"):
+                old = git("show", f"HEAD:{name}")
+                path = Path(root.stdout.strip()) / name
+                if old.returncode == 0 and path.exists() and _nb_source(old.stdout) == _nb_source(path.read_text()):
+                    continue
+            dirty = True
+            break
+        return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def _nb_source(text: str):
+    """A notebook's cells as (type, source), without papermill's injected-parameters cell."""
+    try:
+        cells = json.loads(text)["cells"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    src = lambda c: "".join(c["source"]) if isinstance(c.get("source"), list) else c.get("source")  # noqa: E731
+    return [(c.get("cell_type"), src(c)) for c in cells
+            if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
 
 
 def hardware(device) -> str:

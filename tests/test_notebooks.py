@@ -74,6 +74,18 @@ def test_committed_notebooks_are_valid_nbformat(path):
     nbformat.validate(nb)  # raises ValidationError naming the offending property
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_figure_is_shown_twice(path):
+    """A cell ending in a bare `fig` of a still-open figure shows it twice under the inline backend (its repr,
+    then the open figure at the end of the cell); such cells end with plt.show() instead."""
+    nb = json.loads(path.read_text())
+    for i, c in enumerate(nb["cells"]):
+        if c["cell_type"] != "code":
+            continue
+        pngs = ["".join(o["data"]["image/png"]) for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+        assert len(pngs) == len(set(pngs)), f"{path.name} cell {i}: the same image is shown twice"
+
+
 @pytest.mark.slow
 def test_bad_parameter_fails_at_the_validation_cell(tmp_path):
     import papermill
