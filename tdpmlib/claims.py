@@ -38,6 +38,9 @@ COLUMN = dict(psnr="psnr_mean", ssim="ssim_mean", fid="fid", seconds="seconds_pe
 # resolution, the networks or the data: compared under every profile.
 ALWAYS_COMPARABLE = ("steps", "frac_copies_fit")
 REPORT_DIP_ITERATIONS = 100
+# The report's setting, as it states it: 64 x 64 Pokémon images and a 113.7 M-parameter DDPM.
+REPORT_RESOLUTION = 64
+REPORT_DDPM_PARAMS_M = 113.7
 
 
 def _value(table, claim_id, setting, method, metric, claimed, notes, *, source, same, corrected, schedule=None,
@@ -136,6 +139,16 @@ for _key, _label, _same, _corr, _p, _s in (("ddpm", "DDPM", "ddpm", "ddpm", 18.6
 for _key, _label in (("ddpm", "DDPM"), ("dip", "DIP"), ("tdpm", "TDPM-DIP")):
     CLAIMS.append(_direction("Table 4", f"T4-dir-{_key}", "t = 600, cosine − linear", f"{_label}: cosine − linear",
                              "psnr", f"T4-{_key}-psnr", f"T2-{_key}-psnr", "cosine raises every method"))
+
+
+def claimed(claim_id: str) -> float:
+    """The number the report gives for one value claim, e.g. ``claimed("T2-dip-psnr") == 32.12``: notebooks
+    quote the report through this, so each claimed number is typed once, in ``CLAIMS``."""
+    for c in CLAIMS:
+        if c["claim_id"] == claim_id and c["kind"] == "value":
+            return float(c["claimed"])
+    raise ValueError(f"claim_id={claim_id!r} is not a value claim; use one of "
+                     f"{[c['claim_id'] for c in CLAIMS if c['kind'] == 'value']}")
 
 
 def claims_table() -> pd.DataFrame:
@@ -263,7 +276,7 @@ def comparability(metric: str, *, profile: str, fid_status=None, n=None, n_refer
         return True, ""
     if profile != "paper":
         return False, (f"the {profile} profile runs smaller images and networks than the report "
-                       "(64 px, a 113.7 M-parameter DDPM)")
+                       f"({REPORT_RESOLUTION} px, a {REPORT_DDPM_PARAMS_M} M-parameter DDPM)")
     if metric == "fid":
         if _text(fid_status) is not None and not str(fid_status).startswith("ok"):
             return False, f"FID is not available in this run ({fid_status})"

@@ -37,6 +37,15 @@ def test_claimed_values_and_differences(claim_id, expected):
     assert t.at[claim_id, "claimed"] == pytest.approx(expected)
 
 
+def test_claimed_reads_value_claims_and_rejects_others():
+    t = claims.claims_table().set_index("claim_id")
+    for claim_id in ("T2-dip-psnr", "T1-tdpm-seconds", "T4-ddpm-ssim"):
+        assert claims.claimed(claim_id) == t.at[claim_id, "claimed"]
+    for bad in ("T2-dir-tdpm-ddpm", "no-such-claim"):  # a direction has no number of its own in the report
+        with pytest.raises(ValueError, match=f"claim_id='{bad}' is not a value claim"):
+            claims.claimed(bad)
+
+
 # ----------------------------------------------------------------------------------------- the verdict
 
 def test_value_within_tolerance_is_reproduced():
