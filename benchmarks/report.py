@@ -110,6 +110,8 @@ def write(out_root, slug: str, quick: bool, rows: list[dict], meta: dict, cases_
     for c in cases_run:
         case_runs[c] = dict(date=meta["date"], git_commit=meta["git_commit"], torch=meta["torch"],
                             threads=meta.get("threads"), loadavg_start=meta.get("loadavg_start"))
+    if "peak" not in meta and "peak" in old_meta:  # a run without sampling/training keeps the measured peak
+        meta = dict(meta, peak=old_meta["peak"])
     meta = dict(meta, case_runs=case_runs, columns=COLUMNS)
     results.write_csv(d / "bench.csv", new)
     results.write_json(d / "bench.json", meta)
@@ -216,10 +218,6 @@ def target_hit(runs: list[dict], tid: str) -> dict | None:
                 extrapolated=row["extrapolated"])
 
 
-def verdict(hit: dict | None, yes: str = "meets", no: str = "does not meet", none: str = "has not measured") -> str:
-    return none if hit is None else (yes if hit["met"] else no)
-
-
 def e2e_summary(runs: list[dict]) -> dict | None:
     """Per-image seconds of DDPM-1000, DDIM-50 and TDPM-DIP from the newest run that has the e2e case."""
     for r in runs:
@@ -268,15 +266,6 @@ def speedup_figure(runs: list[dict]):
             ax.text(0.5, 0.5, "no measurements", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     return fig
-
-
-def find_repo(start=None) -> Path | None:
-    """The repository root (the folder holding ``benchmarks/``) above ``start`` (default: the working folder)."""
-    here = Path(start or Path.cwd()).resolve()
-    for d in [here, *here.parents]:
-        if (d / "benchmarks" / "__init__.py").exists():
-            return d
-    return None
 
 
 def _x(v: float) -> str:

@@ -195,3 +195,25 @@ def test_benchmark_cli_refuses_bad_cases():
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["--cases", "dip,warp"])
     assert cli.build_parser().parse_args(["--cases", "e2e,dip"]).cases == ["dip", "e2e"]
+
+
+def test_benchmark_partial_run_keeps_other_cases_and_the_peak(tmp_path):
+    from benchmarks import CASES, report
+
+    def row(case, seconds):
+        return dict(case=case, row=f"{case} row", variant="v", status="measured", seconds=seconds)
+
+    def meta(date, peak=None):
+        m = dict(date=date, git_commit="abc", torch="2", threads=2, quick=False)
+        return m if peak is None else dict(m, peak=dict(flops_per_s=peak))
+
+    full = [row("peak", 1.0)] + [row(c, 2.0) for c in CASES]
+    report.write(tmp_path, "hw", False, full, meta("2026-01-01", peak=5e11), list(CASES))
+    report.write(tmp_path, "hw", False, [row("dip", 3.0)], meta("2026-01-02"), ["dip"])  # no peak measured
+    (run,) = report.load_runs(tmp_path)
+    t = run["table"].set_index("case")
+    assert list(t.index) == ["peak", *CASES]  # every earlier case kept, in order
+    assert t.at["dip", "seconds"] == 3.0 and t.at["e2e", "seconds"] == 2.0  # only the rerun case replaced
+    assert run["meta"]["peak"]["flops_per_s"] == 5e11  # the measured peak survives a run that did not measure it
+    assert run["meta"]["case_runs"]["dip"]["date"] == "2026-01-02"
+    assert run["meta"]["case_runs"]["e2e"]["date"] == "2026-01-01"
