@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 # Recursively expanded, so it is evaluated in the recipe, after the venv exists.
 PROFILE ?= $(if $(filter True,$(shell $(PY) -c "import torch;print(torch.cuda.is_available())" 2>/dev/null)),paper,cpu)
 
-.PHONY: venv test report book smoke bench clean
+.PHONY: venv test report train book smoke bench clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,16 @@ test: venv
 report: venv
 	$(PY) scripts/run_notebooks.py --profile $(PROFILE) --out notebooks
 	$(MAKE) book
+
+# Retrains the profile's two DDPMs from scratch (both schedules side by side, one thread each), resuming a
+# killed run from its checkpoint; logs in results/<profile>/models/train-<schedule>.log. The cpu profile
+# takes about 3 h on 2 quiet cores. `make report` then loads the networks this writes.
+train: venv
+	mkdir -p results/$(PROFILE)/models
+	for s in linear cosine; do \
+	  OMP_NUM_THREADS=1 $(PY) -m tdpmlib.train --profile $(PROFILE) --schedule $$s \
+	    > results/$(PROFILE)/models/train-$$s.log 2>&1 & \
+	done; wait
 
 book: venv
 	$(JB) build . -W

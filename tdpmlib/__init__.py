@@ -1,7 +1,9 @@
 """tdpmlib: DDPM, Deep Image Prior and the TDPM-DIP truncated sampler, for the tdpm-dip report.
 
-Modules, one concept each: ``data``, ``models``, ``schedules``, ``ddpm``, ``dip``, ``tdpm``, ``examples``,
-``metrics``, ``plotting``, ``results``, ``config``, ``pipeline`` (notebook glue) and ``sweep`` (CLI).
+Modules, one concept each: ``data``, ``models``, ``schedules``, ``ddpm``, ``dip``, ``tdpm``, ``metrics``,
+``plotting``, ``results``, ``config``, ``pipeline`` (notebook glue) and ``sweep`` (CLI); the notebooks' protocols
+``generation`` and ``experiments`` (its methods in ``denoisers``), ``example1``, ``example2`` (its stopping rules
+in ``stopping``) and ``ablations``.
 """
 
 import warnings

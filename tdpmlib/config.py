@@ -14,27 +14,47 @@ from pathlib import Path
 
 import torch
 
-from . import models, schedules
+from . import models, schedules, skipnet
 
 # What each profile runs. "paper" is the report's configuration (64x64, the 113.7 M DDPM, the 4-level DIP);
 # "cpu" is a reduced one that runs the whole book on 2 CPU cores; "smoke" only checks that cells run.
-# train_lr: the report's 1e-4 under "paper"; the cpu profile trains a 1 M-parameter network for only 1200
-# steps, where 1e-4 barely leaves the noise, so it uses 1e-3 (a budget choice, stated in 01_ddpm_training).
+# train_lr: the report's 1e-4 under "paper"; the cpu profile trains a 4.3 M-parameter network for 8,000 steps
+# at 1e-3, the rate its pilot ran at (small networks on a short budget tolerate and need the larger step; stated
+# in 01_ddpm_training).
 PROFILES = {
     "smoke": dict(resolution=16, ddpm_preset="tiny", dip_preset="tiny", dip_preset_small="tiny", max_images=48,
                   train_steps=20, train_epochs=0, batch_size=8, warmup_steps=5, train_lr=1e-3, checkpoint_every=10,
+                  eval_every=10, grid_every=10, n_final_samples=8,
                   n_generate=8, n_denoise=3, dip_iterations=20, dip_iterations_long=40, n_chains=2, sample_batch=64),
     # cpu: n_generate, dip_iterations_long and n_chains were cut (64 -> 48, 500 -> 300, 4 -> 3) after measuring
     # 03_tdpm_dip at about 28 min on one thread; the protocol is unchanged, only sizes and budgets shrink.
+    # cpu training: 8,000 steps of the 4.3 M ddpm-cpu preset at lr 1e-3 (the pilot in 01 measured the sizes),
+    # about 3 h for both schedules side by side on 2 quiet cores; `make train PROFILE=cpu` retrains them.
     "cpu": dict(resolution=32, ddpm_preset="ddpm-cpu", dip_preset="dip-cpu", dip_preset_small="dip-cpu-small",
-                max_images=None, train_steps=1200, train_epochs=0, batch_size=32, warmup_steps=100, train_lr=1e-3,
-                checkpoint_every=200, n_generate=48, n_denoise=8, dip_iterations=100, dip_iterations_long=300,
+                max_images=None, train_steps=8000, train_epochs=0, batch_size=32, warmup_steps=500, train_lr=1e-3,
+                checkpoint_every=500, eval_every=1000, grid_every=2000, n_final_samples=256, n_generate=48, n_denoise=8, dip_iterations=100, dip_iterations_long=300,
                 n_chains=3, sample_batch=64),
     "paper": dict(resolution=64, ddpm_preset="ddpm-paper", dip_preset="dip-paper", dip_preset_small="dip-cpu",
                   max_images=None, train_steps=0, train_epochs=100, batch_size=32, warmup_steps=500, train_lr=1e-4,
-                  checkpoint_every=1000, n_generate=1000, n_denoise=50, dip_iterations=100,
+                  checkpoint_every=1000, eval_every=0, grid_every=0, n_final_samples=1000, n_generate=1000, n_denoise=50, dip_iterations=100,
                   dip_iterations_long=1000, n_chains=8, sample_batch=500),
 }
+
+# The denoising study (tdpmlib.study): validation and test images drawn from the held-out set, the DIP
+# budgets searched on validation (the cpu ones bracket the best iterations measured at sigma = 25 on 32 px:
+# about 400 for the official protocol) and the skip-network preset of the official and ES-WMV protocols.
+STUDY = {
+    "smoke": dict(n_val=2, n_test=3, dip_preset_official="skip-tiny", dip_budgets_plain="2,4",
+                  dip_budgets_official="2,4"),
+    "cpu": dict(n_val=8, n_test=20, dip_preset_official="skip-cpu", dip_budgets_plain="100,200,300,500,750,1000,1500",
+                dip_budgets_official="100,200,300,400,500,600,800"),
+    # paper: the official network at 64 px; the official notebook runs 3000 iterations at 512 px
+    "paper": dict(n_val=20, n_test=50, dip_preset_official="skip-paper",
+                  dip_budgets_plain="100,200,300,500,750,1000,1500,2000",
+                  dip_budgets_official="250,500,750,1000,1500,2000,3000"),
+}
+for _name, _study in STUDY.items():
+    PROFILES[_name].update(_study)
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -99,6 +119,14 @@ class Config:
     warmup_steps: int = 100
     train_lr: float = 1e-3
     checkpoint_every: int = 200
+    eval_every: int = 0    # training steps between quality rows; 0: an eighth of the training
+    grid_every: int = 0    # training steps between sample grids; 0: a quarter of the training
+    n_final_samples: int = 64  # samples per sampler drawn from each trained DDPM (01's SWD and memorisation)
+    n_val: int = 8         # validation images (tuned choices) of the denoising study
+    n_test: int = 20       # test images (reported numbers) of the denoising study
+    dip_preset_official: str = "skip-cpu"  # skip-network preset of the official and ES-WMV DIP protocols
+    dip_budgets_plain: str = "100,200,300,500,750,1000,1500"    # candidate DIP iteration budgets, plain protocol
+    dip_budgets_official: str = "100,200,300,400,500,600,800"   # candidate budgets, official protocol
     n_generate: int = 64
     n_denoise: int = 8
     dip_iterations: int = 100
@@ -149,17 +177,36 @@ class Config:
         check_int("train_epochs", self.train_epochs, low=0)
         if (self.train_steps > 0) == (self.train_epochs > 0):
             _fail("train_steps", self.train_steps, f"set exactly one of train_steps and train_epochs (got epochs={self.train_epochs!r})")
-        for name in ("batch_size", "n_generate", "n_denoise", "dip_iterations", "dip_iterations_long", "n_chains", "sample_batch"):
+        for name in ("batch_size", "n_final_samples", "n_generate", "n_denoise", "dip_iterations", "dip_iterations_long", "n_chains", "sample_batch"):
             check_int(name, getattr(self, name), low=1)
         check_int("warmup_steps", self.warmup_steps, low=0)
         check_float("train_lr", self.train_lr, low=0, high=1)
         check_int("checkpoint_every", self.checkpoint_every, low=1)
+        check_int("eval_every", self.eval_every, low=0)
+        check_int("grid_every", self.grid_every, low=0)
         check_float("dip_lr", self.dip_lr, low=0, high=1)
         check_float("held_out", self.held_out, low=0, high=1)
+        check_int("n_val", self.n_val, low=1)
+        check_int("n_test", self.n_test, low=1)
+        check_choice("dip_preset_official", self.dip_preset_official, list(skipnet.PRESETS))
+        for name in ("dip_budgets_plain", "dip_budgets_official"):
+            self.budgets(name)
         if not isinstance(self.results_dir, str) or not self.results_dir:
             _fail("results_dir", self.results_dir, "use a non-empty path string")
         if not isinstance(self.run_name, str) or any(c in self.run_name for c in "/\\"):
             _fail("run_name", self.run_name, "use a plain folder name")
+
+    def budgets(self, name: str) -> tuple[int, ...]:
+        """A comma-separated budget list ("100,200,400") as sorted distinct positive integers."""
+        value = getattr(self, name)
+        allowed = 'use a comma-separated string of positive integers, e.g. "100,200,400"'
+        try:
+            out = tuple(sorted({int(p) for p in value.split(",")}))
+        except (AttributeError, ValueError):
+            _fail(name, value, allowed)
+        if not out or out[0] < 1:
+            _fail(name, value, allowed)
+        return out
 
     @property
     def torch_device(self) -> torch.device:

@@ -97,6 +97,25 @@ def resolve_source(source: str | os.PathLike | None = None) -> str:
     return DEFAULT_SOURCE
 
 
+def fingerprint(source: str | os.PathLike | None = None) -> str:
+    """An identity of the data that does not depend on where it lies: a local file is named by its file
+    name and the first 12 hex digits of its SHA-256, a folder by its name, a hub dataset by its id. Trained
+    models record it, so a clone in another folder still recognises the committed networks."""
+    import hashlib
+
+    src = resolve_source(source)
+    path = Path(src).expanduser()
+    if path.is_file():
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return f"{path.name}:sha256:{h.hexdigest()[:12]}"
+    if path.is_dir():
+        return f"{path.name}/"
+    return src
+
+
 def _looks_like_path(source: str) -> bool:
     """Whether ``source`` is meant as a local path rather than a hub id (``name`` or ``owner/name``)."""
     return (

@@ -230,12 +230,14 @@ def _ddim_levels(t: int, num_steps: int) -> list[int]:
 
 @torch.no_grad()
 def reverse_chain(unet, scheduler, x_t: torch.Tensor, t: int, *, method: str = "ddpm", num_steps: int | None = None,
-                  generator: torch.Generator | None = None, fast: bool | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, fast: bool | None = None,
+                  clipped_eps: bool = True) -> torch.Tensor:
     """Run the reverse process from level ``t`` to 0 on a batch ``x_t`` and return x_0.
 
     ``method="ddpm"``: ancestral sampling, t network evaluations, each step ``scheduler.step(...)``
     (posterior mean with 1/sqrt(alpha_t), noise sigma_t z; see ``schedules.posterior_step``).
-    ``method="ddim"``: deterministic DDIM over ``num_steps`` evenly spaced levels.
+    ``method="ddim"``: deterministic DDIM over ``num_steps`` evenly spaced levels (``schedules.ddim_step``;
+    ``clipped_eps`` re-derives eps from the clipped x_0 estimate, see there).
     Noise is drawn from ``generator`` (a CPU generator gives the same draws on every device).
     """
     schedules.check_level("t", t, scheduler)
@@ -255,13 +257,13 @@ def reverse_chain(unet, scheduler, x_t: torch.Tensor, t: int, *, method: str = "
         levels = _ddim_levels(t, num_steps)
         for a, b in zip(levels[:-1], levels[1:]):
             eps = predict_eps(unet, x, a, fast=fast)
-            x = schedules.ddim_step(x, eps, a, b, scheduler, clip=scheduler.config.clip_sample)
+            x = schedules.ddim_step(x, eps, a, b, scheduler, clip=scheduler.config.clip_sample, clipped_eps=clipped_eps)
     else:
         raise ValueError(f"method={method!r} is not allowed; use 'ddpm' or 'ddim'")
     return x.contiguous() if fast_path else x
 
 
-def network_evaluations(t: int, *, method: str = "ddpm", num_steps: int | None = None) -> int:
+def network_evaluations(t: int, *, method: str = "ddpm", num_steps: int | None = None, **_sampler_options) -> int:
     """Network evaluations per image of ``reverse_chain`` from level t."""
     return t if method == "ddpm" else len(_ddim_levels(t, num_steps)) - 1
 
@@ -269,7 +271,7 @@ def network_evaluations(t: int, *, method: str = "ddpm", num_steps: int | None =
 @torch.no_grad()
 def sample(unet, scheduler, *, n: int, resolution: int, generator: torch.Generator, device="cpu",
            method: str = "ddpm", num_steps: int | None = None, batch_size: int = 64, fast: bool | None = None,
-           progress: bool = False) -> torch.Tensor:
+           progress: bool = False, clipped_eps: bool = True) -> torch.Tensor:
     """Generate ``n`` images from pure noise at level T, in batches; returns a CPU tensor in [-1, 1]."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r} is not allowed; use a positive integer")
@@ -279,45 +281,5 @@ def sample(unet, scheduler, *, n: int, resolution: int, generator: torch.Generat
         b = min(batch_size, n - start)
         x_T = torch.randn((b, 3, resolution, resolution), generator=generator).to(device)
         out.append(reverse_chain(unet, scheduler, x_T, T, method=method, num_steps=num_steps,
-                                 generator=generator, fast=fast).clamp(-1, 1).cpu())
+                                 generator=generator, fast=fast, clipped_eps=clipped_eps).clamp(-1, 1).cpu())
     return torch.cat(out)
-
-
-# --- command line -----------------------------------------------------------------------------------------
-
-def main(argv=None) -> int:
-    """``python -m tdpmlib.ddpm --profile cpu --schedule linear``: train (or resume, or load) one DDPM.
-
-    Rerunning the same command after an interruption resumes from the latest checkpoint.
-    """
-    import argparse
-    import sys
-
-    from . import pipeline
-
-    p = argparse.ArgumentParser(prog="python -m tdpmlib.ddpm", description=main.__doc__)
-    p.add_argument("--profile", default="cpu")
-    p.add_argument("--schedule", default="linear")
-    p.add_argument("--data-source", default="")
-    p.add_argument("--results-dir", default="results")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--train-steps", type=int, default=None)
-    p.add_argument("--checkpoint-every", type=int, default=None)
-    p.add_argument("--progress", action="store_true")
-    a = p.parse_args(argv)
-    try:
-        cfg = pipeline.setup("train", show=False, profile=a.profile, schedule=a.schedule, data_source=a.data_source,
-                             results_dir=a.results_dir, seed=a.seed, device=a.device, train_steps=a.train_steps,
-                             checkpoint_every=a.checkpoint_every)
-        train, _ = pipeline.load_split(cfg)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    _, _, info = pipeline.train_or_load(cfg, train, progress=a.progress)
-    print(f"{'loaded' if info['loaded'] else 'trained'} {cfg.model_dir()} ({info['steps']} steps)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

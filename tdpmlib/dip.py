@@ -1,13 +1,47 @@
 """Deep Image Prior (Algorithm 2): fit a freshly initialised network G_psi(z) to a target by Adam on MSE.
 
-Fitting a batch of B images fits B independent networks, one per image (Ulyanov et al. 2018). They are
-stepped together: their parameters are stacked (``torch.func.stack_module_state``) and the forward pass
-is ``vmap(functional_call)`` over the stack. The loss is the *sum* over images of each image's mean
-squared error, so the gradient with respect to network i is exactly its own loss's gradient, and since
-Adam acts element-wise, one Adam over the stack equals B separate Adams. ``batched=False`` runs the
-same maths as a Python loop over ordinary modules (the reference the benchmark compares against).
+Two protocols, picked by name (``fit_dip(..., protocol=...)``; their settings are ``PROTOCOLS``):
 
-Iteration k's output is G_{psi_k}(z) after k Adam updates; k = 0 is the untrained network.
+* ``"plain"`` (default) -- the reproduced report's DIP: a diffusers UNet (``models.PRESETS``) called with
+  timestep 0 on a fixed 3-channel z ~ N(0, 1); Adam at lr 1e-3; no input jitter, averaging or backtracking.
+* ``"eswmv"`` -- the DIP that the ES-WMV authors run: the official network, input and jitter at lr 0.01,
+  without averaging or backtracking (``PROTOCOLS``).
+* ``"official"`` -- the denoising protocol of the official code of Ulyanov et al. 2018
+  (github.com/DmitryUlyanov/deep-image-prior, ``denoising.ipynb``): the skip network (``skipnet``) on a
+  32-channel z ~ U(0, 1) * 0.1 (``get_noise(32, 'noise', ..., var=1./10)``); at every step z is re-jittered
+  with fresh N(0, (1/30)^2) noise (``reg_noise_std``); Adam at lr 0.01 (``LR``); an exponential average of
+  the outputs, out_avg = 0.99 * out_avg + 0.01 * out, started at the first output (``exp_weight``); and
+  backtracking. The averaged output is what is returned, recorded, kept and shown to monitors (the notebook
+  evaluates ``out_avg``); the raw output is recorded beside it. The sigmoid output s on [0, 1] enters this
+  project as 2 s - 1 on [-1, 1]; the loss is the official [0, 1]-scale MSE (a quarter of the [-1, 1] MSE).
+  The official network is preset "skip-paper" (5 scales, images of 64 px or more) or "skip-paper-4scales"
+  (the same widths at 32 px); the default preset is the narrower CPU variant "skip-cpu".
+
+Backtracking (official): the notebook's counter i counts the steps that did not backtrack; at every step
+with i % 100 != 0 (``if i % show_every:``, show_every = 100) the PSNR of the raw output against the noisy
+target (``metrics.psnr``: on [0, 1], data range 1, as the notebook's ``compare_psnr`` on its [0, 1] images) is
+compared with the one stored at the last check that passed. If it fell by more than 5 dB the
+parameters are restored from the copy taken at that check; otherwise the copy and the PSNR are renewed.
+Only parameters are restored: Adam's moments and step count are not, and the Adam step right after the
+restore still uses the gradient computed at the collapsed parameters (the closure has already called
+``backward``; ``optimize`` then calls ``optimizer.step()``). Here every image has its own counter, copy and
+PSNR; in a batched fit only the slices of the stacked parameters of the images whose PSNR dropped are
+restored, and the one Adam step over the stack follows, exactly as B separate official runs would do.
+
+Fitting a batch of B images fits B independent networks, one per image; network i's initial weights depend
+on (seed, i) only (``indices`` names i when fitting a subset). They are stepped together: their parameters
+are stacked (``torch.func.stack_module_state``) and the forward pass is ``vmap(functional_call)`` over the
+stack. The loss is the *sum* over images of each image's MSE, so the gradient with respect to network i is
+its own loss's gradient, and since Adam acts element-wise, one Adam over the stack equals B separate Adams.
+``batched=False`` runs the same maths as a Python loop over ordinary modules (the reference). In float32 the
+two agree to rounding only approximately for the skip network: Adam divides each gradient element by its own
+running RMS, so the rounding noise of gradients that BatchNorm makes ~0 (a conv bias right before it) turns
+into steps of about lr in directions that barely move the output; outputs still agree to ~1e-4 over a few
+steps (in float64, where that noise is far below Adam's eps, to ~1e-7; tests/test_dip.py compares there).
+
+Iteration k's output is the one computed with the parameters after k Adam updates; k = 0 is the untrained
+network. Every random draw comes from the given generators (z from torch's global RNG only when neither
+z nor a generator is given).
 """
 
 from __future__ import annotations
@@ -21,11 +55,46 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor
 from torch.func import functional_call, stack_module_state, vmap
 
-from . import ddpm, metrics, models
+from . import ddpm, metrics, models, skipnet
 
 # vmap has no batching rule for CPU flash attention and falls back to a loop over the batch for that op
 # (correct, and measured in benchmarks/); the warning would otherwise print in every notebook.
 warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+
+
+@dataclass(frozen=True)
+class DIPProtocol:
+    """The named settings of one DIP protocol (``PROTOCOLS``)."""
+
+    network: str                        # "unet": models.PRESETS; "skip": skipnet.PRESETS
+    preset: str                         # the default preset
+    lr: float                           # the default Adam learning rate
+    input_channels: int                 # z is B x input_channels x H x W
+    input_noise: str                    # "normal": z ~ N(0, 1); "uniform": z ~ U(0, 1) * input_scale
+    input_scale: float = 1.0
+    jitter_std: float = 0.0             # std of the fresh Gaussian noise added to z at every step (0: none)
+    ema: float = 0.0                    # out_avg = ema * out_avg + (1 - ema) * out (0: no averaging)
+    backtrack_db: float | None = None   # restore when the PSNR to the target drops by more than this (None: never)
+    backtrack_every: int = 100          # the check is skipped when the image's counter is a multiple of this
+    loss_scale: float = 1.0             # the training loss is loss_scale * (sum of per-image [-1, 1] MSEs)
+
+
+PROTOCOLS = {
+    "plain": DIPProtocol("unet", "dip-cpu", 1e-3, 3, "normal"),
+    "official": DIPProtocol("skip", "skip-cpu", 0.01, 32, "uniform", input_scale=0.1, jitter_std=1 / 30, ema=0.99,
+                            backtrack_db=5.0, backtrack_every=100, loss_scale=0.25),
+    # The DIP the ES-WMV authors run (github.com/sun-umn/Early_Stopping_for_DIP, ES_WMV.ipynb): the same skip
+    # network, input and jitter as the official protocol, Adam at 0.01, but no output averaging and no
+    # backtracking (both would smooth the very variance the rule watches).
+    "eswmv": DIPProtocol("skip", "skip-cpu", 0.01, 32, "uniform", input_scale=0.1, jitter_std=1 / 30,
+                         loss_scale=0.25),
+}
+
+
+def check_protocol(protocol) -> DIPProtocol:
+    if not isinstance(protocol, str) or protocol not in PROTOCOLS:
+        raise ValueError(f"protocol={protocol!r} is not allowed; use one of {sorted(PROTOCOLS)}")
+    return PROTOCOLS[protocol]
 
 
 def check_positive_int(name: str, v, *, allow_zero: bool = False) -> int:
@@ -41,21 +110,54 @@ def check_lr(lr) -> float:
     return float(lr)
 
 
-class DIPFitter:
-    """B independent DIP networks with fixed inputs z (B x 3 x H x W), stepped together by Adam."""
+def draw_input(protocol: str, shape, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The fixed network input z for ``shape`` = (B, H, W), drawn from ``generator`` (CPU)."""
+    p = check_protocol(protocol)
+    b, h, w = shape
+    if p.input_noise == "normal":
+        return torch.randn(b, p.input_channels, h, w, generator=generator)
+    return torch.rand(b, p.input_channels, h, w, generator=generator) * p.input_scale
 
-    def __init__(self, z: torch.Tensor, *, preset: str = "dip-cpu", lr: float = 1e-3, seed: int = 0,
-                 device="cpu", batched: bool = True, fast: bool | None = None):
-        check_lr(lr)
+
+def _mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((out - target) ** 2).mean(dim=(1, 2, 3))
+
+
+class DIPFitter:
+    """B independent DIP networks with fixed inputs z (B x C x H x W), stepped together by Adam.
+
+    ``preset`` and ``lr`` default to the protocol's. ``indices`` (default 0..B-1) are the networks' indices i:
+    network i is initialised from (seed, i). ``jitter_generator`` draws the per-step input jitter of the
+    official protocol (default: a generator on ``device`` seeded with ``seed``); each step draws one
+    B x C x H x W tensor from it, image j taking slice j, in both the batched and the loop paths.
+    """
+
+    def __init__(self, z: torch.Tensor, *, protocol: str = "plain", preset: str | None = None,
+                 lr: float | None = None, seed: int = 0, device="cpu", batched: bool = True,
+                 fast: bool | None = None, indices=None, jitter_generator: torch.Generator | None = None):
+        self.protocol = p = check_protocol(protocol)
+        lr = check_lr(p.lr if lr is None else lr)
+        preset = p.preset if preset is None else preset
+        if not torch.is_tensor(z) or z.ndim != 4 or z.shape[1] != p.input_channels:
+            shape = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
+            raise ValueError(f"z has shape {shape}; protocol {protocol!r} takes B x {p.input_channels} x H x W")
         self.device = torch.device(device)
         self.fast = fast
         self.z = z.to(self.device)
-        b, _, h, _ = z.shape
+        b, _, h, w = z.shape
+        indices = list(range(b)) if indices is None else list(indices)
+        if len(indices) != b or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in indices):
+            raise ValueError(f"indices={indices!r} is not allowed; use {b} integers >= 0, one per image")
         nets = []
-        for i in range(b):  # network i's initial weights depend on (seed, i) only, not on B
+        for i in indices:  # network i's initial weights depend on (seed, i) only, not on B
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed * 100_003 + i)
-                nets.append(ddpm.prepare(models.make_unet(preset, resolution=h), self.device, fast))
+                if p.network == "unet":
+                    net = models.make_unet(preset, resolution=h)
+                else:
+                    net = skipnet.make_skipnet(preset, resolution=h, in_channels=p.input_channels)
+                    skipnet.check_resolution(w, net.scales)
+                nets.append(ddpm.prepare(net, self.device, fast))
         self.batched = batched
         if batched:
             if self.device.type == "cpu":
@@ -67,43 +169,113 @@ class DIPFitter:
                             m.set_processor(AttnProcessor())
             self.params, self.buffers = stack_module_state(nets)
             self.base = copy.deepcopy(nets[0]).to("meta")
-            self.opt = torch.optim.Adam(list(self.params.values()), lr=lr)
+            self.opts = [torch.optim.Adam(list(self.params.values()), lr=lr)]
+            self.opt = self.opts[0]
         else:
             self.nets = nets
             self.opts = [torch.optim.Adam(n.parameters(), lr=lr) for n in nets]
+        if p.jitter_std and jitter_generator is None:
+            jitter_generator = torch.Generator(self.device).manual_seed(seed)
+        self.jitter_generator = jitter_generator
+        self.raw: torch.Tensor | None = None     # the last raw (not averaged) output
+        self.avg: torch.Tensor | None = None     # the running average (official protocol)
+        self.backtracked = torch.zeros(b, dtype=torch.bool)  # per image: did the last step backtrack?
+        self.backtracks = torch.zeros(b, dtype=torch.long)   # per image: how many times so far
+        if p.backtrack_db is not None:
+            self.count = torch.zeros(b, dtype=torch.long)    # the official counter i, per image
+            self.last_psnr = torch.zeros(b)                  # psrn_noisy_last
+            self.snapshot = ({k: v.detach().clone() for k, v in self.params.items()} if batched else
+                             [[q.detach().clone() for q in n.parameters()] for n in nets])  # last_net
         self.iteration = 0
 
-    def _call(self, params, buffers, z):
-        return functional_call(self.base, (params, buffers), (z.unsqueeze(0), 0)).sample.squeeze(0)
+    def _apply(self, net, z):
+        return net(z, 0).sample if self.protocol.network == "unet" else 2 * net(z) - 1
 
-    def forward(self) -> torch.Tensor:
+    def _call(self, params, buffers, z):
+        return self._apply(lambda *a: functional_call(self.base, (params, buffers), a), z.unsqueeze(0)).squeeze(0)
+
+    def forward(self, z: torch.Tensor | None = None) -> torch.Tensor:
+        """The networks' raw outputs on [-1, 1] for input ``z`` (default: the fixed z, no jitter)."""
+        z = self.z if z is None else z
         with ddpm.autocast(self.device, self.fast):
             if self.batched:
-                out = vmap(self._call)(self.params, self.buffers, self.z)
+                out = vmap(self._call)(self.params, self.buffers, z)
             else:
-                out = torch.cat([n(self.z[i : i + 1], 0).sample for i, n in enumerate(self.nets)])
-        return out.float()
+                out = torch.cat([self._apply(n, z[i : i + 1]) for i, n in enumerate(self.nets)])
+        return out.to(self.z.dtype)  # back from bf16 under the fast path; float64 nets stay float64
+
+    def _input(self) -> torch.Tensor:
+        p, g = self.protocol, self.jitter_generator
+        if not p.jitter_std:
+            return self.z
+        noise = torch.randn(self.z.shape, generator=g, device=g.device).to(self.device)
+        return self.z + noise * p.jitter_std
+
+    def _average(self, raw: torch.Tensor) -> torch.Tensor:
+        self.raw = raw
+        e = self.protocol.ema
+        if not e:
+            return raw
+        self.avg = raw.clone() if self.avg is None else self.avg * e + raw * (1 - e)
+        return self.avg
+
+    @torch.no_grad()
+    def _copy(self, mask: torch.Tensor, *, restore: bool) -> None:
+        """Copy the snapshot into the parameters (``restore``) or back, for the images in ``mask``."""
+        if not mask.any():
+            return
+        if self.batched:
+            idx = torch.nonzero(mask).flatten().to(self.device)
+            for name, q in self.params.items():
+                s = self.snapshot[name]
+                if restore:
+                    q[idx] = s[idx]
+                else:
+                    s[idx] = q[idx].detach()
+        else:
+            for i in torch.nonzero(mask).flatten().tolist():
+                for q, s in zip(self.nets[i].parameters(), self.snapshot[i]):
+                    (q if restore else s).copy_(s if restore else q.detach())
+
+    def _backtrack(self, raw: torch.Tensor, target: torch.Tensor) -> None:
+        p = self.protocol
+        psnr = metrics.psnr(raw, target).cpu()
+        check = self.count % p.backtrack_every != 0
+        back = check & (psnr - self.last_psnr < -p.backtrack_db)
+        passed = check & ~back
+        self._copy(back, restore=True)
+        self._copy(passed, restore=False)
+        self.last_psnr = torch.where(passed, psnr, self.last_psnr)
+        self.count += (~back).long()
+        self.backtracked = back
+        self.backtracks += back.long()
 
     def step(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One Adam update towards ``target``. Returns (output before the update, per-image MSE)."""
-        out = self.forward()
-        per_image = ((out - target.to(self.device)) ** 2).mean(dim=(1, 2, 3))
-        if self.batched:
-            self.opt.zero_grad(set_to_none=True)
-            per_image.sum().backward()
-            self.opt.step()
-        else:
-            for o in self.opts:
-                o.zero_grad(set_to_none=True)
-            per_image.sum().backward()
-            for o in self.opts:
-                o.step()
+        """One Adam update towards ``target``. Returns (this iteration's output before the update -- the
+        average under the official protocol -- and its per-image MSE against ``target``)."""
+        target = target.to(self.device)
+        raw = self.forward(self._input())
+        per_image = _mse(raw, target)
+        for o in self.opts:
+            o.zero_grad(set_to_none=True)
+        loss = per_image.sum()
+        if self.protocol.loss_scale != 1:
+            loss = loss * self.protocol.loss_scale
+        loss.backward()
+        raw = raw.detach()
+        out = self._average(raw)
+        if self.protocol.backtrack_db is not None:
+            self._backtrack(raw, target)  # after backward, before the Adam step, as in the official closure
+        for o in self.opts:
+            o.step()
         self.iteration += 1
-        return out.detach(), per_image.detach()
+        return out, (per_image.detach() if out is raw else _mse(out, target))
 
     @torch.no_grad()
     def output(self) -> torch.Tensor:
-        return self.forward()
+        """This iteration's output without an update. Under the official protocol it draws the iteration's
+        jitter and folds the output into the average, as the next ``step`` would: call it once, at the end."""
+        return self._average(self.forward(self._input()))
 
 
 @dataclass
@@ -115,29 +287,48 @@ class DIPResult:
     best_iteration: torch.Tensor | None = None
     seconds: float = 0.0
     iterations: int = 0
+    protocol: str = "plain"
+    # Official protocol only (the plain output is the raw one): the raw, not averaged, outputs, and the
+    # number of backtracks per image.
+    raw_output: torch.Tensor | None = None
+    raw_outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    backtracks: torch.Tensor | None = None
 
 
 def fit_dip(target: torch.Tensor, *, iterations: int = 100, z: torch.Tensor | None = None,
-            generator: torch.Generator | None = None, preset: str = "dip-cpu", lr: float = 1e-3, seed: int = 0,
-            device="cpu", reference: torch.Tensor | None = None, record_every: int = 1, keep=(),
-            monitors=(), batched: bool = True, fast: bool | None = None) -> DIPResult:
+            generator: torch.Generator | None = None, preset: str | None = None, lr: float | None = None,
+            seed: int = 0, device="cpu", reference: torch.Tensor | None = None, record_every: int = 1, keep=(),
+            monitors=(), batched: bool = True, fast: bool | None = None, protocol: str = "plain",
+            indices=None, jitter_generator: torch.Generator | None = None) -> DIPResult:
     """Fit one DIP network per image of ``target`` (B x 3 x H x W, [-1, 1] scale) for ``iterations`` steps.
 
-    ``z`` is the fixed network input (standard normal from ``generator`` when not given). Every
+    ``protocol`` is "plain" or "official" (module docstring); ``preset`` and ``lr`` default to its own.
+    ``z`` is the fixed network input (``draw_input`` from ``generator`` when not given). Every
     ``record_every`` iterations the history records the loss and the PSNR against the target, and, when a
     clean ``reference`` is given, PSNR/SSIM against it; the oracle best output is tracked against it too.
     ``keep`` lists iterations whose outputs are returned; ``monitors`` get ``update(k, output, loss)``.
+    Under the official protocol all of these see the averaged output; the history adds the raw output's
+    ``loss_raw``, ``psnr_target_raw`` (and ``psnr_ref_raw``) and whether the step ``backtracked``. Its jitter
+    comes from ``jitter_generator``, by default a generator on ``device`` seeded by one draw from
+    ``generator`` after z (or with ``seed`` when there is no generator). ``indices``: see ``DIPFitter``.
     """
+    p = check_protocol(protocol)
     check_positive_int("iterations", iterations, allow_zero=True)
     check_positive_int("record_every", record_every)
     if target.ndim != 4 or target.shape[1] != 3:
         raise ValueError(f"target has shape {tuple(target.shape)}; use B x 3 x H x W")
     if z is None:
-        z = torch.randn(target.shape, generator=generator)
-    fitter = DIPFitter(z, preset=preset, lr=lr, seed=seed, device=device, batched=batched, fast=fast)
+        b, _, h, w = target.shape
+        z = draw_input(protocol, (b, h, w), generator)
+    if p.jitter_std and jitter_generator is None:
+        s = seed if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
+        jitter_generator = torch.Generator(torch.device(device)).manual_seed(s)
+    fitter = DIPFitter(z, protocol=protocol, preset=preset, lr=lr, seed=seed, device=device, batched=batched,
+                       fast=fast, indices=indices, jitter_generator=jitter_generator)
+    extra = p.ema > 0 or p.backtrack_db is not None  # record the raw output beside the reported one
     target_d = target.to(fitter.device)
     ref_d = reference.to(fitter.device) if reference is not None else None
-    rows, kept = [], {}
+    rows, kept, kept_raw = [], {}, {}
     best_psnr = torch.full((len(target),), -float("inf"))
     best_out, best_it = None, torch.zeros(len(target), dtype=torch.long)
     keep = set(keep)
@@ -145,11 +336,15 @@ def fit_dip(target: torch.Tensor, *, iterations: int = 100, z: torch.Tensor | No
         for k in range(iterations + 1):
             if k < iterations:
                 out, loss = fitter.step(target_d)
+                back = fitter.backtracked
             else:
                 out = fitter.output()
-                loss = ((out - target_d) ** 2).mean(dim=(1, 2, 3))
+                loss = _mse(out, target_d)
+                back = torch.zeros(len(target), dtype=torch.bool)
             if k in keep:
                 kept[k] = out.cpu()
+                if extra:
+                    kept_raw[k] = fitter.raw.cpu()
             for m in monitors:
                 m.update(k, out, loss)
             if ref_d is not None:
@@ -165,8 +360,14 @@ def fit_dip(target: torch.Tensor, *, iterations: int = 100, z: torch.Tensor | No
                     small = min(out.shape[-2:]) < 11  # SSIM's Gaussian window needs 11 px
                     rec.update(psnr_ref=p_ref, ssim_ref=torch.full_like(p_ref, float("nan")) if small
                                else metrics.ssim(out, ref_d).cpu())
+                if extra:
+                    rec.update(loss_raw=_mse(fitter.raw, target_d).cpu(),
+                               psnr_target_raw=metrics.psnr(fitter.raw, target_d).cpu(), backtracked=back)
+                    if ref_d is not None:
+                        rec.update(psnr_ref_raw=metrics.psnr(fitter.raw, ref_d).cpu())
                 for i in range(len(target)):
                     rows.append({key: (v[i].item() if torch.is_tensor(v) else v) for key, v in rec.items()} | {"image": i})
     return DIPResult(output=out.cpu(), history=pd.DataFrame(rows), outputs=kept, best_output=best_out,
                      best_iteration=best_it if ref_d is not None else None, seconds=timer.seconds,
-                     iterations=iterations)
+                     iterations=iterations, protocol=protocol, raw_output=fitter.raw.cpu() if extra else None,
+                     raw_outputs=kept_raw, backtracks=fitter.backtracks.clone() if extra else None)

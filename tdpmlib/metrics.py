@@ -10,8 +10,10 @@ rescale by hand.
 Contents, in reading order
 --------------------------
 * :func:`to_unit` -- ``[-1, 1] -> [0, 1]``.
-* :func:`psnr`, :func:`ssim` -- per-image reconstruction metrics (torchmetrics).
-* :func:`mean_std`, :func:`fmt_mean_std` -- "13.40 ± 0.52" table cells.
+* :func:`psnr`, :func:`ssim` -- per-image reconstruction metrics (torchmetrics);
+  :func:`ssim_or_nan` -- NaN instead of an error below SSIM's 11-pixel window.
+* :func:`mean_std`, :func:`mean_std_or_nan`, :func:`fmt_mean_std` -- "13.40 ± 0.52" table cells;
+  :func:`summarise` -- those cells per group of a per-image table.
 * :func:`fid_kid` -- FID / KID through torchmetrics, with an Inception network
   (needs its weights, which are downloaded on first use) or an injected
   feature extractor; degrades to ``None`` values with a status string offline.
@@ -31,6 +33,7 @@ import warnings
 from collections.abc import Iterable
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -43,9 +46,14 @@ __all__ = [
     "to_unit",
     "psnr",
     "ssim",
+    "ssim_or_nan",
     "mean_std",
+    "mean_std_or_nan",
     "fmt_mean_std",
+    "summarise",
     "fid_kid",
+    "FID_NO_WEIGHTS",
+    "FID_FAILED",
     "swd",
     "nearest_distances",
     "memorisation",
@@ -135,6 +143,14 @@ def ssim(pred: Tensor, target: Tensor, *, crop_border: bool = True) -> Tensor:
     return ssim_map[..., pad:-pad, pad:-pad].mean(dim=(1, 2, 3))
 
 
+def ssim_or_nan(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-image :func:`ssim` on the CPU, or NaN for images smaller than its 11-pixel window (the tests' 8 px
+    images), so that tables keep an ``ssim`` column at every resolution."""
+    if min(pred.shape[-2:]) < _SSIM_WINDOW:
+        return torch.full((len(pred),), float("nan"))
+    return ssim(pred, target).cpu()
+
+
 # --------------------------------------------------------------------------- #
 # Summaries for tables
 # --------------------------------------------------------------------------- #
@@ -150,15 +166,46 @@ def mean_std(values: Iterable[float] | Tensor) -> tuple[float, float]:
     return float(arr.mean()), std
 
 
+def mean_std_or_nan(values: Iterable[float] | Tensor) -> tuple[float, float]:
+    """``mean_std`` of the values that are not NaN; ``(nan, nan)`` when none is (SSIM of images below 11 px)."""
+    kept = [v for v in (float(x) for x in values) if not math.isnan(v)]
+    return mean_std(kept) if kept else (math.nan, math.nan)
+
+
 def fmt_mean_std(values: Iterable[float] | Tensor, digits: int = 2) -> str:
     """Format values as ``"mean ± std"``, e.g. ``"13.40 ± 0.52"``."""
     mean, std = mean_std(values)
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def summarise(df: pd.DataFrame, by: list[str], cols: list[str], digits: int = 2) -> pd.DataFrame:
+    """Mean ± std per group of a per-image table: one row per group of ``by`` (first-appearance order, NaN
+    keys kept) with ``n_images`` and, for each column c, ``c_mean``, ``c_std`` (:func:`mean_std_or_nan`) and
+    the string ``c`` = "mean ± std" with ``digits`` decimals ("n/a" when every value is NaN)."""
+    out = []
+    for key, g in df.groupby(by, sort=False, dropna=False):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        row["n_images"] = len(g)
+        for c in cols:
+            m, s = mean_std_or_nan(g[c])
+            row[f"{c}_mean"], row[f"{c}_std"] = m, s
+            row[c] = "n/a" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 # --------------------------------------------------------------------------- #
 # FID and KID
 # --------------------------------------------------------------------------- #
+# The status of an unavailable FID / KID. The book quotes it in prose, so it is one plain
+# sentence without exception text; the exception goes to the result's "status_detail".
+FID_NO_WEIGHTS = (
+    "unavailable: the Inception weights could not be loaded, most likely because there is no "
+    "internet access to download them, so FID and KID are not computed"
+)
+FID_FAILED = "unavailable: the Inception network could not be built or run, so FID and KID are not computed"
+
+
 class _CustomFeatures(nn.Module):
     """Adapter for an injected feature extractor.
 
@@ -200,11 +247,16 @@ def fid_kid(
       (``feature=2048``, Heusel et al. 2017). Its weights are downloaded on
       first use; if that (or anything else while building or running the
       network) fails, e.g. on an offline machine, the result is
-      ``{"fid": None, "kid_mean": None, "kid_std": None,
-      "status": "unavailable: Inception weights not found (<reason>)"}``.
+      ``{"fid": None, "kid_mean": None, "kid_std": None, "status": ...,
+      "status_detail": "<exception type>: <message>"}``. ``status`` is one
+      plain sentence that starts with ``"unavailable: "`` and holds no
+      exception text (the book quotes it in prose): :data:`FID_NO_WEIGHTS` for
+      an ``OSError`` (``URLError`` when offline, or a file error), else
+      :data:`FID_FAILED`. The exception itself is in ``status_detail``.
     * an injected ``nn.Module`` mapping a float ``N x 3 x H x W`` batch in
       ``[0, 1]`` to ``N x D`` features is used for both metrics
       (status ``"ok (custom feature extractor)"``); errors are not swallowed.
+      On success ``status_detail`` is ``None``.
       The module is moved to ``device``.
 
     KID (Binkowski et al. 2018) averages the polynomial-kernel MMD over
@@ -250,14 +302,15 @@ def fid_kid(
         try:
             fid_metric, kid_metric = build_and_feed()
         except Exception as err:  # offline: urllib URLError from torch.hub's download
-            reason = " ".join(f"{type(err).__name__}: {err}".split())
-            if len(reason) > 160:
-                reason = reason[:157] + "..."
+            detail = " ".join(f"{type(err).__name__}: {err}".split())
+            if len(detail) > 300:
+                detail = detail[:297] + "..."
             return {
                 "fid": None,
                 "kid_mean": None,
                 "kid_std": None,
-                "status": f"unavailable: Inception weights not found ({reason})",
+                "status": FID_NO_WEIGHTS if isinstance(err, OSError) else FID_FAILED,
+                "status_detail": detail,
             }
         status = "ok"
     else:
@@ -273,6 +326,7 @@ def fid_kid(
         "kid_mean": float(kid_mean),
         "kid_std": float(kid_std),
         "status": status,
+        "status_detail": None,
     }
 
 

@@ -23,8 +23,11 @@ PRESETS = {
     # The report's DIP: 4 levels, attention at the third (index 2).
     "dip-paper": _unet((128, 128, 256, 512), {2}),
     # CPU presets: the same topology (4 levels, attention at the third), far fewer channels, so the whole
-    # book runs on 2 CPU cores at 32 x 32 (one training step at batch 32 takes about 0.3 s there).
-    "ddpm-cpu": _unet((16, 32, 64, 64), {2}, layers_per_block=1, norm_num_groups=8),
+    # book runs on 2 CPU cores at 32 x 32. ddpm-cpu (4.3 M) was chosen by a pilot of quality per CPU-hour
+    # (scripts/pilot_ddpm_sizes.py, results/cpu/pilot/): one step at batch 32 takes about 0.64 s on 2 threads.
+    "ddpm-cpu": _unet((32, 64, 128, 128), {2}, layers_per_block=1, norm_num_groups=8),
+    # The first cpu preset (1.09 M): it plateaus well short of a usable estimator (pilot in 01).
+    "ddpm-cpu-1m": _unet((16, 32, 64, 64), {2}, layers_per_block=1, norm_num_groups=8),
     "dip-cpu": _unet((8, 16, 32, 64), {2}, layers_per_block=1, norm_num_groups=4),
     "dip-cpu-small": _unet((4, 8, 16, 32), {2}, layers_per_block=1, norm_num_groups=4),
     # Tiny preset for tests (the size diffusers' own tests use).

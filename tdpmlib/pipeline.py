@@ -48,9 +48,10 @@ def load_split(cfg: Config):
 
 def train_config(cfg: Config, schedule: str, n_train: int) -> dict:
     """The configuration that identifies a trained DDPM; a saved model with another one is not reused."""
-    return dict(schedule=schedule, preset=cfg.ddpm_preset, resolution=cfg.resolution, steps=cfg.train_steps,
+    return dict(schedule=schedule, preset=cfg.ddpm_preset, channels=list(models.PRESETS[cfg.ddpm_preset]["block_out_channels"]),
+                resolution=cfg.resolution, steps=cfg.train_steps,
                 epochs=cfg.train_epochs, batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, lr=cfg.train_lr,
-                seed=cfg.seed, n_train=n_train, data=data.resolve_source(cfg.data_source or None))
+                seed=cfg.seed, n_train=n_train, data=data.fingerprint(cfg.data_source or None))
 
 
 def train_or_load(cfg: Config, train_images: torch.Tensor, *, schedule: str | None = None, callback=None,
@@ -68,6 +69,9 @@ def train_or_load(cfg: Config, train_images: torch.Tensor, *, schedule: str | No
         unet = ddpm.load_unet(mdir / "unet_ema", cfg.torch_device)
         summary = results.read_json(mdir / "train_summary.json")
         return unet, scheduler, dict(log=pd.read_csv(mdir / "loss.csv"), loaded=True, **summary)
+    if not (mdir / "checkpoint.pt").exists():  # a fresh training run: drop the record of any earlier one
+        for stale in (mdir / "quality.csv", mdir / "loss.csv"):
+            stale.unlink(missing_ok=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         unet = models.make_unet(cfg.ddpm_preset, resolution=cfg.resolution)

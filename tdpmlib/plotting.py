@@ -100,3 +100,27 @@ def errorbars(df, *, x: str, y: str, hue: str | None = None, title: str | None =
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def training_quality(quality: dict, *, floor_col: str = "psnr_training_mean"):
+    """Held-out quality against training steps, one colour per schedule (label -> ``train.quality`` rows):
+    left, PSNR of the one-step posterior mean at each recorded level with the training-mean image's PSNR
+    at t = 600 as a dashed floor; right, DDIM-50 SWD over the real-vs-real floor (1 = as good as real)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    levels = [("psnr_posterior_mean_sigma25", "-", "σ = 25"), ("psnr_posterior_mean_sigma50", "--", "σ = 50"),
+              ("psnr_posterior_mean_t600", ":", "t = 600")]
+    for i, (label, q) in enumerate(quality.items()):
+        color = sns.color_palette()[i % 10]
+        for col, style, name in levels:
+            if col in q:
+                left.plot(q["step"], q[col], style, color=color, marker="o", markersize=3, label=f"{label}, {name}")
+        right.plot(q["step"], q["swd_ratio_ddim50"], color=color, marker="o", markersize=3, label=label)
+    floor = next(iter(quality.values()))[floor_col]
+    left.axhline(float(floor.iloc[-1]), color="grey", linestyle="-.", linewidth=1, label="training-mean image")
+    right.axhline(1.0, color="grey", linestyle="-.", linewidth=1, label="real images (floor)")
+    left.set(xlabel="training step", ylabel="PSNR (dB), held-out", title="one-step posterior mean")
+    right.set(xlabel="training step", ylabel="SWD / real-vs-real SWD", title="DDIM-50 samples (raw ε step)", yscale="log")
+    left.legend(fontsize=7, ncol=2, loc="lower right")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -73,7 +73,8 @@ def q_sample(x0: torch.Tensor, t, noise: torch.Tensor, scheduler) -> torch.Tenso
     return _bcast(ab.sqrt(), x0) * x0 + _bcast((1 - ab).sqrt(), x0) * noise
 
 
-def posterior_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, noise: torch.Tensor, scheduler) -> torch.Tensor:
+def posterior_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, noise: torch.Tensor, scheduler, *,
+                   clip: bool = True) -> torch.Tensor:
     """One ancestral step x_t -> x_{t-1} written from the formula (Ho et al. 2020, Algorithm 2):
 
         x_{t-1} = 1/sqrt(alpha_t) * (x_t - beta_t / sqrt(1 - abar_t) * eps) + sigma_t * z,
@@ -81,12 +82,24 @@ def posterior_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, noise: torch.Te
 
     The reproduced report prints 1/sqrt(abar_t) and beta_t * z instead; both are wrong. The sampler uses
     ``DDPMScheduler.step``; this function exists to state the formula and is tested equal to it.
+
+    ``clip`` (as in ``ddim_step`` and Ho et al.'s sampler; diffusers' ``clip_sample``, the default of
+    ``make_scheduler``) clips the x_0 estimate ``predict_x0`` to [-1, 1] and takes the posterior mean at it,
+
+        x_{t-1} = sqrt(abar_{t-1}) beta_t / (1 - abar_t) * clip(x0_hat) + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) * x_t
+                  + sigma_t * z,
+
+    which equals the formula above wherever the clip does not act. ``clip=False`` is the formula as printed.
     """
     ab_t, ab_prev = alpha_bar(scheduler, t), alpha_bar(scheduler, t - 1)
     alpha_t = ab_t / ab_prev
     beta_t = 1 - alpha_t
     sigma_t = (beta_t * (1 - ab_prev) / (1 - ab_t)).sqrt() if t > 1 else torch.zeros((), dtype=torch.float64)
-    mean = (x_t - float(beta_t / (1 - ab_t).sqrt()) * eps) / float(alpha_t.sqrt())
+    if clip:
+        x0 = predict_x0(x_t, eps, t, scheduler).clamp(-1, 1)
+        mean = float(ab_prev.sqrt() * beta_t / (1 - ab_t)) * x0 + float(alpha_t.sqrt() * (1 - ab_prev) / (1 - ab_t)) * x_t
+    else:
+        mean = (x_t - float(beta_t / (1 - ab_t).sqrt()) * eps) / float(alpha_t.sqrt())
     return mean + float(sigma_t) * noise
 
 
@@ -96,15 +109,24 @@ def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, t, scheduler) -> torch.Tens
     return (x_t - _bcast((1 - ab).sqrt(), x_t) * eps) / _bcast(ab.sqrt(), x_t)
 
 
-def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, scheduler, *, clip: bool = True) -> torch.Tensor:
+def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, scheduler, *, clip: bool = True,
+              clipped_eps: bool = True) -> torch.Tensor:
     """Deterministic DDIM step (eta = 0) from level t to any lower level t_prev (Song et al. 2021, Eq. 12).
 
     Written here because diffusers' DDIMScheduler only steps on its own evenly spaced grid; tested equal
-    to ``DDIMScheduler.step`` on that grid. As in diffusers, ``clip`` clips the x_0 estimate, not eps.
+    to ``DDIMScheduler.step`` on that grid. ``clip`` clips the x_0 estimate. With ``clipped_eps`` (default)
+    the noise is then re-derived from the clipped estimate, eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t),
+    so that x0 and eps describe the same x_t (GLIDE's choice; diffusers' ``use_clipped_model_output=True``).
+    ``clipped_eps=False`` is diffusers' default, which pairs the clipped x0 with the network's raw eps: the
+    step then leaves the DDIM path whenever clipping bites, and more steps add more of that error (measured
+    in chapter 01: its DDIM got worse from 50 to 100 steps).
     """
     x0 = predict_x0(x_t, eps, t, scheduler)
     if clip:
         x0 = x0.clamp(-1, 1)
+        if clipped_eps:
+            ab = alpha_bar(scheduler, t)
+            eps = (x_t - float(ab.sqrt()) * x0) / float((1 - ab).sqrt())
     ab_prev = alpha_bar(scheduler, t_prev)
     return float(ab_prev.sqrt()) * x0 + float((1 - ab_prev).sqrt()) * eps
 
@@ -114,6 +136,12 @@ def sigma_at(scheduler, t) -> torch.Tensor:
     s_t = sqrt((1 - abar_t) / abar_t) on the [-1, 1] scale, i.e. 255 * s_t / 2 on the 0..255 scale."""
     ab = alpha_bar(scheduler, t)
     return 127.5 * ((1 - ab) / ab).sqrt()
+
+
+def noise_var(scheduler, t) -> float:
+    """Noise variance of level t in x0 units: y / sqrt(abar_t) = x_0 + noise of variance v_t = (1 - abar_t) / abar_t."""
+    ab = alpha_bar(scheduler, t)
+    return float((1 - ab) / ab)
 
 
 def t_for_sigma(scheduler, sigma255: float) -> int:

@@ -41,20 +41,39 @@ class TDPMResult:
     network_evaluations: int      # DDPM network evaluations per image
     dip_iterations: int           # DIP optimiser iterations per image
     seconds: float                # wall clock of the whole call: DIP fit + reverse chain
+    state: torch.Tensor | None = None        # the state handed to the reverse chain at level T_trunc
+    noise_ratio: torch.Tensor | None = None  # per image: actual / expected noise std of that state (needs reference)
 
 
-def _run(unet, scheduler, target, z, *, t_trunc, dip_iterations, generator, device, reference, dip_kwargs, fast):
+def noise_ratio(state: torch.Tensor, x0: torch.Tensor, t: int, scheduler) -> torch.Tensor:
+    """Per image: the RMS of state / sqrt(abar_t) - x0 over the std sqrt(v_t) that level t implies
+    (1 for a sample of q(x_t | x0), up to sampling error). A diagnostic: it needs the clean image."""
+    ab = float(schedules.alpha_bar(scheduler, t))
+    actual = (state.float() / ab ** 0.5 - x0.float()).flatten(1).pow(2).mean(1).sqrt()
+    return actual / ((1 - ab) / ab) ** 0.5
+
+
+def _run(unet, scheduler, target, z, *, t_trunc, dip_iterations, generator, device, reference, dip_kwargs, fast,
+         to_state=None):
+    """Fit the DIP to ``target``, turn its output into the state at T_trunc (``to_state``; default: the output
+    itself), reverse T_trunc steps. Everything inside the timer, DIP fitting included."""
     check_t_trunc(t_trunc, scheduler)
     dip.check_positive_int("dip_iterations", dip_iterations, allow_zero=True)
     with metrics.CudaTimer(device) as timer:
-        fit = dip.fit_dip(target, iterations=dip_iterations, z=z, device=device, reference=reference,
-                          fast=fast, **dip_kwargs)
+        # the generator draws the DIP input when z is None (and any per-step draws of the DIP protocol)
+        fit = dip.fit_dip(target, iterations=dip_iterations, z=z, generator=generator, device=device,
+                          reference=reference, fast=fast, **dip_kwargs)
         x_hat = fit.output
-        x0 = x_hat
+        state = to_state(x_hat) if to_state is not None else x_hat
+        x0 = state
         if t_trunc > 0:
-            x0 = ddpm.reverse_chain(unet, scheduler, x_hat.to(device), t_trunc, generator=generator, fast=fast).cpu()
+            x0 = ddpm.reverse_chain(unet, scheduler, state.to(device), t_trunc, generator=generator, fast=fast).cpu()
+    ratio = None
+    if reference is not None and t_trunc > 0:
+        ratio = noise_ratio(state, reference, t_trunc, scheduler)
     return TDPMResult(x0=x0.clamp(-1, 1), dip_output=x_hat, dip=fit, t_trunc=t_trunc,
-                      network_evaluations=t_trunc, dip_iterations=dip_iterations, seconds=timer.seconds)
+                      network_evaluations=t_trunc, dip_iterations=dip_iterations, seconds=timer.seconds,
+                      state=state, noise_ratio=ratio)
 
 
 def tdpm_dip(unet, scheduler, x0: torch.Tensor, *, t_trunc: int = 10, dip_iterations: int = 100,
@@ -76,7 +95,7 @@ def tdpm_dip(unet, scheduler, x0: torch.Tensor, *, t_trunc: int = 10, dip_iterat
 def denoise(unet, scheduler, y: torch.Tensor, t_obs: int, *, t_trunc: int, dip_iterations: int = 100,
             generator: torch.Generator, device="cpu", reference: torch.Tensor | None = None,
             z: torch.Tensor | None = None, fast: bool | None = None, **dip_kwargs) -> TDPMResult:
-    """TDPM-DIP for denoising: it sees only the observation y = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
+    """"DIP + T_trunc polishing steps": it sees only the observation y = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps.
 
     The DIP is fit to y rescaled to level T_trunc <= t_obs, sqrt(abar_Ttrunc / abar_tobs) * y, whose signal
     matches level T_trunc and whose noise is at least that level's (the DIP's early-stopped fit removes
@@ -93,6 +112,57 @@ def denoise(unet, scheduler, y: torch.Tensor, t_obs: int, *, t_trunc: int, dip_i
         z = torch.randn(y.shape, generator=generator)
     return _run(unet, scheduler, target, z, t_trunc=t_trunc, dip_iterations=dip_iterations, generator=generator,
                 device=device, reference=reference, dip_kwargs=dip_kwargs, fast=fast)
+
+
+def estimated_error_var(x_hat: torch.Tensor, y_scaled: torch.Tensor, v_obs: float) -> torch.Tensor:
+    """Per image, from the observation alone: E||x_hat - x0||^2 / D estimated as the residual variance
+    against y / sqrt(abar_obs) minus the known noise variance v_obs (clamped at 0). Unbiased when x_hat
+    has not fit the noise (the cross term then vanishes); low when it has."""
+    return ((x_hat.float() - y_scaled.float()).flatten(1).pow(2).mean(1) - v_obs).clamp_min(0)
+
+
+def matched_state(x_hat: torch.Tensor, y: torch.Tensor, t_obs: int, t_trunc: int, scheduler, *,
+                  generator: torch.Generator) -> torch.Tensor:
+    """The state at T_trunc built from a DIP estimate ``x_hat`` of x_0 and the observation y at t_obs:
+    x_T = sqrt(abar_T) (x_hat + sqrt(max(0, v_T - e_hat)) n), e_hat = ``estimated_error_var`` (module doc).
+    Fresh noise n comes from ``generator``; T_trunc = 0 returns x_hat."""
+    schedules.check_level("t_obs", t_obs, scheduler, allow_zero=False)
+    check_t_trunc(t_trunc, scheduler)
+    if t_trunc > t_obs:
+        raise ValueError(f"t_trunc={t_trunc!r} is not allowed; use 0..t_obs={t_obs}")
+    if t_trunc == 0:
+        return x_hat
+    ab_obs, ab_t = float(schedules.alpha_bar(scheduler, t_obs)), float(schedules.alpha_bar(scheduler, t_trunc))
+    v_obs, v_t = (1 - ab_obs) / ab_obs, (1 - ab_t) / ab_t
+    x_hat = x_hat.float().cpu()
+    e_hat = estimated_error_var(x_hat, (y.cpu() / ab_obs ** 0.5).float(), v_obs)
+    top_up = (v_t - e_hat).clamp_min(0).sqrt().view(-1, 1, 1, 1)
+    return (ab_t ** 0.5 * (x_hat + top_up * torch.randn(x_hat.shape, generator=generator))).float()
+
+
+def denoise_matched(unet, scheduler, y: torch.Tensor, t_obs: int, *, t_trunc: int, dip_iterations: int = 100,
+                    generator: torch.Generator, device="cpu", reference: torch.Tensor | None = None,
+                    z: torch.Tensor | None = None, fast: bool | None = None, **dip_kwargs) -> TDPMResult:
+    """TDPM-DIP with a matched state: DIP on y / sqrt(abar_obs), then ``matched_state`` (topped up with fresh
+    noise to the level T_trunc expects), then T_trunc reverse steps. Sees only y; ``reference`` (the clean
+    image) is used for the recorded curves and ``noise_ratio`` only. T_trunc = 0 returns the DIP output."""
+    schedules.check_level("t_obs", t_obs, scheduler, allow_zero=False)
+    check_t_trunc(t_trunc, scheduler)
+    if t_trunc > t_obs:
+        raise ValueError(f"t_trunc={t_trunc!r} is not allowed; use 0..t_obs={t_obs}")
+    y_scaled = (y / float(schedules.alpha_bar(scheduler, t_obs)) ** 0.5).float()
+    return _run(unet, scheduler, y_scaled, z, t_trunc=t_trunc, dip_iterations=dip_iterations, generator=generator,
+                device=device, reference=reference, dip_kwargs=dip_kwargs, fast=fast,
+                to_state=lambda x_hat: matched_state(x_hat, y, t_obs, t_trunc, scheduler, generator=generator))
+
+
+def reverse_from_state(unet, scheduler, state: torch.Tensor, t_trunc: int, *, generator: torch.Generator,
+                       fast: bool | None = None) -> torch.Tensor:
+    """The T_trunc ancestral reverse steps from a handed-over state (on the network's device), clipped, on the CPU."""
+    if t_trunc == 0:
+        return state.clamp(-1, 1)
+    device = next(unet.parameters()).device
+    return ddpm.reverse_chain(unet, scheduler, state.to(device), t_trunc, generator=generator, fast=fast).clamp(-1, 1).cpu()
 
 
 def observe(x0: torch.Tensor, t: int, scheduler, *, generator: torch.Generator) -> torch.Tensor:

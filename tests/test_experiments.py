@@ -1,14 +1,15 @@
-"""Tests for tdpmlib.experiments: the generation and denoising protocol runners (tiny models, 8-16 px)."""
+"""Tests for tdpmlib.experiments and tdpmlib.denoisers: the denoising protocol and its method tables (tiny models)."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tdpmlib import dip, experiments as E, metrics, models, schedules, tdpm
+from tdpmlib import denoisers as D, dip, experiments as E, metrics, models, schedules, tdpm
 
 
 def smooth(n, size, seed):
@@ -62,13 +63,13 @@ def test_denoising_settings_map_sigma_to_its_level(unets):
 # --------------------------------------------------------------------------- #
 def test_denoising_table_has_one_row_per_setting_method_image(denoised):
     clean, settings, df, _ = denoised
-    assert len(df) == len(settings) * len(E.DENOISING_METHODS) * len(clean)
+    assert len(df) == len(settings) * len(D.DENOISING_METHODS) * len(clean)
     assert list(df.columns) == ["setting", "schedule", "t", "sigma255", "sigma255_requested", "method", "method_key",
                                 "protocol", "measured_against", "image", "psnr", "ssim", "seconds", "nfe",
                                 "dip_iterations"]
     assert not df.duplicated(["setting", "method", "image"]).any()
     a = df[df.setting == "A"].set_index("method_key")
-    assert set(df[df.protocol == "report"].method_key) == set(E.REPORT_PROTOCOL)
+    assert set(df[df.protocol == "report"].method_key) == set(D.REPORT_PROTOCOL)
     assert set(df[df.measured_against == "dip_target"].method_key) == {"report_dip_clean", "report_dip_y"}
     nfe = a.groupby(level=0).nfe.first()
     assert nfe["ddpm"] == 12 and nfe["tweedie"] == 1 and nfe["ddim"] == 12 and nfe["mean_k"] == 24
@@ -89,16 +90,16 @@ def test_denoising_scores_and_outputs_follow_the_definitions(unets, denoised):
     clean, _, df, outs = denoised
     o = outs["A"]
     off = E._setting_offset("A")
-    y = tdpm.observe(clean, 12, unets["linear"][1], generator=E._generator(0, off))
+    y = tdpm.observe(clean, 12, unets["linear"][1], generator=D.generator(0, off))
     torch.testing.assert_close(o["y"], y)
     torch.testing.assert_close(o["y_scaled"], y / schedules.alpha_bar(unets["linear"][1], 12).sqrt().float())
     a = df[df.setting == "A"]
-    for key in E.DENOISING_METHODS:
+    for key in D.DENOISING_METHODS:
         target = o["y_scaled"] if key == "report_dip_y" else clean
         got = torch.tensor(a[a.method_key == key].sort_values("image").psnr.values, dtype=torch.float32)
         torch.testing.assert_close(got, metrics.psnr(o[key], target), rtol=1e-5, atol=1e-4)
     # the short DIP row (kept from the long fit) equals an independent short fit with the same z and seed
-    z = torch.randn(clean.shape, generator=E._generator(0, off + 3))
+    z = torch.randn(clean.shape, generator=D.generator(0, off + 3))
     short = dip.fit_dip(o["y_scaled"], iterations=2, z=z, seed=0, preset="tiny", lr=1e-2)
     torch.testing.assert_close(o["dip_short"], short.output)
     # the oracle is the best iteration against the clean image
@@ -132,7 +133,7 @@ def test_non_local_means_removes_noise():
     clean = smooth(2, 16, 4)
     sigma01 = 0.1  # on [0, 1]: 0.2 on [-1, 1]
     noisy = clean + 0.2 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
-    out = E._nl_means(noisy, sigma01)
+    out = D.nlm_images(noisy, sigma01)
     assert out.shape == clean.shape
     assert (metrics.psnr(out, clean) > metrics.psnr(noisy, clean) + 3).all()
 
@@ -155,7 +156,7 @@ def test_denoising_validation(unets):
 def test_summarise_mean_std_and_format(denoised):
     _, _, df, _ = denoised
     s = E.summarise(df)
-    assert len(s) == 2 * len(E.DENOISING_METHODS)
+    assert len(s) == 2 * len(D.DENOISING_METHODS)
     assert list(s.setting.unique()) == ["A", "B"]  # first-appearance order
     row = s[(s.setting == "A") & (s.method_key == "ddpm")].iloc[0]
     vals = df[(df.setting == "A") & (df.method_key == "ddpm")].psnr
@@ -164,91 +165,77 @@ def test_summarise_mean_std_and_format(denoised):
     assert row.psnr_pm == f"{vals.mean():.2f} ± {vals.std(ddof=1):.2f}" and row.pm.startswith(row.psnr_pm + " dB / ")
     assert math.isnan(row.ssim_mean)  # 8 px images: SSIM's window does not fit
     by_method = E.summarise(df, by=["method"])
-    assert len(by_method) == len(E.DENOISING_METHODS) and (by_method.n == 4).all()
+    assert len(by_method) == len(D.DENOISING_METHODS) and (by_method.n == 4).all()
     with pytest.raises(ValueError, match="not in the table"):
         E.summarise(df, by=["nope"])
 
 
 # --------------------------------------------------------------------------- #
-# generation
+# the method tables
 # --------------------------------------------------------------------------- #
-@pytest.fixture(scope="module")
-def generation():
-    torch.manual_seed(0)
-    unet = models.make_unet("tiny", resolution=8).eval()
-    sched = schedules.make_scheduler("linear", num_train_timesteps=20)  # a short chain keeps the test fast
-    images = smooth(17, 8, 6)
-    train, held = images[:14], images[14:]
-    feats = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
-    gen_fn = lambda off: torch.Generator().manual_seed(off)  # noqa: E731
-    kw = dict(train=train, held=held, n=4, resolution=8, device="cpu", generator_fn=gen_fn, dip_preset="tiny",
-              dip_lr=1e-2, sample_batch=3, seed=0, feature_extractor=feats)
-    table, samples = E.run_generation(unet, sched, dip_iterations=2, t_trunc=2, **kw)
-    return unet, sched, train, held, gen_fn, kw, table, samples
+class NoCleanContext(D.Context):
+    """A context whose ``clean`` attribute raises: a method that reached for the clean image would fail."""
+
+    @property
+    def clean(self):
+        raise AssertionError("a corrected-protocol method asked for the clean image")
 
 
-def test_generation_table(generation):
-    _, sched, train, held, gen_fn, _, table, samples = generation
-    assert list(table.method_key) == list(E.GENERATION_METHODS)
-    assert list(table.method) == list(samples) == list(E.GENERATION_METHODS.values())
-    t = table.set_index("method_key")
-    assert list(t.nfe) == [20, 20, 20, 2, 2, 0]  # T = 20 here: DDIM's 50 / 100 levels collapse to 20
-    assert list(t.dip_iterations) == [0, 0, 0, 2, 2, 0]
-    assert list(t.n) == [4, 4, 4, 4, 3, 4] and "capped" in t.loc["tdpm_held", "note"]
-    assert t.loc["tdpm_held", "reference_set"].startswith("training images it did not fit")
-    assert (t.drop(index="real").seconds > 0).all()
-    assert t.loc["ddpm", "seconds_per_image"] == pytest.approx(t.loc["ddpm", "seconds"] / 4)
-    assert (t.fid_status == "ok (custom feature extractor)").all() and t.kid_mean.notna().all()
-    # the floor row is the shuffled training images the train-fit TDPM-DIP used: exact copies of training data
-    perm = torch.randperm(len(train), generator=gen_fn(E.OFFSETS["gen_shuffle"]))
-    assert torch.equal(samples[E.GENERATION_METHODS["real"]], train[perm[:4]])
-    assert t.loc["real", "ratio_median"] == 0 and t.loc["real", "frac_copies"] == 1
-    # metrics are the library's, against the stated reference set
-    ddpm_s = samples[E.GENERATION_METHODS["ddpm"]]
-    assert t.loc["ddpm", "swd"] == pytest.approx(metrics.swd(held, ddpm_s, seed=0)["swd_mean"])
-    assert t.loc["ddpm", "ratio_median"] == pytest.approx(metrics.memorisation(ddpm_s, train, held)["ratio_median"])
-    assert math.isnan(t.loc["ddpm", "d_fit_mean"])
-    fake = samples[E.GENERATION_METHODS["tdpm_train"]]
-    d = ((fake - train[perm[:4]]).flatten(1).norm(dim=1) / math.sqrt(fake[0].numel())).mean()
-    assert t.loc["tdpm_train", "d_fit_mean"] == pytest.approx(float(d))
-    assert all(s.min() >= -1 and s.max() <= 1 and s.shape[1:] == (3, 8, 8) for s in samples.values())
+def test_corrected_methods_are_never_handed_the_clean_image(unets, denoised):
+    clean, _, _, outs = denoised
+    for key, m in D.METHODS.items():
+        assert list(inspect.signature(m.fn).parameters) == ["ctx", "y"], key
+    for key, m in D.WITH_CLEAN.items():
+        assert list(inspect.signature(m.fn).parameters) == ["ctx", "y", "clean"], key
+    assert not set(D.METHODS) & set(D.WITH_CLEAN) and set(D.DENOISING_METHODS) == set(D.METHODS) | set(D.WITH_CLEAN)
+    assert all(m.protocol == "corrected" and m.target == "clean" for m in D.METHODS.values())
+    # Setting A's context rebuilt by hand, minus anything clean: every corrected method, given only (ctx, y),
+    # reproduces run_denoising's output exactly, so the runner handed it nothing more.
+    unet, sched = unets["linear"]
+    off = E._setting_offset("A")
+    gens = {p: D.generator(0, off + i) for i, p in enumerate(E.SETTING_PURPOSES)}
+    y = tdpm.observe(clean, 12, sched, generator=gens["observation"])
+    z = torch.randn(clean.shape, generator=gens["z"])
+    ctx = NoCleanContext(unet=unet, scheduler=sched, schedule="linear", schedule_index=1, t=12, t_trunc=10,
+                         n_chains=2, dip_iterations=2, dip_iterations_long=4,
+                         dip_kw=dict(preset="tiny", lr=1e-2, device="cpu"), device="cpu", seed=0, chunk=0, z=z,
+                         generators={p: gens[p] for p in ("ddpm", "mean_k", "tdpm")})
+    assert not any(torch.is_tensor(v) and v.shape == clean.shape and torch.equal(v, clean) for v in vars(ctx).values())
+    for key, m in D.METHODS.items():
+        est = m.fn(ctx, y)
+        assert torch.equal(est.x0, outs["A"][key]), key
+    with pytest.raises(AssertionError, match="clean image"):
+        ctx.clean
 
 
-def test_tdpm_dip_generation_reproduces_the_images_it_was_fit_to(generation):
-    """The report's "generation": fit long enough, TDPM-DIP returns the images it was given."""
-    unet, sched, train, held, _, kw, _, _ = generation
-    table, samples = E.run_generation(unet, sched, dip_iterations=20, t_trunc=0, methods=["tdpm_train", "tdpm_held"],
-                                      **dict(kw, dip_lr=3e-2))
-    t = table.set_index("method_key")
-    assert list(t.index) == ["tdpm_train", "tdpm_held", "real"]
-    assert t.loc["tdpm_train", "frac_copies_fit"] == 1 and t.loc["tdpm_held", "frac_copies_fit"] == 1
-    assert t.loc["tdpm_train", "frac_copies"] == 1  # copies of training images...
-    assert t.loc["tdpm_held", "ratio_median"] > 1   # ...and, fit to held-out images, copies of those
-    assert E.copy_verdict(t.loc["tdpm_train"]) == "reproduces the images it was fit to"
+def test_a_method_is_one_function_and_one_table_entry(unets, monkeypatch):
+    def observation(ctx, y):
+        """y / sqrt(abar_t) as it is (the noisy image itself): no evaluations."""
+        return D.Estimate(ctx.y_scaled(y).clamp(-1, 1), nfe=0, dip_iterations=0)
+
+    monkeypatch.setitem(D.METHODS, "observation", D.Method("The observation y/√ᾱ", observation))
+    clean = smooth(2, 8, 7)
+    st = [dict(name="A", schedule="linear", t=30, sigma255=None)]
+    df, outs = E.run_denoising(unets, clean=clean, settings=st, methods=["observation", "tweedie"],
+                               return_outputs=True, **DEN_KW)
+    row = df[df.method_key == "observation"]
+    assert list(row.method) == ["The observation y/√ᾱ"] * 2 and (row.protocol == "corrected").all()
+    torch.testing.assert_close(outs["A"]["observation"], outs["A"]["y_scaled"].clamp(-1, 1))
+    torch.testing.assert_close(torch.tensor(row.psnr.values, dtype=torch.float32),
+                               metrics.psnr(outs["A"]["observation"], clean), rtol=1e-5, atol=1e-4)
 
 
-def test_generation_validation(generation):
-    unet, sched, *_, kw, _, _ = generation
-    with pytest.raises(ValueError, match="n=99"):
-        E.run_generation(unet, sched, **dict(kw, n=99))
-    with pytest.raises(ValueError, match="methods"):
-        E.run_generation(unet, sched, methods=["gan"], **kw)
-
-
-def test_copy_verdict_thresholds():
-    assert E.copy_verdict(dict(frac_copies_fit=0.6, ratio_median_fit=0.9)).startswith("reproduces")
-    assert E.copy_verdict(dict(frac_copies_fit=0.1, ratio_median_fit=0.3)).startswith("reproduces")
-    assert E.copy_verdict(dict(frac_copies_fit=0.1, ratio_median_fit=0.9)).startswith("does not")
-
-
-def test_nearest_rows(generation):
-    _, _, train, held, _, _, _, samples = generation
-    g = samples[E.GENERATION_METHODS["ddpm"]]
-    rows = E.nearest_rows(g, train, held, k=3, prefix="DDPM: ")
-    vals = list(rows.values())
-    assert list(rows)[0] == "DDPM: generated" and all(len(v) == 3 for v in vals)
-    _, idx = metrics.nearest_distances(g[:3], train)
-    assert torch.equal(vals[1], train[idx])
+def test_the_oracle_must_watch_the_shared_fit_from_its_start(unets):
+    """The oracle observes the shared plain DIP fit; attaching it after the fit ran is refused, not ignored."""
+    clean = smooth(1, 8, 8)
+    unet, sched = unets["linear"]
+    y = tdpm.observe(clean, 20, sched, generator=torch.Generator().manual_seed(0))
+    ctx = D.Context(unet=unet, scheduler=sched, schedule="linear", schedule_index=1, t=20, t_trunc=10, n_chains=1,
+                    dip_iterations=2, dip_iterations_long=3, dip_kw=dict(preset="tiny", lr=1e-2, device="cpu"),
+                    device="cpu", seed=0, chunk=0, z=torch.randn(clean.shape), generators={})
+    D.dip_short(ctx, y)
+    with pytest.raises(RuntimeError, match="observe it must run first"):
+        D.dip_oracle(ctx, y, clean)
 
 
 def test_dip_batch_limit_is_the_cap_on_the_cpu():

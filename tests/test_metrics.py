@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import urllib.error
 
 import numpy as np
 import pytest
@@ -204,19 +205,104 @@ def test_kid_subset_size_is_capped_by_set_sizes():
     assert again["kid_mean"] == result["kid_mean"]  # seeded subset draw
 
 
+def kid_hand(f_real: np.ndarray, f_fake: np.ndarray) -> float:
+    """Unbiased MMD^2 with the cubic kernel k(x, y) = (x . y / d + 1)^3 (Binkowski et al. 2018, Eq. 4)."""
+    m, d = len(f_real), f_real.shape[1]
+    k_xx = (f_real @ f_real.T / d + 1) ** 3
+    k_yy = (f_fake @ f_fake.T / d + 1) ** 3
+    k_xy = (f_real @ f_fake.T / d + 1) ** 3
+    same = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+    return float(same - 2 * k_xy.sum() / m**2)
+
+
+def test_kid_matches_hand_formula_and_is_near_zero_for_a_copy():
+    # With equal set sizes the KID subset is the whole set (subset size min(1000, 64, 64)), so every one
+    # of the random subsets is a permutation of the full sets and KID is the full-set MMD^2, not a draw.
+    extractor = RandomProjection()
+    real = feature_set(64, seed=6)
+    with torch.no_grad():
+        f_real = extractor(M.to_unit(real)).double().numpy()
+    values = {}
+    for name, fake in {"copy": real.clone(), "shifted": real + 0.2}.items():
+        with torch.no_grad():
+            f_fake = extractor(M.to_unit(fake)).double().numpy()
+        result = M.fid_kid(real, fake, feature_extractor=extractor, kid_subsets=5)
+        expected = kid_hand(f_real, f_fake)
+        assert result["kid_mean"] == pytest.approx(expected, rel=1e-3, abs=1e-6)
+        assert result["kid_std"] < 1e-5  # the same value for every subset
+        assert result["status_detail"] is None
+        values[name] = result["kid_mean"]
+    # The unbiased estimator of a set against itself is not exactly 0, but tiny next to a real shift.
+    assert values["shifted"] > 0.01
+    assert abs(values["copy"]) < 0.05 * values["shifted"]
+
+
+def _inception_weights_fail(monkeypatch, error: Exception) -> list[str]:
+    """Make the Inception weights fail to load as they do offline, even where they are cached.
+
+    ``fid_kid`` builds torchmetrics' FrechetInceptionDistance(feature=2048), whose NoTrainInceptionV3 is
+    torch-fidelity's FeatureExtractorInceptionV3; that loads its weights with the ``load_state_dict_from_url``
+    it imported from torch.hub (download, or the torch.hub cache). Returns the URLs it was asked for.
+    """
+    feature_extractor_inceptionv3 = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    calls: list[str] = []
+
+    def fail(url, *args, **kwargs):
+        calls.append(url)
+        raise error
+
+    monkeypatch.setattr(feature_extractor_inceptionv3, "load_state_dict_from_url", fail)
+    return calls
+
+
 @pytest.mark.timeout(120)
-def test_fid_kid_default_inception_offline_or_ok():
-    real, fake = smooth_images(2, 16, seed=0), smooth_images(2, 16, seed=1)
-    start = time.perf_counter()
-    result = M.fid_kid(real, fake)
-    assert set(result) == {"fid", "kid_mean", "kid_std", "status"}
-    if result["status"].startswith("unavailable"):
-        assert result["status"].startswith("unavailable: Inception weights not found (")
-        assert result["fid"] is None and result["kid_mean"] is None and result["kid_std"] is None
-        assert time.perf_counter() - start < 60  # failed fast, no hanging download
-    else:
-        assert result["status"] == "ok"
-        assert isinstance(result["fid"], float)
+@pytest.mark.parametrize(
+    "error",
+    [
+        urllib.error.URLError(OSError(-3, "Temporary failure in name resolution")),  # what torch.hub raises offline
+        OSError(28, "No space left on device"),
+    ],
+    ids=["URLError", "OSError"],
+)
+def test_fid_kid_without_inception_weights_says_so_in_a_plain_sentence(monkeypatch, error):
+    calls = _inception_weights_fail(monkeypatch, error)
+    result = M.fid_kid(smooth_images(2, 16, seed=0), smooth_images(2, 16, seed=1))
+    assert len(calls) == 1 and "inception" in calls[0]  # failed where the weights are loaded, nowhere else
+    assert result == {
+        "fid": None,
+        "kid_mean": None,
+        "kid_std": None,
+        "status": M.FID_NO_WEIGHTS,
+        "status_detail": result["status_detail"],
+    }
+    status = result["status"]
+    # One plain sentence for the book's prose: no exception text, no brackets, no second sentence.
+    assert status.startswith("unavailable: ") and "Inception weights" in status
+    for raw in (type(error).__name__, "Error", "<", ">", "(", ")", "[", "Errno", str(error.args[-1])):
+        assert raw not in status, raw
+    assert "." not in status and "\n" not in status
+    # The technical reason is kept separately.
+    assert result["status_detail"].startswith(f"{type(error).__name__}: ")
+    assert str(error.args[-1]) in result["status_detail"]
+
+
+@pytest.mark.timeout(120)
+def test_fid_kid_other_failure_of_the_inception_path_is_a_plain_sentence(monkeypatch):
+    _inception_weights_fail(monkeypatch, RuntimeError("Error(s) in loading state_dict: <garbled>"))
+    result = M.fid_kid(smooth_images(2, 16, seed=0), smooth_images(2, 16, seed=1))
+    assert result["fid"] is None and result["kid_mean"] is None and result["kid_std"] is None
+    assert result["status"] == M.FID_FAILED
+    assert result["status"].startswith("unavailable: ") and "<" not in result["status"]
+    assert result["status_detail"] == "RuntimeError: Error(s) in loading state_dict: <garbled>"
+
+
+def test_fid_kid_custom_extractor_errors_are_not_swallowed():
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise OSError("disk error in a custom extractor")
+
+    with pytest.raises(OSError, match="custom extractor"):
+        M.fid_kid(feature_set(4, seed=0), feature_set(4, seed=1), feature_extractor=Broken())
 
 
 # --------------------------------------------------------------------------- #

@@ -1,3 +1,4 @@
+import pandas as pd
 import pytest
 import torch
 
@@ -23,23 +24,59 @@ def test_t_trunc_zero_returns_exactly_the_dip_output(setup, tiny_images):
     assert res.network_evaluations == 0 and res.dip_iterations == 5 and res.seconds > 0
 
 
-def test_tdpm_target_is_the_forward_sample_and_chain_length(setup, tiny_images):
+class CountingUNet(torch.nn.Module):
+    """Wraps a network and records the diffusers timestep of every call."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet, self.calls = unet, []
+
+    def forward(self, x, t):
+        self.calls.append(int(torch.as_tensor(t).flatten()[0]))
+        return self.unet(x, t)
+
+
+def spy_fit(monkeypatch):
+    """Replace dip.fit_dip by a spy that records the target and returns the target itself as the DIP output."""
+    seen = {}
+
+    def fake_fit(target, **kw):
+        seen["target"], seen["kw"] = target.clone(), kw
+        return dip.DIPResult(output=target.clone(), history=pd.DataFrame())
+
+    monkeypatch.setattr(dip, "fit_dip", fake_fit)
+    return seen
+
+
+def abar(s, t):  # independent of schedules.alpha_bar: diffusers' array, level t is index t - 1
+    return float(s.alphas_cumprod[t - 1])
+
+
+def test_tdpm_target_is_the_forward_sample_and_chain_length(setup, tiny_images, monkeypatch):
     unet, s = setup
     x0 = tiny_images[:2]
     z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4))
-    res = tdpm.tdpm_dip(unet, s, x0, t_trunc=10, dip_iterations=0, z=z, generator=torch.Generator().manual_seed(0),
-                        preset="tiny", seed=1)
-    # zero DIP iterations: x_hat is the untrained network; the chain ran 10 steps from it
-    from tdpmlib import ddpm
-    expected = ddpm.reverse_chain(unet, s, res.dip_output, 10, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(res.x0, expected.clamp(-1, 1))
-    assert res.network_evaluations == 10
-    # the recorded PSNR against the target uses q_sample(x0, 10, z)
-    target = schedules.q_sample(x0, 10, z, s)
-    from tdpmlib import metrics
-    h = res.dip.history
-    torch.testing.assert_close(torch.tensor(h[h.iteration == 0].psnr_target.values, dtype=torch.float32),
-                               metrics.psnr(res.dip_output, target), rtol=1e-4, atol=1e-4)
+    seen = spy_fit(monkeypatch)
+    net = CountingUNet(unet)
+    tdpm.tdpm_dip(net, s, x0, t_trunc=10, dip_iterations=3, z=z, generator=torch.Generator().manual_seed(0))
+    a = abar(s, 10)
+    torch.testing.assert_close(seen["target"], a ** 0.5 * x0 + (1 - a) ** 0.5 * z)
+    assert seen["kw"]["z"] is z and seen["kw"]["iterations"] == 3
+    assert net.calls == list(range(9, -1, -1))  # levels 10..1, diffusers timesteps 9..0: exactly T_trunc calls
+
+
+@pytest.mark.parametrize("t_trunc", [0, 10, 300])
+def test_denoise_target_is_y_rescaled_to_t_trunc(setup, tiny_images, monkeypatch, t_trunc):
+    """A variant that drops T_trunc from the rescaling (or rescales to level 0) fits another target."""
+    unet, s = setup
+    x0 = tiny_images[:2]
+    y = tdpm.observe(x0, 600, s, generator=torch.Generator().manual_seed(0))
+    seen = spy_fit(monkeypatch)
+    net = CountingUNet(unet)
+    tdpm.denoise(net, s, y, 600, t_trunc=t_trunc, dip_iterations=3, generator=torch.Generator().manual_seed(0))
+    expected = (abar(s, t_trunc) / abar(s, 600)) ** 0.5 * y if t_trunc else y / abar(s, 600) ** 0.5
+    torch.testing.assert_close(seen["target"], expected.float())
+    assert len(net.calls) == t_trunc
 
 
 def test_denoise_targets(setup, tiny_images):
@@ -49,10 +86,64 @@ def test_denoise_targets(setup, tiny_images):
     z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4))
     kw = dict(dip_iterations=3, z=z, generator=torch.Generator().manual_seed(0), preset="tiny", seed=2)
     r0 = tdpm.denoise(unet, s, y, 600, t_trunc=0, **kw)
-    ref = dip.fit_dip(y / schedules.alpha_bar(s, 600).sqrt().float(), iterations=3, z=z, preset="tiny", seed=2)
+    ref = dip.fit_dip(y / abar(s, 600) ** 0.5, iterations=3, z=z, preset="tiny", seed=2)
     torch.testing.assert_close(r0.x0, ref.output.clamp(-1, 1))
     with pytest.raises(ValueError, match="t_trunc=601"):
         tdpm.denoise(unet, s, y, 600, t_trunc=601, **kw)
+
+
+def test_estimated_error_var_by_hand():
+    x_hat = torch.zeros(2, 3, 4, 4)
+    y_scaled = torch.full((2, 3, 4, 4), 0.5)
+    y_scaled[1] = 0.1
+    torch.testing.assert_close(tdpm.estimated_error_var(x_hat, y_scaled, 0.05), torch.tensor([0.2, 0.0]))
+
+
+def test_matched_state_has_the_noise_level_t_trunc_expects(setup, monkeypatch):
+    """With a DIP estimate of known error variance below v_T, the state handed to the chain has noise std
+    sqrt(v_T) in x0 units (ratio ~ 1); the unmatched polishing variant's state is far noisier."""
+    unet, s = setup
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 32, 32, generator=g) * 1.6 - 0.8
+    # sigma = 25/255 and a level with a quarter of its noise variance (the error estimate's spread grows
+    # with v_obs / v_T: near the book's operating points it is a few per cent)
+    t_obs = schedules.t_for_sigma(s, 25)
+    t_trunc = schedules.t_for_sigma(s, 12.5)
+    y = tdpm.observe(x0, t_obs, s, generator=g)
+    v_t = (1 - abar(s, t_trunc)) / abar(s, t_trunc)
+    err = torch.randn(x0.shape, generator=g) * (0.3 * v_t) ** 0.5  # DIP error: 0.3 of the expected variance
+
+    def oracle_fit(target, **kw):
+        return dip.DIPResult(output=x0 + err, history=pd.DataFrame())
+
+    monkeypatch.setattr(dip, "fit_dip", oracle_fit)
+    res = tdpm.denoise_matched(unet, s, y, t_obs, t_trunc=t_trunc, generator=torch.Generator().manual_seed(1),
+                               reference=x0)
+    assert res.noise_ratio.shape == (4,)
+    assert torch.all((res.noise_ratio - 1).abs() < 0.1), res.noise_ratio
+    assert res.network_evaluations == t_trunc and res.t_trunc == t_trunc
+    # the polishing variant hands over y rescaled, with all of its noise: sqrt(v_obs / v_T) times too much
+    spy_fit(monkeypatch)  # a DIP that returns its target unchanged (no fit at all)
+    polish = tdpm.denoise(unet, s, y, t_obs, t_trunc=t_trunc, generator=torch.Generator().manual_seed(1), reference=x0)
+    v_obs = (1 - abar(s, t_obs)) / abar(s, t_obs)
+    assert torch.all((polish.noise_ratio / (v_obs / v_t) ** 0.5 - 1).abs() < 0.1), polish.noise_ratio
+    # an estimate already noisier than v_T gets no fresh noise: the state is sqrt(abar_T) x_hat
+    err_big = torch.randn(x0.shape, generator=g) * (4 * v_t) ** 0.5
+    monkeypatch.setattr(dip, "fit_dip", lambda target, **kw: dip.DIPResult(output=x0 + err_big, history=pd.DataFrame()))
+    big = tdpm.denoise_matched(unet, s, y, t_obs, t_trunc=t_trunc, generator=torch.Generator().manual_seed(1), reference=x0)
+    torch.testing.assert_close(big.state, abar(s, t_trunc) ** 0.5 * (x0 + err_big))
+
+
+def test_matched_t_trunc_zero_is_the_dip_on_the_scaled_observation(setup, tiny_images, monkeypatch):
+    unet, s = setup
+    y = tdpm.observe(tiny_images[:2], 200, s, generator=torch.Generator().manual_seed(0))
+    seen = spy_fit(monkeypatch)
+    res = tdpm.denoise_matched(unet, s, y, 200, t_trunc=0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(seen["target"], (y / abar(s, 200) ** 0.5).float())
+    torch.testing.assert_close(res.x0, seen["target"].clamp(-1, 1))
+    assert res.noise_ratio is None and res.network_evaluations == 0
+    with pytest.raises(ValueError, match="t_trunc=201"):
+        tdpm.denoise_matched(unet, s, y, 200, t_trunc=201, generator=torch.Generator())
 
 
 def test_tweedie_is_exact_for_the_true_noise(setup, tiny_images):

@@ -1,0 +1,181 @@
+"""Tests for tdpmlib.example1: the DIP-initialised DDPM (Example 1), and the table helpers its notebook uses."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tdpmlib import ddpm, dip, example1, metrics, models, schedules, tdpm
+
+
+@pytest.fixture(scope="module")
+def sched():
+    return schedules.make_scheduler("linear")
+
+
+@pytest.fixture(scope="module")
+def tiny_unet():
+    torch.manual_seed(0)
+    return models.make_unet("tiny", resolution=8).eval()
+
+
+def smooth(n, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.interpolate(torch.rand(n, 3, 2, 2, generator=g) * 1.6 - 0.8, size=size,
+                                           mode="bilinear", align_corners=False)
+
+
+class PointMassUNet(torch.nn.Module):
+    """The exact noise predictor for the data distribution delta(c): eps = (x_t - sqrt(abar) c) / sqrt(1 - abar).
+    Called like a diffusers UNet with diffusers timesteps (level - 1); counts its calls."""
+
+    def __init__(self, c, scheduler):
+        super().__init__()
+        self.c = c
+        self.ab = scheduler.alphas_cumprod
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a device
+        self.calls = 0
+
+    def forward(self, x, ts):
+        self.calls += 1
+        ab = self.ab[ts].view(-1, 1, 1, 1).to(x)
+        return SimpleNamespace(sample=(x - ab.sqrt() * self.c) / (1 - ab).sqrt())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Example 1
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_exact_denoiser_brings_any_start_to_the_data_point(sched):
+    """With the exact eps of a point mass, every chain ends on the point: levels and NFE are consistent."""
+    c = smooth(1)
+    start = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    net = PointMassUNet(c, sched)
+    x = example1.dip_init_ddpm(net, sched, start, 40, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(x, c.expand_as(x), atol=1e-4, rtol=0)
+    assert net.calls == 40
+    net.calls = 0
+    x = example1.dip_init_ddpm(net, sched, start, 40, method="ddim", num_steps=5,
+                               generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(x, c.expand_as(x), atol=1e-4, rtol=0)
+    assert net.calls == 5 == ddpm.network_evaluations(40, method="ddim", num_steps=5)
+    net.calls = 0
+    x = example1.from_noise(net, sched, n=3, resolution=8, nfe=7, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(x, c.expand_as(x), atol=1e-4, rtol=0)
+    assert net.calls == 7 and x.shape == (3, 3, 8, 8)
+    net.calls = 0
+    y = tdpm.observe(c.expand(2, -1, -1, -1), 30, sched, generator=torch.Generator().manual_seed(4))
+    x = example1.from_observation(net, sched, y, 30, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(x, c.expand_as(x), atol=1e-4, rtol=0)
+    assert net.calls == 30
+
+
+def test_dip_init_ddpm_is_renoise_then_reverse_chain(sched, tiny_unet):
+    x_hat = smooth(2)
+    out = example1.dip_init_ddpm(tiny_unet, sched, x_hat, 12, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    x_t = schedules.q_sample(x_hat, 12, torch.randn(x_hat.shape, generator=g), sched).float()
+    ref = ddpm.reverse_chain(tiny_unet, sched, x_t, 12, generator=g).clamp(-1, 1)
+    torch.testing.assert_close(out, ref)
+    # t0 = 0: the estimate itself, nothing drawn
+    torch.testing.assert_close(example1.dip_init_ddpm(tiny_unet, sched, 3 * x_hat, 0, generator=g), (3 * x_hat).clamp(-1, 1))
+    with pytest.raises(ValueError, match="t0=1001"):
+        example1.dip_init_ddpm(tiny_unet, sched, x_hat, 1001, generator=g)
+
+
+def test_renoise_marginal_and_excess_noise_of_the_observation_estimate(sched):
+    x0 = smooth(1, size=256)
+    g = torch.Generator().manual_seed(0)
+    ab = float(schedules.alpha_bar(sched, 50))
+    resid = example1.renoise(x0, 50, sched, generator=g) - ab ** 0.5 * x0
+    assert abs(resid.var().item() / (1 - ab) - 1) < 0.02
+    # the observation estimate y / sqrt(abar_tobs) re-noised to t0 < t_obs carries too much noise
+    t_obs, t0 = 200, 50
+    y = tdpm.observe(x0, t_obs, sched, generator=g)
+    est = example1.observation_x0(y, t_obs, sched)
+    resid = example1.renoise(est, t0, sched, generator=g) - ab ** 0.5 * x0
+    ratio = example1.excess_noise_ratio(sched, t_obs, t0)
+    assert ratio > 1.5
+    assert abs(resid.var().item() / (1 - ab) / ratio - 1) < 0.03
+    assert example1.excess_noise_ratio(sched, t_obs, t_obs) == pytest.approx(2.0)
+
+
+def test_denoising_sweep_rows_and_dip_outputs(sched, tiny_unet):
+    clean = smooth(2)
+    y = tdpm.observe(clean, 10, sched, generator=torch.Generator().manual_seed(1))
+    df, outs = example1.denoising_sweep(tiny_unet, sched, clean, y, 10, ks=[2, 4], t0s=[1, 3], presets=["tiny", "tiny"],
+                                        lr=1e-2, seed=3, device="cpu", generator=torch.Generator().manual_seed(5))
+    # 2 DIP starts + the observation estimate, each at t0 in {0, 1, 3}, + the observation reversed from t_obs
+    assert len(df) == 2 * (3 * 3 + 1)
+    assert set(df.nfe) == {0, 1, 3, 10}
+    assert (df.nfe == df.t0).all() and (df[df.start == "DIP only"].k > 0).all()
+    assert df[df.start == "observation, reverse from t_obs"].nfe.eq(10).all()
+    # the DIP-only rows are the fit's kept outputs (the same z: the generator's first draw)
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(y.shape, generator=g)
+    fit = dip.fit_dip(example1.observation_x0(y, 10, sched), iterations=4, z=z, preset="tiny", lr=1e-2, seed=3, keep=[2, 4])
+    row = df[(df.start == "DIP only") & (df.k == 2)].sort_values("image")
+    np.testing.assert_allclose(row.psnr.values, metrics.psnr(fit.outputs[2].clamp(-1, 1), clean).numpy(), rtol=1e-5)
+    # the observation as is: PSNR of y / sqrt(abar) against the clean image
+    row = df[(df.start == "observation as is")].sort_values("image")
+    np.testing.assert_allclose(row.psnr.values, metrics.psnr(example1.observation_x0(y, 10, sched).clamp(-1, 1), clean).numpy(),
+                               rtol=1e-5)
+    assert df.ssim.isna().all()  # 8 px: SSIM's window does not fit
+    assert (df[df.start != "observation as is"].seconds > 0).all() and (df[df.start == "observation as is"].seconds == 0).all()
+
+
+def test_generation_sweep_metrics(tiny_unet):
+    sched = schedules.make_scheduler("linear", num_train_timesteps=50)  # a short full chain keeps the test fast
+    imgs = smooth(8, seed=2)
+    train, held = imgs[:4], imgs[4:]
+    reference = held[2:]
+    # one fit set IS the reference: fitted for long enough, its DIP outputs must score far better than pure
+    # noise from an untrained network and than a fit to other images
+    per, summ, samples, fit = example1.generation_sweep(
+        tiny_unet, sched, fit_sets={"reference": reference, "training": train[:2]}, train=train, held=held,
+        reference=reference, t0s=[3], dip_iterations=20, preset="tiny", lr=3e-2, seed=0, device="cpu",
+        generator=torch.Generator().manual_seed(0), full_n=2, fid=False)
+    assert list(summ.label) == ["DIP fit to reference, t0=0", "DIP fit to training, t0=0", "DIP fit to reference, t0=3",
+                                "DIP fit to training, t0=3", "pure noise, DDIM 3 steps", "pure noise, DDPM 50 steps"]
+    assert list(summ.nfe) == [0, 0, 3, 3, 3, 50]
+    # t0 = 0 outputs are the DIP outputs; d_fit is their RMS distance to the fitted image
+    x = samples["DIP fit to training, t0=0"]
+    torch.testing.assert_close(x, fit.output[2:].clamp(-1, 1))
+    d = ((x - train[:2]) ** 2).mean(dim=(1, 2, 3)).sqrt()
+    np.testing.assert_allclose(per[per.label == "DIP fit to training, t0=0"].d_fit.values, d.numpy(), rtol=1e-5)
+    assert per[per.start.str.startswith("pure noise")].d_fit.isna().all()
+    mem = metrics.memorisation(x, train, held)
+    s = summ.set_index("label")
+    assert s.loc["DIP fit to training, t0=0", "mem_ratio_median"] == pytest.approx(mem["ratio_median"])
+    assert (summ.fid_status == "not computed").all()
+    # SWD is measured against the reference set, for every row
+    for label, imgs_ in samples.items():
+        assert s.loc[label, "swd"] == pytest.approx(metrics.swd(reference, imgs_, seed=0)["swd_mean"])
+    assert metrics.swd(reference, reference, seed=0)["swd_mean"] == 0  # identical sets: the floor
+    near = s.loc["DIP fit to reference, t0=0", "swd"]
+    assert s.loc["DIP fit to reference, t0=0", "d_fit_mean"] < 0.1
+    assert near < 0.5 * min(s.loc["pure noise, DDIM 3 steps", "swd"], s.loc["pure noise, DDPM 50 steps", "swd"])
+    assert near < 0.5 * s.loc["DIP fit to training, t0=0", "swd"]
+
+
+def test_check_int_list():
+    assert example1.check_int_list("ks", [1, 2], low=1) == [1, 2]
+    assert example1.check_int_list("ks", None) is None
+    for bad in ([], [0], [1.5], "12", [True]):
+        with pytest.raises(ValueError, match="ks="):
+            example1.check_int_list("ks", bad, low=1)
+
+
+def test_summarise_gives_mean_and_std_per_group_without_nans():
+    """``metrics.summarise``, the table of notebooks 04 and 05."""
+    nan = float("nan")
+    df = pd.DataFrame(dict(g=["a", "b", "a", "b", None], x=[1.0, 2.0, 3.0, nan, 5.0], y=[nan] * 5))
+    t = metrics.summarise(df, ["g"], ["x", "y"], digits=1)
+    assert list(t.g[:2]) == ["a", "b"] and pd.isna(t.g.iloc[2])  # first-appearance order, a NaN key kept
+    a, b = t.iloc[0], t.iloc[1]
+    assert a.n_images == 2 and a.x_mean == 2.0 and a.x_std == pytest.approx(2 ** 0.5) and a.x == "2.0 ± 1.4"
+    assert b.n_images == 2 and b.x_mean == 2.0 and b.x_std == 0.0  # the NaN is left out of the mean
+    assert (t.y == "n/a").all() and t.y_mean.isna().all()
