@@ -2,6 +2,7 @@
 
     python scripts/run_notebooks.py --profile cpu                  # in place, into notebooks/
     python scripts/run_notebooks.py --profile smoke --out /tmp/x --only 02_dip_fitting --param seed=1
+    python scripts/run_notebooks.py --profile smoke --drafts --out /tmp/x  # the chapters in notebooks/drafts/
 
 Each notebook gets `profile` plus the --param values (Python literals, else strings) and runs in
 notebooks/. Executing into notebooks/ itself goes through a temporary file that replaces the
@@ -62,19 +63,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=NB_DIR, help="output folder (default: notebooks)")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (by stem)")
     ap.add_argument("--param", type=parse_param, action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--drafts", action="store_true",
+                    help="run the rewritten chapters in notebooks/drafts/ (not yet in the book) instead; "
+                         "in place they are written back there")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    notebooks = toc_notebooks()
+    notebooks = sorted((NB_DIR / "drafts").glob("*.ipynb")) if args.drafts else toc_notebooks()
+    if args.drafts and args.out.resolve() == NB_DIR.resolve():
+        args.out = NB_DIR / "drafts"
     if args.only:
         if unknown := set(args.only) - {p.stem for p in notebooks}:
-            ap.error(f"not in _toc.yml: {', '.join(sorted(unknown))}")
+            ap.error(f"not in {'notebooks/drafts' if args.drafts else '_toc.yml'}: {', '.join(sorted(unknown))}")
         notebooks = [p for p in notebooks if p.stem in args.only]
     if os.environ.get("TDPM_DATA"):  # kernels run in notebooks/, so make a relative path absolute
         os.environ["TDPM_DATA"] = str(Path(os.environ["TDPM_DATA"]).expanduser().resolve())
     out_dir = args.out.expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    in_place = out_dir == NB_DIR.resolve()
+    in_place = out_dir == (NB_DIR / "drafts" if args.drafts else NB_DIR).resolve()
     params = {"profile": args.profile, **dict(args.param)}
     print(f"params={params} out={out_dir} TDPM_DATA={os.environ.get('TDPM_DATA', '(unset)')}")
 

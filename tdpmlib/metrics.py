@@ -27,7 +27,10 @@ Contents, in reading order
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import sys
 import time
 import warnings
 from collections.abc import Iterable
@@ -299,8 +302,12 @@ def fid_kid(
         return fid, kid
 
     if feature_extractor is None:
+        # torch.hub prints "Downloading: <url>" to stderr before it tries; keep it out of notebook outputs
+        # (the status below says what happened) and pass it on only when the download succeeded
+        log = io.StringIO()
         try:
-            fid_metric, kid_metric = build_and_feed()
+            with contextlib.redirect_stderr(log):
+                fid_metric, kid_metric = build_and_feed()
         except Exception as err:  # offline: urllib URLError from torch.hub's download
             detail = " ".join(f"{type(err).__name__}: {err}".split())
             if len(detail) > 300:
@@ -312,6 +319,7 @@ def fid_kid(
                 "status": FID_NO_WEIGHTS if isinstance(err, OSError) else FID_FAILED,
                 "status_detail": detail,
             }
+        sys.stderr.write(log.getvalue())
         status = "ok"
     else:
         fid_metric, kid_metric = build_and_feed()

@@ -60,10 +60,11 @@ class Monitor:
     """The ``callback(step, ema_unet)`` of ``ddpm.train_ddpm`` that records quality and grids (see module doc)."""
 
     def __init__(self, cfg, schedule: str, *, train: torch.Tensor, held: torch.Tensor, eval_every: int,
-                 grid_every: int, grid_sampler: dict | None = None, n_eval_samples: int = 128):
+                 grid_every: int, total_steps: int, grid_sampler: dict | None = None, n_eval_samples: int = 128):
         self.cfg, self.schedule, self.train, self.held = cfg, schedule, train, held
         self.scheduler = schedules.make_scheduler(schedule)
         self.eval_every, self.grid_every, self.n_eval = eval_every, grid_every, n_eval_samples
+        self.total_steps = total_steps  # the last step always gets a grid and a quality row
         self.grid_sampler = grid_sampler or dict(method="ddpm")
         self.dir = cfg.model_dir(schedule)
         self.tcfg = pipeline.train_config(cfg, schedule, len(train))
@@ -76,8 +77,7 @@ class Monitor:
 
     def __call__(self, step: int, unet) -> None:
         e0 = time.perf_counter()
-        total = self.tcfg["steps"] or None
-        last = total is not None and step == total
+        last = step == self.total_steps
         if step % self.grid_every == 0 or last:
             self._grid(step, unet)
         if step % self.eval_every == 0 or last:
@@ -199,7 +199,7 @@ def make_monitor(cfg, schedule: str, *, train, held, eval_every: int | None = No
     # smoke only checks that the code runs: DDIM-50 grids and few evaluation samples keep it fast
     sampler = dict(method="ddim", num_steps=50) if cfg.profile == "smoke" else dict(method="ddpm")
     return Monitor(cfg, schedule, train=train, held=held, eval_every=eval_every, grid_every=grid_every,
-                   grid_sampler=sampler, n_eval_samples=8 if cfg.profile == "smoke" else 128)
+                   total_steps=total, grid_sampler=sampler, n_eval_samples=8 if cfg.profile == "smoke" else 128)
 
 
 if __name__ == "__main__":

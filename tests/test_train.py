@@ -1,0 +1,89 @@
+"""The training record: held-out quality rows and grids at their steps, exact on resume; final samples cached."""
+
+import pandas as pd
+import pytest
+import torch
+
+from tdpmlib import data, ddpm, metrics, pipeline, train
+
+
+@pytest.fixture
+def setup(tmp_path):
+    parquet = data.write_synthetic_parquet(tmp_path / "imgs.parquet", n=24, size=16)
+    cfg = pipeline.setup("train", show=False, profile="smoke", data_source=str(parquet), results_dir=str(tmp_path / "r"),
+                         schedule="linear", train_steps=6, checkpoint_every=2)
+    tr, held = pipeline.load_split(cfg)
+    return cfg, tr, held
+
+
+def run(cfg, tr, held, **kw):
+    monitor = train.make_monitor(cfg, "linear", train=tr, held=held, eval_every=4, grid_every=3)
+    unet, _, info = pipeline.train_or_load(cfg, tr, callback=monitor, callback_every=monitor.every, **kw)
+    return monitor, unet, info
+
+
+def test_record_rows_at_eval_steps_and_the_last_step(setup):
+    cfg, tr, held = setup
+    monitor, unet, _ = run(cfg, tr, held)
+    assert monitor.every == 1
+    q = train.load_quality(cfg, "linear")
+    assert q["step"].tolist() == [4, 6]
+    assert set(train.load_grids(cfg, "linear", monitor.tcfg)) == {3, 6}
+    # the record is the held-out evaluation of the EMA network: recompute the last row's posterior mean by hand
+    row = train.quality(unet, monitor.scheduler, train=tr, held=held, generator=cfg.generator(train.EVAL_SEED),
+                        device="cpu", n_samples=8, batch_size=8)
+    assert row["psnr_posterior_mean_t600"] == pytest.approx(q["psnr_posterior_mean_t600"].iloc[-1], abs=1e-5)
+    assert row["psnr_training_mean"] == pytest.approx(float(metrics.psnr(tr.mean(0, keepdim=True).expand_as(held), held).mean()))
+    assert (q["eval_seconds"] > 0).all()
+
+
+def test_resumed_run_rewrites_the_same_record(setup, tmp_path):
+    cfg, tr, held = setup
+    run(cfg, tr, held)
+    q_full = train.load_quality(cfg, "linear")
+    # a second profile directory: stop after 4 steps (checkpoint at 4), then resume to 6
+    cfg2 = pipeline.setup("train", show=False, profile="smoke", data_source=cfg.data_source,
+                          results_dir=str(tmp_path / "r2"), schedule="linear", train_steps=6, checkpoint_every=2)
+
+    class Stop(Exception):
+        pass
+
+    monitor = train.make_monitor(cfg2, "linear", train=tr, held=held, eval_every=4, grid_every=3)
+
+    def stop_after_4(step, unet):
+        monitor(step, unet)
+        if step == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        pipeline.train_or_load(cfg2, tr, callback=stop_after_4, callback_every=1)
+    run(cfg2, tr, held)
+    pd.testing.assert_frame_equal(train.load_quality(cfg2, "linear").drop(columns="eval_seconds"),
+                                  q_full.drop(columns="eval_seconds"))
+
+
+def test_final_samples_are_drawn_once_per_config(setup, monkeypatch):
+    cfg, tr, held = setup
+    monitor, unet, _ = run(cfg, tr, held)
+    first = train.final_samples(cfg, "linear", unet, n=3, tcfg=monitor.tcfg)
+    assert set(first) == set(train.FINAL_SAMPLERS)
+    assert first["DDPM-1000"]["nfe"] == 1000 and first["DDIM-50"]["nfe"] == 50
+    for f in first.values():
+        assert f["images"].shape == (3, 3, 16, 16) and f["images"].abs().max() <= 1
+        # stored as 8-bit images: every value is on the 1/127.5 grid
+        torch.testing.assert_close(((f["images"] + 1) * 127.5).round(), (f["images"] + 1) * 127.5, atol=1e-4, rtol=0)
+
+    def boom(*a, **k):
+        raise AssertionError("sampled again")
+
+    monkeypatch.setattr(ddpm, "sample", boom)
+    again = train.final_samples(cfg, "linear", unet, n=3, tcfg=monitor.tcfg)
+    torch.testing.assert_close(again["DDIM-50"]["images"], first["DDIM-50"]["images"])
+    with pytest.raises(AssertionError, match="sampled again"):  # another n, or another training config, resamples
+        train.final_samples(cfg, "linear", unet, n=4, tcfg=monitor.tcfg)
+
+
+def test_bad_periods_are_named(setup):
+    cfg, tr, held = setup
+    with pytest.raises(ValueError, match="eval_every=0"):
+        train.make_monitor(cfg, "linear", train=tr, held=held, eval_every=0)
