@@ -145,7 +145,7 @@ def dip_case(ctx) -> list[dict]:
     def separate(iterations):
         for i in range(B if iterations == n_it else 1):
             dip.fit_dip(tgt[i:i + 1], z=z[i:i + 1], iterations=iterations, record_every=max(iterations, 1),
-                        seed=i, batched=False, **kw)  # one plain network: no vmap overhead for B = 1
+                        indices=[i], batched=False, **kw)  # network i of the batch, alone: no vmap overhead
 
     variants = [("batched (vmap over stacked parameters)", batched),
                 ("loop: batched=False (lockstep Python loop)", lockstep),

@@ -1,0 +1,310 @@
+"""tdpmlib.ablate: chapter 06's grid, the matched state across schedules, the rows, the paired tables, the sentences."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tdpmlib import ablate, models, schedules, stats, study, tdpm
+
+
+# ------------------------------------------------------------------------------------------------ settings
+
+def test_settings_fill_the_plan_and_check_every_parameter():
+    cpu = ablate.settings("cpu")
+    assert cpu["sigmas"] == (25, 50) and cpu["fractions"][0] == 0.0 and cpu["chains"][0] == 1
+    assert cpu["lr_factors"] == () and cpu["report_t_truncs"] == (0, 5, 10, 50)
+    assert ablate.FEW in cpu["fractions"] and ablate.MANY in cpu["fractions"]
+    s = ablate.settings("smoke", fractions="0.5,0.25", chains="4", lr_factors="1,2")
+    assert s["fractions"] == (0.0, 0.25, 0.5) and s["chains"] == (1, 4) and s["lr_factors"] == (2.0,)
+    for bad in (dict(fractions="0,2"), dict(sigmas="25,x"), dict(chains="0"), dict(sigmas="2.5"),
+                dict(report_t_truncs="700")):
+        name = next(iter(bad))
+        with pytest.raises(ValueError, match=f"{name}="):
+            ablate.settings("cpu", **bad)
+    with pytest.raises(ValueError, match="lr_sigmas="):
+        ablate.settings("cpu", lr_sigmas="15")
+    assert ablate.settings("paper", sigmas="15,50")["lr_sigmas"] == (50,)   # the plan's levels cut to this run's
+    assert ablate.settings("cpu", sigmas="15")["lr_sigmas"] == (15,)
+    with pytest.raises(ValueError, match='or "" for none'):
+        ablate.settings("cpu", lr_factors="x")
+    with pytest.raises(ValueError, match="unknown ablation parameter"):
+        ablate.settings("cpu", t_trunc="5")
+    with pytest.raises(ValueError, match="profile="):
+        ablate.settings("gpu")
+    with pytest.raises(ValueError, match="chains=3 is not allowed"):
+        ablate.check_optional_list("chains", 3)
+
+
+def test_levels_round_fractions_and_keep_the_first():
+    assert ablate.levels(57, (0, 0.0625, 0.125, 0.25, 0.5)) == {0: 0, 4: 0.0625, 7: 0.125, 14: 0.25, 28: 0.5}
+    assert ablate.levels(4, (0, 0.0625, 0.125, 1)) == {0: 0, 1: 0.0625, 4: 1}  # 0.125 * 4 lands on 1 too
+    assert ablate.fmt_level(7, 0.125) == "7 (t/8)" and ablate.fmt_level(0, 0) == "0 (DIP alone)"
+    assert ablate.fmt_level(57, 1.0) == "57 (t)" and ablate.fmt_level(20, 0.35) == "20 (0.35 t)"
+
+
+# ----------------------------------------------------------------------------------- the matched state
+
+def test_matched_state_equals_tdpm_for_the_observations_own_schedule():
+    sched = schedules.make_scheduler("linear")
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(3, 3, 8, 8, generator=g) * 2 - 1
+    t_obs, level = 57, 14
+    y = schedules.q_sample(x0, t_obs, torch.randn(x0.shape, generator=g), sched).float()
+    x_hat = (x0 + 0.1 * torch.randn(x0.shape, generator=g)).float()
+    ab = float(schedules.alpha_bar(sched, t_obs))
+    ours = ablate.matched_state(x_hat, y / ab ** 0.5, schedules.noise_var(sched, t_obs), level, sched,
+                                generator=torch.Generator().manual_seed(5))
+    ref = tdpm.matched_state(x_hat, y, t_obs, level, sched, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert ablate.matched_state(x_hat, y, 0.1, 0, sched, generator=g) is x_hat
+
+
+def test_matched_state_carries_the_noise_the_other_schedule_expects():
+    # a perfect estimate (e_hat ~ 0 for a large image) topped up to the cosine level: noise ratio ~ 1
+    cos = schedules.make_scheduler("cosine")
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
+    v_obs = 0.04
+    y_scaled = x0 + v_obs ** 0.5 * torch.randn(x0.shape, generator=g)
+    state = ablate.matched_state(x0, y_scaled, v_obs, 200, cos, generator=g)
+    assert tdpm.noise_ratio(state, x0, 200, cos).tolist() == pytest.approx([1.0, 1.0], abs=0.02)
+
+
+def test_schedule_level_is_exact_for_the_own_schedule_and_near_for_the_other():
+    lin, cos = schedules.make_scheduler("linear"), schedules.make_scheduler("cosine")
+    for t in (33, 57, 115):
+        v = schedules.noise_var(lin, t)
+        assert ablate.schedule_level(lin, v) == (t, pytest.approx(1.0))
+        tc, ratio = ablate.schedule_level(cos, v)
+        assert tc > t and abs(ratio - 1) < 0.02
+
+
+def test_observe_is_the_studys_observation():
+    sched = schedules.make_scheduler("linear")
+    g = torch.Generator().manual_seed(0)
+    val, test = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1, torch.rand(3, 3, 8, 8, generator=g) * 2 - 1
+    obs = ablate.observe(val, test, 25, sched, seed=3)
+    y, t = study.observe(torch.cat([val, test]), 25, sched, seed=3)
+    assert obs.t == t and obs.split == ["val"] * 2 + ["test"] * 3 and obs.test == slice(2, 5)
+    ab = float(schedules.alpha_bar(sched, t))
+    torch.testing.assert_close(obs.y_scaled, y / ab ** 0.5)
+    assert obs.v_obs == pytest.approx((1 - ab) / ab)
+    assert math.sqrt(obs.v_obs) * 127.5 == pytest.approx(25, rel=0.02)
+
+
+# ------------------------------------------------------------------------------------ rows on a tiny model
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    models_ = {s: (models.make_unet("tiny", resolution=8).eval(), schedules.make_scheduler(s)) for s in ("linear", "cosine")}
+    g = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.interpolate(torch.rand(7, 3, 2, 2, generator=g) * 2 - 1, size=8, mode="bilinear")
+    obs = ablate.observe(images[:3], images[3:], 50, models_["linear"][1], seed=0)
+    return models_, obs
+
+
+def test_official_fit_shares_the_studys_cache(tiny, tmp_path):
+    _, obs = tiny
+    fit = ablate.official_fit(obs, budgets=(2, 4), seed=0, device="cpu", preset="skip-tiny", cache_dir=tmp_path)
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 1
+    # study.run's own call (same arguments) loads that file instead of fitting again
+    again = study.fit_budgets(obs.y_scaled, obs.clean, protocol="official", budgets=(2, 4), seed=0, sigma=50,
+                              device="cpu", preset="skip-tiny", cache_dir=tmp_path)
+    assert sorted(tmp_path.iterdir()) == files
+    torch.testing.assert_close(again["outputs"][4], fit["outputs"][4])
+    k, means = ablate.validated_budget(fit, obs)
+    assert k == int(means.idxmax()) and list(means.index) == [2, 4]
+
+
+@pytest.fixture(scope="module")
+def fit(tiny):
+    _, obs = tiny
+    return ablate.official_fit(obs, budgets=(2, 4), seed=0, device="cpu", preset="skip-tiny")
+
+
+def test_t_trunc_rows_start_from_the_dip_alone(tiny, fit):
+    models_, obs = tiny
+    rows = ablate.t_trunc_rows(*models_["linear"], "linear", obs, fit, 4, (0, 0.125, 0.5), seed=0, device="cpu")
+    assert list(rows.columns) == list(ablate.ROW_COLUMNS)
+    assert sorted(rows["nfe"].unique()) == [0, 14, 58] and len(rows) == 3 * 7
+    dip_alone = rows[rows["nfe"] == 0].sort_values("image")["psnr"].to_numpy()
+    np.testing.assert_allclose(dip_alone, study.metrics.psnr(fit["outputs"][4].clamp(-1, 1), obs.clean).numpy(), rtol=1e-5)
+    assert rows.loc[rows["nfe"] > 0, "noise_ratio"].notna().all() and rows.loc[rows["nfe"] == 0, "noise_ratio"].isna().all()
+    assert (rows.loc[rows["nfe"] > 0, "seconds"] >= ablate.dip_seconds(fit, 4)).all()
+    cos = ablate.t_trunc_rows(*models_["cosine"], "cosine", obs, fit, 4, (0, 0.5), seed=0, device="cpu")
+    assert cos["t"].iloc[0] == ablate.schedule_level(models_["cosine"][1], obs.v_obs)[0] > obs.t
+    # the same DIP output under both schedules: the DIP alone is identical
+    np.testing.assert_allclose(cos[cos["nfe"] == 0]["psnr"], rows[rows["nfe"] == 0]["psnr"])
+
+
+def test_ddpm_and_chain_rows_on_the_test_images(tiny, fit):
+    models_, obs = tiny
+    d = ablate.ddpm_rows(*models_["cosine"], "cosine", obs, seed=0, device="cpu")
+    assert set(d["split"]) == {"test"} and set(d["method_key"]) == {"tweedie", "ddpm"}
+    assert d.loc[d["method_key"] == "ddpm", "nfe"].iloc[0] == d["t"].iloc[0]
+    c = ablate.chains_rows(*models_["linear"], "linear", obs, fit, 4, 7, (1, 2, 4), seed=0, device="cpu")
+    assert set(c["value"]) == {1, 2, 4} and set(c["split"]) == {"test"} and list(c["nfe"].unique()) == [7, 14, 28]
+    assert sorted(c["image"].unique()) == [3, 4, 5, 6]  # the test images keep their index among val + test
+
+
+def test_iteration_rows_and_report_table3(tiny, fit):
+    models_, obs = tiny
+    r = ablate.iteration_rows(fit, obs, schedule="linear")
+    assert set(r["method_key"]) == {"k=2", "k=4"} and set(r["dip_iterations"]) == {2, 4}
+    lr = ablate.iteration_rows(fit, obs, schedule="linear", ablation="dip_lr", lr=0.01)
+    assert set(lr["value"]) == {0.01} and set(lr["method_key"]) == {"lr=0.01, k=2", "lr=0.01, k=4"}
+    t3 = ablate.report_table3(*models_["linear"], obs.clean[:2], t_truncs=(0, 5), dip_iterations=2, preset="tiny",
+                              lr=1e-3, seed=0, device="cpu")
+    assert len(t3) == 2 * 2 * 2 and set(t3["protocol"]) == {"report", "corrected"}
+    summ = ablate.table3_summary(t3)
+    assert list(summ["protocol"]) == ["report", "report", "corrected", "corrected"] and (summ["n"] == 2).all()
+
+
+# ------------------------------------------------------------------------------- choices and comparisons
+
+def fake_rows():
+    """t_trunc rows (2 schedules, levels 0/7/28 as fractions 0/0.125/0.5), DDPM rows, chains and budgets, with
+    known per-image differences: on test images T_trunc 7 beats the DIP alone by +1 on every image, 28 loses 1."""
+    rows = []
+    for sigma in (25, 50):
+        for sch, shift in (("linear", 0.0), ("cosine", 0.5)):
+            for level, frac, d in ((0, 0.0, 0.0), (7, 0.125, 1.0), (28, 0.5, -1.0)):
+                for split, images in (("val", range(3)), ("test", range(3, 8))):
+                    for i in images:
+                        noise = 0.1 * ((i * 7 + level) % 3)
+                        rows.append(dict(ablation="t_trunc", sigma=sigma, schedule=sch, t=57, method_key=f"t_trunc={level}",
+                                         method="x", value=frac, split=split, image=i,
+                                         psnr=20 + i + (d + shift if level else 0) + noise * (level > 0), ssim=0.5,
+                                         seconds=1.0, nfe=level, dip_iterations=4, noise_ratio=1.0))
+            for key, d in (("tweedie", 0.3), ("ddpm", -0.2)):
+                for i in range(3, 8):
+                    rows.append(dict(ablation="schedule", sigma=sigma, schedule=sch, t=57, method_key=key, method=key,
+                                     value=57, split="test", image=i, psnr=18 + i + (d if sch == "cosine" else 0) * (1 + i % 2),
+                                     ssim=0.5, seconds=1.0, nfe=57, dip_iterations=0, noise_ratio=np.nan))
+        for K in (1, 2):
+            for i in range(3, 8):
+                rows.append(dict(ablation="chains", sigma=sigma, schedule="linear", t=57, method_key=f"K={K}",
+                                 method=f"mean of {K}", value=K, split="test", image=i, psnr=21 + i + 0.5 * (K - 1),
+                                 ssim=0.5, seconds=1.0, nfe=7 * K, dip_iterations=4, noise_ratio=np.nan))
+        for k, d in ((2, -1.0), (4, 0.0), (8, 0.2)):
+            for split, images in (("val", range(3)), ("test", range(3, 8))):
+                for i in images:
+                    rows.append(dict(ablation="dip_iterations", sigma=sigma, schedule="linear", t=57, method_key=f"k={k}",
+                                     method=f"DIP, {k} iterations", value=k, split=split, image=i,
+                                     psnr=20 + i + (d if split == "test" or k < 8 else -5), ssim=0.5, seconds=1.0, nfe=0,
+                                     dip_iterations=k, noise_ratio=np.nan))
+    return pd.DataFrame(rows, columns=list(ablate.ROW_COLUMNS))
+
+
+def test_validated_picks_the_best_validation_mean_and_honours_exclude():
+    rows = fake_rows()
+    t = rows[rows["ablation"] == "t_trunc"]
+    chosen = ablate.validated(t).set_index(["sigma", "schedule"])
+    assert chosen.loc[(25, "linear"), "method_key"] == "t_trunc=7" and chosen.loc[(25, "linear"), "nfe"] == 7
+    assert chosen.loc[(25, "cosine"), "value"] == 0.125
+    no7 = ablate.validated(t, exclude=["t_trunc=7"]).set_index(["sigma", "schedule"])
+    assert no7.loc[(25, "linear"), "method_key"] == "t_trunc=0"  # 28 loses on validation
+    tie = pd.DataFrame(dict(sigma=25, method_key=["a", "b"], split="val", psnr=1.0, value=[1, 2], nfe=0, dip_iterations=0))
+    assert ablate.validated(tie, by=("sigma",))["method_key"].iloc[0] == "a"
+    with pytest.raises(ValueError, match="no validation rows"):
+        ablate.validated(t[t["split"] == "test"])
+
+
+def test_paired_needs_the_same_images():
+    a = pd.DataFrame(dict(image=[0, 1, 2], psnr=[1.0, 2.0, 3.0]))
+    s = ablate.paired(a, a.assign(psnr=[0.0, 1.0, 2.0]))
+    assert s["mean_diff"] == pytest.approx(1.0) and s["wins"] == 3 and ablate.outcome(s) == "better than"
+    assert ablate.outcome(stats.paired([1, 2, 3], [2, 3, 4])) == "worse than"
+    assert ablate.outcome(stats.paired([1, 2, 3], [1.5, 1.5, 3])) == "not clearly different from"
+    with pytest.raises(ValueError, match="same images"):
+        ablate.paired(a, a.iloc[:2])
+    with pytest.raises(ValueError, match="same images"):
+        ablate.paired(a, pd.concat([a, a]))
+
+
+def test_t_trunc_and_schedule_tables():
+    rows = fake_rows()
+    pt = ablate.t_trunc_paired(rows, seed=0)
+    assert len(pt) == 2 * 2 * 2 and set(pt["b"]) == {"DIP alone"}
+    r = pt[(pt["sigma"] == 25) & (pt["schedule"] == "linear")].set_index("level")
+    assert r.loc[7, "outcome"] == "better than" and r.loc[28, "outcome"] == "worse than"
+    assert r.loc[7, "fraction"] == 0.125 and r.loc[7, "n"] == 5
+    hybrid = ablate.validated(rows[rows["ablation"] == "t_trunc"], exclude=["t_trunc=0"])
+    ps = ablate.schedule_paired(rows, hybrid, seed=0)
+    assert list(ps["method_key"]) == ["tweedie", "ddpm", "dip", "tdpm_matched"] * 2
+    s25 = ps[ps["sigma"] == 25].set_index("method_key")
+    assert s25.loc["tweedie", "outcome"] == "better than" and s25.loc["ddpm", "outcome"] == "worse than"
+    assert s25.loc["dip", "mean_diff"] == 0 and s25.loc["dip", "outcome"] == "not clearly different from"
+    assert s25.loc["tdpm_matched", "mean_diff"] == pytest.approx(0.5) and "cosine 7, linear 7" in s25.loc["tdpm_matched", "method"]
+    levels = {25: {"linear": (57, 1.0), "cosine": (116, 1.001)}, 50: {"linear": (115, 1.0), "cosine": (231, 1.0)}}
+    text = ablate.schedule_text(ps, levels)
+    assert text.startswith("At σ = 25 (linear t = 57, cosine t = 116): DDPM")
+    assert "cosine is better than linear (+" in text and "the same fit" not in text
+
+
+def test_chain_budget_and_lr_tables():
+    rows = fake_rows()
+    pc = ablate.chains_paired(rows, schedule="linear", seed=0)
+    one = pc[(pc["b"] == "one chain")]
+    assert list(one["K"]) == [2, 2] and (one["mean_diff"] == 0.5).all() and (one["outcome"] == "better than").all()
+    assert len(pc[pc["b"] == "DIP alone"]) == 4 and (pc["level"] == 7).all()
+    chosen = ablate.validated(rows[rows["ablation"] == "dip_iterations"], by=("sigma",))
+    assert list(chosen["method_key"]) == ["k=4", "k=4"]  # k=8 wins on test only
+    pk = ablate.budget_paired(rows, chosen, seed=0)
+    assert (pk["validated_k"] == 4).all() and len(pk) == 6
+    assert "k = 8 would have done better, at most by +0.20 dB" in ablate.budget_text(pk)
+    worse_only = pk[pk["k"] != 8]
+    assert "no other budget is better than it" in ablate.budget_text(worse_only)
+    lr = rows[rows["ablation"] == "dip_iterations"].assign(ablation="dip_lr")
+    lr = pd.concat([lr.assign(value=0.01, method_key="a" + lr["method_key"]),
+                    lr.assign(value=0.1, method_key="b" + lr["method_key"], psnr=lr["psnr"] - 1)])
+    ch = ablate.validated(lr, by=("sigma", "value"))
+    pl = ablate.lr_paired(lr, ch, 0.01, seed=0)
+    assert list(pl["lr"]) == [0.1, 0.1] and (pl["outcome"] == "worse than").all()
+    assert "learning rate 0.1 (validated k = 4) is worse than the DIP at the protocol's 0.01" in ablate.lr_text(pl)
+
+
+def test_fmt_diff_keeps_small_differences_visible():
+    assert ablate.fmt_diff(dict(mean_diff=0.42, ci_low=0.1, ci_high=0.75)) == "+0.42 dB [+0.10, +0.75]"
+    assert ablate.fmt_diff(dict(mean_diff=-0.004, ci_low=-0.009, ci_high=-0.001)) == "-0.004 dB [-0.009, -0.001]"
+    assert ablate.fmt_sigma(25.0) == "25" and ablate.fmt_sigma("50") == "50"
+
+
+def test_sentences_follow_the_outcomes():
+    assert ablate.count_phrase(["better than", "worse than", "better than"], "X") == \
+        "2 are better than X and 1 is worse than it"
+    assert ablate.count_phrase(["not clearly different from"], "X") == "1 is not clearly different from X"
+    assert ablate.count_phrase(["worse than", "not clearly different from", "better than"], "X") == \
+        "1 is better than X, 1 is not clearly different from it and 1 is worse than it"
+    rows = fake_rows()
+    t = rows[rows["ablation"] == "t_trunc"]
+    pt, chosen = ablate.t_trunc_paired(rows, seed=0), ablate.validated(t)
+    text = ablate.t_trunc_text(pt, chosen, "linear")
+    assert "At σ = 25 (linear schedule, t = 57) the validation images pick T_trunc = 7 (t/8)." in text
+    assert "1 is better than the DIP alone and 1 is worse than it" in text
+    # when the DIP alone wins on validation, the sentence says so
+    t0 = t.assign(psnr=np.where((t["split"] == "val") & (t["nfe"] == 0), 99.0, t["psnr"]))
+    assert "pick T_trunc = 0, the DIP alone" in ablate.t_trunc_text(pt, ablate.validated(t0), "linear")
+    hybrid = ablate.validated(t, exclude=["t_trunc=0"])
+    ps = ablate.schedule_paired(rows, hybrid, seed=0)
+    pc = ablate.chains_paired(rows, schedule="linear", seed=0)
+    summary = ablate.summary_text(pt, hybrid, ps, pc, "linear")
+    assert summary.startswith("At σ = 25 the matched TDPM-DIP at the T_trunc > 0 that does best on the validation "
+                              "images, 7 (t/8), is better than the DIP alone (+1.")
+    assert "for TDPM-DIP the cosine schedule is better than the linear one at σ = 25" in summary
+    assert "Averaging 2 chains is better than one chain at σ = 25 (+0.50 dB" in summary
+    assert "the mean of 2 chains is better than one chain" in ablate.chains_text(pc)
+    t3 = pd.DataFrame([dict(protocol=p, t_trunc=tt, image=i, psnr=10 + tt / 10 + (5 if p == "report" else 0) + 0.1 * i,
+                            ssim=0.5, seconds=1.0, nfe=tt, dip_iterations=100)
+                       for p in ("report", "corrected") for tt in (0, 5, 10, 50) for i in range(4)])
+    text = ablate.table3_text(t3)
+    assert "the report's protocol scores 15.15, 15.65, 16.15, 20.15 dB" in text
+    assert "T_trunc = 5 is better than T_trunc = 0 (+0.50 dB" in text and "T_trunc = 50 is better than T_trunc = 10" in text
+    assert ablate.table3_paired(t3, 5, 7) is None
