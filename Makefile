@@ -45,8 +45,6 @@ book: venv
 # Executes every notebook into a scratch folder; notebooks/ is left untouched.
 smoke: venv
 	d=$${SMOKE_DIR:-/tmp/tdpm-smoke}; $(PY) scripts/run_notebooks.py --profile smoke --out $$d --param results_dir=$$d/results
-	d=$${SMOKE_DIR:-/tmp/tdpm-smoke}/drafts; if ls notebooks/drafts/*.ipynb >/dev/null 2>&1; then \
-	  $(PY) scripts/run_notebooks.py --profile smoke --drafts --out $$d --param results_dir=$$d/results; fi
 
 bench: venv
 	$(PY) -m benchmarks

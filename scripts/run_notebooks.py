@@ -2,7 +2,9 @@
 
     python scripts/run_notebooks.py --profile cpu                  # in place, into notebooks/
     python scripts/run_notebooks.py --profile smoke --out /tmp/x --only 02_dip_fitting --param seed=1
-    python scripts/run_notebooks.py --profile smoke --drafts --out /tmp/x  # the chapters in notebooks/drafts/
+
+A chapter rewritten in notebooks/drafts/ supersedes its namesake: the draft is what runs, and run in
+place its executed copy replaces notebooks/<name>.ipynb (delete the draft once that run is committed).
 
 Each notebook gets `profile` plus the --param values (Python literals, else strings) and runs in
 notebooks/. Executing into notebooks/ itself goes through a temporary file that replaces the
@@ -27,7 +29,8 @@ NB_DIR = ROOT / "notebooks"
 
 
 def toc_notebooks() -> list[Path]:
-    """Notebooks under notebooks/ in _toc.yml order (the root page is not a `file:` entry)."""
+    """Notebooks under notebooks/ in _toc.yml order (the root page is not a `file:` entry), each replaced by
+    its rewrite in notebooks/drafts/ when there is one."""
     def files(node):
         if isinstance(node, dict):
             if isinstance(node.get("file"), str):
@@ -38,7 +41,8 @@ def toc_notebooks() -> list[Path]:
 
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     paths = [ROOT / f for f in files(toc) if Path(f).parts[0] == "notebooks"]
-    return [p if p.suffix == ".ipynb" else p.with_name(p.name + ".ipynb") for p in paths]
+    paths = [p if p.suffix == ".ipynb" else p.with_name(p.name + ".ipynb") for p in paths]
+    return [NB_DIR / "drafts" / p.name if (NB_DIR / "drafts" / p.name).exists() else p for p in paths]
 
 
 def parse_param(text: str) -> tuple[str, object]:
@@ -63,24 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=NB_DIR, help="output folder (default: notebooks)")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (by stem)")
     ap.add_argument("--param", type=parse_param, action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--drafts", action="store_true",
-                    help="run the rewritten chapters in notebooks/drafts/ (not yet in the book) instead; "
-                         "in place they are written back there")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    notebooks = sorted((NB_DIR / "drafts").glob("*.ipynb")) if args.drafts else toc_notebooks()
-    if args.drafts and args.out.resolve() == NB_DIR.resolve():
-        args.out = NB_DIR / "drafts"
+    notebooks = toc_notebooks()
     if args.only:
         if unknown := set(args.only) - {p.stem for p in notebooks}:
-            ap.error(f"not in {'notebooks/drafts' if args.drafts else '_toc.yml'}: {', '.join(sorted(unknown))}")
+            ap.error(f"not in _toc.yml: {', '.join(sorted(unknown))}")
         notebooks = [p for p in notebooks if p.stem in args.only]
     if os.environ.get("TDPM_DATA"):  # kernels run in notebooks/, so make a relative path absolute
         os.environ["TDPM_DATA"] = str(Path(os.environ["TDPM_DATA"]).expanduser().resolve())
     out_dir = args.out.expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    in_place = out_dir == (NB_DIR / "drafts" if args.drafts else NB_DIR).resolve()
+    in_place = out_dir == NB_DIR.resolve()
     params = {"profile": args.profile, **dict(args.param)}
     print(f"params={params} out={out_dir} TDPM_DATA={os.environ.get('TDPM_DATA', '(unset)')}")
 
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     for nb in notebooks:
         target = out_dir / nb.name  # in place: a temporary file alongside, so os.replace is atomic
         dest = out_dir / f".{nb.stem}.{os.getpid()}.tmp.ipynb" if in_place else target
-        print(f"=== {nb.stem}", flush=True)
+        print(f"=== {nb.stem}{' (the draft in notebooks/drafts/)' if nb.parent.name == 'drafts' else ''}", flush=True)
         start = time.perf_counter()
         try:
             pm.execute_notebook(str(nb), str(dest), parameters=params, kernel_name="python3",

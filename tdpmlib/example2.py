@@ -13,19 +13,22 @@ The guided rule
     so target_j = x_0 + noise of variance exactly v_{s_j} (and sqrt(abar_{s_j}) target_j is distributed as
     q(x_{s_j} | x_0)). Stages therefore run from the most to the least corrupted target and end at the
     observation itself. Stage levels must lie *at or above* t_obs: a target less noisy than y cannot be
-    made from y by adding noise. ``guided_dip`` fits one DIP through the targets; it leaves stage j when
-    the residual variance mean((G(z) - target_j)^2) reaches the stage's known noise variance v_{s_j} (or
-    after ``iters_per_stage_max`` iterations). In the final stage that rule is Morozov's discrepancy
-    principle (residual variance <= v_obs).
+    made from y by adding noise. ``guided_dip`` fits one DIP through the targets, under any DIP protocol of
+    ``dip.PROTOCOLS``; it leaves stage j when the residual variance mean((G(z) - target_j)^2) of the output
+    the protocol reports (the running average under "official") reaches the stage's known noise variance
+    v_{s_j} (or after ``iters_per_stage_max`` iterations). In the final stage that rule is Morozov's
+    discrepancy principle (residual variance <= v_obs).
 
 The other rules (``tdpmlib.stopping``)
     ``Discrepancy`` is that principle for a single-stage fit and ``ESWMV`` the windowed-moving-variance rule
-    of Wang et al. (ES-WMV); ``eswmv_fit`` runs ES-WMV as its authors do: on its own fit, at their learning
-    rate, until the rule has stopped every image (or a cap).
+    of Wang et al. (ES-WMV); ``eswmv_fit`` runs ES-WMV as its authors do: on its own fit (DIP protocol
+    "eswmv"), at their learning rate, until the rule has stopped every image (or a cap).
 
-The notebook's runs
-    ``example2_settings`` gives the sizes per profile; ``stopping_study`` runs every rule on one noise level;
-    ``plot_stopping_curves`` draws the PSNR curves with each rule's stop.
+The study
+    ``stopping_study`` runs every rule at one noise level on validation and test images: a fixed iteration
+    budget chosen on the validation images, the single-stage discrepancy principle, the guided rule, ES-WMV
+    and two oracles (upper bounds). ``example2_settings`` gives the sizes per profile;
+    ``plot_stopping_curves`` draws one test image's PSNR curves with each rule's stop.
 """
 
 from __future__ import annotations
@@ -111,34 +114,45 @@ class GuidedResult:
     iterations: int = 0                # Adam updates run
     best_iteration: torch.Tensor | None = None   # oracle over the run (evaluation only)
     best_psnr: torch.Tensor | None = None
+    stage_outputs: torch.Tensor | None = None    # B x n_stages x 3 x H x W: the output where each stage ended
+    protocol: str = "plain"
 
 
 def guided_dip(y: torch.Tensor, t_obs: int, scheduler, *, n_stages: int, iters_per_stage_max: int,
-               preset: str = "dip-cpu", lr: float = 1e-3, seed: int = 0, device="cpu",
-               generator: torch.Generator, reference: torch.Tensor | None = None, z: torch.Tensor | None = None,
-               noise_factor: float = 2.0, levels: list[int] | None = None, continue_to: int | None = None,
-               fast: bool | None = None) -> GuidedResult:
+               generator: torch.Generator, protocol: str = "plain", preset: str | None = None,
+               lr: float | None = None, seed: int = 0, device="cpu", reference: torch.Tensor | None = None,
+               z: torch.Tensor | None = None, noise_factor: float = 2.0, levels: list[int] | None = None,
+               continue_to: int | None = None, indices=None, fast: bool | None = None) -> GuidedResult:
     """Fit ONE DIP per image through the stage targets of ``guided_stages`` in order.
 
-    Stage j ends at the first iteration whose output has residual variance mean((G(z) - target_j)^2)
-    <= v_{s_j} (the stage's known noise variance), or after ``iters_per_stage_max`` iterations in the
-    stage; the end of the last stage (v = v_obs: the discrepancy principle) is the stop. Each image moves
-    through the stages on its own. The output recorded is G(z) at the stop. Iteration k's output is the
-    one after k updates; the update made at the iteration where a stage ends is still towards that stage's
-    target. The run ends when every image has stopped, or, with ``continue_to``, after that many updates
-    (images that stopped keep fitting the observation: evaluation curves only; their stop is unchanged).
-    ``reference`` (clean images) is used only for the recorded PSNR, never by the rule.
-    The stage noise is drawn from ``generator`` first, then z (when not given).
+    ``protocol`` is a DIP protocol of ``dip.PROTOCOLS`` ("plain", "official", "eswmv"); ``preset`` and ``lr``
+    default to its own. Stage j ends at the first iteration whose output (the one the protocol reports: the
+    running average under "official") has residual variance mean((G(z) - target_j)^2) <= v_{s_j} (the
+    stage's known noise variance), or after ``iters_per_stage_max`` iterations in the stage; the end of the
+    last stage (v = v_obs: the discrepancy principle) is the stop. Each image moves through the stages on its
+    own. The output recorded is the output at the stop; ``stage_outputs`` holds the output where each stage
+    ended. Iteration k's output is the one after k updates; the update made at the iteration where a stage
+    ends is still towards that stage's target. The run ends when every image has stopped, or, with
+    ``continue_to``, after that many updates (images that stopped keep fitting the observation: evaluation
+    curves only; their stop is unchanged). ``reference`` (clean images) is used only for the recorded PSNR,
+    never by the rule. Random draws from ``generator``, in order: the stage noise, z (``dip.draw_input`` of
+    the protocol, when not given), and, for a protocol with input jitter, the seed of the jitter generator
+    (as ``dip.fit_dip`` draws it). ``indices``: the networks' initial-weight indices (``dip.DIPFitter``).
     """
     dip.check_positive_int("iters_per_stage_max", iters_per_stage_max)
+    p = dip.check_protocol(protocol)
     stages = guided_stages(y, t_obs, scheduler, n_stages=n_stages, generator=generator, noise_factor=noise_factor,
                            levels=levels)
     S, B = len(stages), len(y)
     if z is None:
-        z = torch.randn(y.shape, generator=generator)
+        z = dip.draw_input(protocol, (B, *y.shape[-2:]), generator)
+    jitter = None
+    if p.jitter_std:
+        jitter = torch.Generator(torch.device(device)).manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
     cap = S * iters_per_stage_max
     total = cap if continue_to is None else dip.check_positive_int("continue_to", continue_to)
-    fitter = dip.DIPFitter(z, preset=preset, lr=lr, seed=seed, device=device, fast=fast)
+    fitter = dip.DIPFitter(z, protocol=protocol, preset=preset, lr=lr, seed=seed, device=device, fast=fast,
+                           indices=indices, jitter_generator=jitter)
     dev = fitter.device
     targets = torch.stack([s.target for s in stages]).to(dev)          # S x B x 3 x H x W
     v = torch.tensor([s.noise_var for s in stages], dtype=torch.float64)
@@ -150,6 +164,7 @@ def guided_dip(y: torch.Tensor, t_obs: int, scheduler, *, n_stages: int, iters_p
     stage_ends = torch.full((B, S), -1, dtype=torch.long)
     fired = torch.zeros((B, S), dtype=torch.bool)
     out_stop = torch.zeros(y.shape)
+    stage_out = torch.zeros((B, S, *y.shape[1:]))
     best_psnr = torch.full((B,), -float("inf"))
     best_it = torch.zeros(B, dtype=torch.long)
     cols = {c: [] for c in ("image", "iteration", "stage", "residual_var", "noise_var")}
@@ -171,10 +186,10 @@ def guided_dip(y: torch.Tensor, t_obs: int, scheduler, *, n_stages: int, iters_p
             cols["residual_var"].append(loss)
             cols["noise_var"].append(v[stage.clamp(max=S - 1)])
             if ref is not None:
-                p = metrics.psnr(out, ref).cpu()
-                cols["psnr_ref"].append(p)
-                better = p > best_psnr
-                best_psnr = torch.where(better, p, best_psnr)
+                p_ref = metrics.psnr(out, ref).cpu()
+                cols["psnr_ref"].append(p_ref)
+                better = p_ref > best_psnr
+                best_psnr = torch.where(better, p_ref, best_psnr)
                 best_it = torch.where(better, torch.full_like(best_it, k), best_it)
             active = ~done
             hit = active & (loss <= v[stage.clamp(max=S - 1)])
@@ -183,10 +198,12 @@ def guided_dip(y: torch.Tensor, t_obs: int, scheduler, *, n_stages: int, iters_p
                 for i in torch.nonzero(end).flatten().tolist():
                     j = int(stage[i])
                     stage_ends[i, j], fired[i, j] = k, bool(hit[i])
+                    stage_out[i, j] = out[i].detach().float().cpu()
                     if j == S - 1 or k == total:
                         done[i], stop_it[i] = True, k
-                        out_stop[i] = out[i].detach().cpu()
+                        out_stop[i] = out[i].detach().float().cpu()
                         stage_ends[i, j + 1:] = k
+                        stage_out[i, j + 1:] = out_stop[i]
                     else:
                         stage[i], stage_start[i] = j + 1, k
             if done.all() and continue_to is None:
@@ -196,117 +213,202 @@ def guided_dip(y: torch.Tensor, t_obs: int, scheduler, *, n_stages: int, iters_p
                         stages=[Stage(s.level, s.target.cpu(), s.noise_var) for s in stages], history=hist,
                         seconds=timer.seconds, iterations=fitter.iteration,
                         best_iteration=best_it if ref is not None else None,
-                        best_psnr=best_psnr if ref is not None else None)
+                        best_psnr=best_psnr if ref is not None else None, stage_outputs=stage_out, protocol=protocol)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The study
 # ----------------------------------------------------------------------------------------------------------
 
+# The rules of ``stopping_study`` (``rule_key`` -> label). The oracles choose with the clean image: upper bounds.
+RULE_LABELS = {
+    "guided": "guided by the DDPM schedule",
+    "discrepancy": "discrepancy principle (one stage)",
+    "eswmv": "ES-WMV",
+    "fixed": "fixed budget (chosen on validation)",
+    "oracle": "best iteration of the fit (upper bound)",
+    "eswmv_oracle": "best iteration of ES-WMV's fit (upper bound)",
+}
 
-def stopping_study(clean: torch.Tensor, y: torch.Tensor, t_obs: int, scheduler, *, fixed, iterations: int,
-                   n_stages: int, iters_per_stage_max: int, preset: str, lr: float, seed: int, device,
-                   generator: torch.Generator, window: int = ESWMV_WINDOW, patience: int = ESWMV_PATIENCE,
-                   noise_factor: float = 2.0, eswmv_lr: float = ESWMV_LR,
-                   eswmv_max_iterations: int = ESWMV_MAX_ITERATIONS, eswmv_preset: str | None = None,
-                   fast: bool | None = None):
-    """Example 2, one noise level: every stopping rule of notebook 05 on the same images.
 
-    Three fits per image on y / sqrt(abar_tobs), all from the same z and initial weights:
+@dataclass
+class StoppingStudy:
+    """One noise level of ``stopping_study``."""
+    rows: pd.DataFrame           # test images: one row per (rule, image); columns in ``stopping_study``
+    selection: pd.DataFrame      # the fixed-budget candidates: budget, val_psnr, test_psnr (means), chosen
+    budget: int                  # the chosen fixed budget
+    history: pd.DataFrame        # the fit's record, every ``record_every`` iterations (split, image within it)
+    guided: GuidedResult         # test images
+    eswmv: object                # stopping.ESWMVRun, test images
+    outputs: dict                # rule_key -> test outputs at its stop (CPU)
+    discrepancy: Discrepancy     # the monitor on the fit (validation and test images)
 
-    * the plain fit (Adam at ``lr``, ``iterations`` >= max(fixed)) gives the fixed counts, the single-stage
-      discrepancy rule and the oracle (best PSNR against ``clean``: an upper bound no rule can know);
-    * ``guided_dip`` gives the guided rule;
-    * ``eswmv_fit`` gives ES-WMV as its authors run it (their skip-network DIP, ``eswmv_preset``, Adam at
-      ``eswmv_lr``, window ``window``, patience ``patience``), continued until the rule has stopped every image or ``eswmv_max_iterations`` updates,
-      and that fit's own oracle: with another learning rate and length it is not bounded by the plain one.
 
-    Returns (per-image rows DataFrame, plain-fit history DataFrame, GuidedResult, ESWMVRun). Row columns:
-    the rule, its ``stop`` (the iteration whose output it returns; for ES-WMV the detected minimum),
-    ``rule_fired`` (the rule itself ended the fit: the residual rules reached their variance, ES-WMV's
-    patience ran out; None for the fixed counts and the oracle), ``fit`` (the trajectory the rule watched),
-    ``oracle`` (the best-PSNR iteration of that trajectory; the plain fit's for the guided rule, whose
-    trajectory differs) and ``oracle_gap`` = |stop - oracle|.
+def stopping_study(clean: torch.Tensor, y: torch.Tensor, t_obs: int, scheduler, *, n_val: int, budgets,
+                   n_stages: int, iters_per_stage_max: int, seed: int, device, generator: torch.Generator,
+                   z: torch.Tensor | None = None, protocol: str = "official", preset: str | None = None,
+                   lr: float | None = None, noise_factor: float = 2.0, eswmv_preset: str | None = None,
+                   eswmv_lr: float = ESWMV_LR, window: int = ESWMV_WINDOW, patience: int = ESWMV_PATIENCE,
+                   eswmv_max_iterations: int = ESWMV_MAX_ITERATIONS, record_every: int = 1,
+                   fast: bool | None = None) -> StoppingStudy:
+    """Example 2 at one noise level: every stopping rule of notebook 05 on the same images.
+
+    ``clean`` and ``y`` hold the ``n_val`` validation images first, then the test images; every rule sees
+    only y / sqrt(abar_tobs) (and its noise variance v_obs), the clean images only score. Three DIP fits:
+
+    * **the fit** (protocol ``protocol``, default the official one, with ``preset`` and ``lr`` defaulting to
+      the protocol's): one network per image, validation and test, for max(``budgets``) iterations. It gives
+      the fixed budget -- the candidate of ``budgets`` with the best mean validation PSNR (the smallest on a
+      tie) -- the single-stage discrepancy principle (a ``Discrepancy`` monitor: the first iteration whose
+      residual variance is <= v_obs, else the last one) and the oracle (the best iteration per image,
+      chosen with the clean image: an upper bound);
+    * ``guided_dip`` on the test images, same protocol, same z and initial weights as the fit, with
+      ``iters_per_stage_max`` iterations at most per stage;
+    * ``eswmv_fit`` on the test images as ES-WMV's authors run it: DIP protocol "eswmv" (``eswmv_preset``),
+      Adam at ``eswmv_lr``, window ``window``, patience ``patience``, continued until the rule has stopped
+      every image or ``eswmv_max_iterations`` updates; its own oracle too (another fit, not bounded by the
+      first one's). Same z as the fit when the protocols draw the same input, and the same initial-weight
+      indices.
+
+    ``z`` defaults to ``dip.draw_input(protocol, ...)`` from ``generator``; further draws from ``generator``:
+    the fit's jitter seed (``dip.fit_dip``), the guided fit's stage noise and jitter seed, ES-WMV's jitter
+    seed. ``record_every``: the fit's history (the oracle and the rules see every iteration regardless).
+
+    Returns a ``StoppingStudy``. Its ``rows`` (test images) have: ``rule_key`` (``RULE_LABELS``), ``rule``,
+    ``params``, ``image`` (index within the test images), ``stop`` (the iteration whose output the rule
+    returns; for ES-WMV the detected minimum), ``iterations`` (the Adam updates the rule needs to run on that
+    image before it can return: the stop for the fixed budget, the discrepancy and the guided rules; for
+    ES-WMV the iteration its patience ran out, or its whole fit when it never did; the whole fit for the
+    oracles), ``seconds`` (wall clock per image with DIP fitting counted: the fit's measured seconds per
+    image-iteration times ``iterations``), ``rule_fired`` (the rule itself ended the fit: the residual rules
+    reached their variance, ES-WMV's patience ran out; None for the fixed budget and the oracles), ``fit``
+    (the trajectory the rule watched), ``oracle`` (that trajectory's best iteration; the fit's for the guided
+    rule, whose trajectory differs), ``oracle_gap`` = |stop - oracle|, ``psnr`` and ``ssim``.
     """
-    fixed = sorted(set(fixed))
-    if iterations < max(fixed):
-        raise ValueError(f"iterations={iterations} is not allowed; use at least max(fixed)={max(fixed)}")
+    budgets = sorted({dip.check_positive_int("budgets", int(b)) for b in budgets})
+    if isinstance(n_val, bool) or not isinstance(n_val, int) or not 1 <= n_val < len(clean):
+        raise ValueError(f"n_val={n_val!r} is not allowed; use an integer in 1..{len(clean) - 1} "
+                         f"(the images are validation first, then test)")
+    if y.shape != clean.shape:
+        raise ValueError(f"y has shape {tuple(y.shape)} and clean {tuple(clean.shape)}; use one observation per image")
+    dip.check_positive_int("record_every", record_every)
+    p = dip.check_protocol(protocol)
+    K, B = budgets[-1], len(clean)
+    test = slice(n_val, B)
+    n_test = B - n_val
     target = observation_x0(y, t_obs, scheduler)
     v_obs = schedules.noise_var(scheduler, t_obs)
-    z = torch.randn(y.shape, generator=generator)
+    if z is None:
+        z = dip.draw_input(protocol, (B, *y.shape[-2:]), generator)
     disc = Discrepancy(v_obs)
-    fit = dip.fit_dip(target, iterations=iterations, z=z, preset=preset, lr=lr, seed=seed, device=device,
-                      reference=clean, keep=fixed, monitors=[disc], record_every=1, fast=fast)
-    guided = guided_dip(y, t_obs, scheduler, n_stages=n_stages, iters_per_stage_max=iters_per_stage_max,
-                        preset=preset, lr=lr, seed=seed, device=device, generator=generator, reference=clean, z=z,
-                        noise_factor=noise_factor, fast=fast)
-    eswmv = eswmv_fit(target, generator=generator, seed=seed, device=device, lr=eswmv_lr, window=window,
-                      patience=patience, max_iterations=eswmv_max_iterations, reference=clean, fast=fast,
-                      preset=eswmv_preset)
-    oracle = fit.best_iteration
-    sigma255 = float(schedules.sigma_at(scheduler, t_obs))
-    plain, own = f"plain (lr {lr:g})", f"ES-WMV's own (lr {eswmv_lr:g})"
+    fit = dip.fit_dip(target, iterations=K, z=z, generator=generator, protocol=protocol, preset=preset, lr=lr,
+                      seed=seed, device=device, reference=clean, keep=budgets, monitors=[disc],
+                      record_every=record_every, fast=fast)
+    guided = guided_dip(y[test], t_obs, scheduler, n_stages=n_stages, iters_per_stage_max=iters_per_stage_max,
+                        generator=generator, protocol=protocol, preset=preset, lr=lr, seed=seed, device=device,
+                        reference=clean[test], z=z[test], noise_factor=noise_factor,
+                        indices=list(range(n_val, B)), fast=fast)
+    e = dip.PROTOCOLS["eswmv"]
+    same_input = (p.input_channels, p.input_noise, p.input_scale) == (e.input_channels, e.input_noise, e.input_scale)
+    eswmv = eswmv_fit(target[test], generator=generator, z=z[test] if same_input else None, seed=seed,
+                      device=device, preset=eswmv_preset, lr=eswmv_lr, window=window, patience=patience,
+                      max_iterations=eswmv_max_iterations, reference=clean[test], indices=list(range(n_val, B)),
+                      fast=fast)
+
+    # the fixed budget: the best mean validation PSNR (ties: the smallest budget)
+    val_psnr = {k: metrics.psnr(fit.outputs[k][:n_val], clean[:n_val]) for k in budgets}
+    test_psnr = {k: metrics.psnr(fit.outputs[k][test], clean[test]) for k in budgets}
+    means = pd.Series({k: float(v.mean()) for k, v in val_psnr.items()})
+    chosen = int(means.index[int(np.argmax(means.values))])
+    selection = pd.DataFrame(dict(budget=budgets, val_psnr=means.values,
+                                  test_psnr=[float(test_psnr[k].mean()) for k in budgets],
+                                  chosen=[k == chosen for k in budgets]))
+
+    per_it = {"fit": fit.seconds / (B * K),
+              "guided": guided.seconds / (n_test * max(guided.iterations, 1)),
+              "eswmv": eswmv.seconds / (n_test * max(eswmv.iterations, 1))}
+    oracle = fit.best_iteration[test]
     wmv = eswmv.monitor
-    # rule -> (output, stop iteration, fired or None, the trajectory watched, that trajectory's oracle iteration)
-    rules = {f"fixed {k}": (fit.outputs[k], torch.full_like(oracle, k), None, plain, oracle) for k in fixed}
-    rules["ES-WMV"] = (wmv.output, wmv.detected, wmv.stopped, own, eswmv.best_iteration)
-    rules["discrepancy (single stage)"] = (disc.output, disc.stop_iteration, disc.fired, plain, oracle)
-    rules[f"guided ({len(guided.stages)} stages)"] = (guided.output, guided.stop_iteration, guided.fired[:, -1],
-                                                      "guided", oracle)
-    rules["oracle (best PSNR)"] = (fit.best_output, oracle, None, plain, oracle)
-    rules["oracle of ES-WMV's fit"] = (eswmv.best_output, eswmv.best_iteration, None, own, eswmv.best_iteration)
-    rows = []
-    for rule, (out, stop, flag, trajectory, best) in rules.items():
-        p = metrics.psnr(out, clean).cpu()
-        s = metrics.ssim_or_nan(out, clean)
-        for i in range(len(y)):
-            rows.append(dict(t_obs=t_obs, sigma255=sigma255, rule=rule, image=i, stop=int(stop[i]),
-                             oracle=int(best[i]), oracle_gap=abs(int(stop[i]) - int(best[i])),
-                             psnr=float(p[i]), ssim=float(s[i]),
-                             rule_fired=(None if flag is None else bool(flag[i])), fit=trajectory))
-    hist = fit.history.assign(t_obs=t_obs, sigma255=sigma255)
+    ran = torch.full((n_test,), eswmv.iterations)
+    full = lambda n: torch.full((n_test,), n)  # noqa: E731
+    fit_name = f"{protocol} DIP (lr {p.lr if lr is None else lr:g})"
+    own = f"ES-WMV's own: eswmv DIP (lr {eswmv_lr:g})"
+    # key -> (output, stop, iterations needed, fired or None, trajectory, its oracle, timing, params)
+    rules = {
+        "guided": (guided.output, guided.stop_iteration, guided.stop_iteration, guided.fired[:, -1], "guided",
+                   oracle, "guided", f"{len(guided.stages)} stages, ≤ {iters_per_stage_max} it. each"),
+        "discrepancy": (disc.output[test], disc.stop_iteration[test], disc.stop_iteration[test], disc.fired[test],
+                        fit_name, oracle, "fit", f"≤ {K} it."),
+        "eswmv": (wmv.output, wmv.detected, torch.where(wmv.stopped, wmv.stop_k, ran), wmv.stopped, own,
+                  eswmv.best_iteration, "eswmv", f"W={window}, P={patience}, ≤ {eswmv_max_iterations} it."),
+        "fixed": (fit.outputs[chosen][test], full(chosen), full(chosen), None, fit_name, oracle, "fit",
+                  f"k={chosen}"),
+        "oracle": (fit.best_output[test], oracle, full(K), None, fit_name, oracle, "fit", f"of {K} it."),
+        "eswmv_oracle": (eswmv.best_output, eswmv.best_iteration, ran, None, own, eswmv.best_iteration, "eswmv",
+                         f"of {eswmv.iterations} it."),
+    }
+    sigma255 = float(schedules.sigma_at(scheduler, t_obs))
+    rows, outputs = [], {}
+    for key, (out, stop, its, flag, trajectory, best, timing, params) in rules.items():
+        outputs[key] = out
+        s = metrics.ssim_or_nan(out, clean[test])
+        pr = metrics.psnr(out, clean[test]).cpu()
+        for i in range(n_test):
+            rows.append(dict(t_obs=t_obs, sigma255=sigma255, rule_key=key, rule=RULE_LABELS[key], params=params,
+                             image=i, stop=int(stop[i]), iterations=int(its[i]),
+                             seconds=per_it[timing] * int(its[i]), rule_fired=None if flag is None else bool(flag[i]),
+                             fit=trajectory, oracle=int(best[i]), oracle_gap=abs(int(stop[i]) - int(best[i])),
+                             psnr=float(pr[i]), ssim=float(s[i])))
+    hist = fit.history.assign(split=np.where(fit.history.image < n_val, "val", "test"),
+                              image=np.where(fit.history.image < n_val, fit.history.image, fit.history.image - n_val),
+                              t_obs=t_obs, sigma255=sigma255)
     guided.history = guided.history.assign(t_obs=t_obs, sigma255=sigma255)
     eswmv.history = eswmv.history.assign(t_obs=t_obs, sigma255=sigma255)
-    return pd.DataFrame(rows), hist, guided, eswmv
+    return StoppingStudy(rows=pd.DataFrame(rows), selection=selection.assign(t_obs=t_obs, sigma255=sigma255),
+                         budget=chosen, history=hist, guided=guided, eswmv=eswmv, outputs=outputs, discrepancy=disc)
 
 
 def example2_settings(cfg) -> dict:
     """Notebook 05's sizes: the notebook's parameters where given (``cfg.extra``), else the profile's defaults.
 
-    n_images: n_denoise on the paper profile (>= 20), else min(2 n_denoise, 16). fixed: 100, 500 and
-    dip_iterations_long (smoke: dip_iterations and dip_iterations_long, to stay fast); the plain fit runs
-    max(fixed) iterations. iters_per_stage_max: that length / n_stages, so the guided fit never runs longer
-    than the plain one. ES-WMV: window 100, patience 1000 and lr 0.01 (the official code's); its fit's cap
-    eswmv_max_iterations is the official 5000 on the paper profile, 3000 on the cpu one (at most about
-    13 min per noise level there) and 2 x the plain fit on smoke (too short for the rule to fire).
+    Images: ``cfg.n_val`` validation and ``cfg.n_test`` test images (cpu 8 and 20). The fit runs the
+    official DIP protocol (preset ``cfg.dip_preset_official``) for the largest of the fixed-budget candidates
+    ``cfg.budgets("dip_budgets_official")``; iters_per_stage_max is that length / n_stages, so the guided fit
+    never runs longer than it. ES-WMV: window 100, patience 1000 and lr 0.01 (the official code's) on every
+    profile; the cap of its fit, eswmv_max_iterations, is the official 5000 on the paper profile and 1500 on the
+    cpu and smoke ones: the rule fires P iterations after its variance minimum, whose window ends W - 1
+    iterations after it starts, and the official-protocol fits of chapter 2 peak before iteration 400 at 32 px,
+    so a minimum near the peak fires by 1500. The ES-WMV fit dominates the chapter's cost on the cpu profile
+    (20 test images x 1500 iterations per noise level).
     """
     x = cfg.extra
-    n = x.get("n_images") or (cfg.n_denoise if cfg.profile == "paper" else min(2 * cfg.n_denoise, 16))
-    protocol = [100, 500, cfg.dip_iterations_long] if cfg.profile != "smoke" else [cfg.dip_iterations, cfg.dip_iterations_long]
-    fixed = sorted(set(x.get("fixed_iterations") or protocol))
+    budgets = cfg.budgets("dip_budgets_official")
     n_stages = x.get("n_stages") or 4
-    cap = {"paper": ESWMV_MAX_ITERATIONS, "cpu": 3000}.get(cfg.profile, 2 * max(fixed))
-    return dict(n_images=n, sigmas=x.get("sigmas") or [25, 50], fixed=fixed, iterations=max(fixed), n_stages=n_stages,
-                iters_per_stage_max=x.get("iters_per_stage_max") or max(1, max(fixed) // n_stages),
+    cap = ESWMV_MAX_ITERATIONS if cfg.profile == "paper" else 1500
+    return dict(n_val=cfg.n_val, n_test=cfg.n_test, sigmas=list(x.get("sigmas") or (25, 50)), budgets=list(budgets),
+                iterations=budgets[-1], n_stages=n_stages,
+                iters_per_stage_max=x.get("iters_per_stage_max") or max(1, budgets[-1] // n_stages),
                 noise_factor=x.get("stage_noise_factor") or 2.0, window=x.get("eswmv_window") or ESWMV_WINDOW,
                 patience=x.get("eswmv_patience") or ESWMV_PATIENCE, eswmv_lr=x.get("eswmv_lr") or ESWMV_LR,
-                eswmv_max_iterations=x.get("eswmv_max_iterations") or cap)
+                eswmv_max_iterations=x.get("eswmv_max_iterations") or cap, preset=cfg.dip_preset_official)
 
 
 def plot_stopping_curves(hist: pd.DataFrame, guided_hist: pd.DataFrame, rows: pd.DataFrame, image: int,
-                         eswmv_hist: pd.DataFrame | None = None):
-    """PSNR against iteration for one image: the plain fit, the guided fit and (when given) ES-WMV's own
-    fit, with each rule's stop marked."""
+                         eswmv_hist: pd.DataFrame | None = None, *, fit_label: str = "official DIP"):
+    """PSNR against iteration for one test image at each noise level: the fit (``hist``, test rows), the
+    guided fit and (when given) ES-WMV's own fit, with each rule's stop marked."""
     import matplotlib.pyplot as plt
 
     levels = sorted(rows.t_obs.unique())
     fig, axes = plt.subplots(1, len(levels), figsize=(6.0 * len(levels), 3.8), squeeze=False)
-    markers = dict(zip(sorted(rows.rule.unique()), "os^vDP*Xh<>"))
+    markers = dict(zip(list(dict.fromkeys(rows.rule)), "os^vDP*Xh<>"))
     for ax, t in zip(axes[0], levels):
         h = hist[(hist.t_obs == t) & (hist.image == image)]
+        if "split" in h:
+            h = h[h.split == "test"]
         g = guided_hist[(guided_hist.t_obs == t) & (guided_hist.image == image)]
-        ax.plot(h.iteration, h.psnr_ref, color="0.35", lw=1.2, label="plain DIP on y/√ᾱ")
-        ax.plot(g.iteration, g.psnr_ref, color="tab:orange", lw=1.2, label="guided DIP (staged targets)")
+        ax.plot(h.iteration, h.psnr_ref, color="0.35", lw=1.2, label=f"{fit_label} on y/√ᾱ")
+        ax.plot(g.iteration, g.psnr_ref, color="tab:orange", lw=1.2, label="guided fit (staged targets)")
         if eswmv_hist is not None:
             e = eswmv_hist[(eswmv_hist.t_obs == t) & (eswmv_hist.image == image)]
             ax.plot(e.iteration, e.psnr_ref, color="tab:blue", lw=1.0, alpha=0.8, label="ES-WMV's own fit")
@@ -315,7 +417,7 @@ def plot_stopping_curves(hist: pd.DataFrame, guided_hist: pd.DataFrame, rows: pd
             ax.scatter([row.stop], [row.psnr], marker=markers[row.rule], s=55, zorder=3, label=row.rule)
         ax.set_xlabel("DIP iteration")
         ax.set_ylabel("PSNR vs clean (dB)")
-        ax.set_title(f"image {image}, t_obs = {t} (σ ≈ {r.sigma255.iloc[0]:.0f}/255)")
+        ax.set_title(f"test image {image}, t_obs = {t} (σ ≈ {r.sigma255.iloc[0]:.0f}/255)")
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
     fig.tight_layout()
     return fig

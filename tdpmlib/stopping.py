@@ -174,19 +174,26 @@ def eswmv_fit(target: torch.Tensor, *, seed: int, device, z: torch.Tensor | None
               generator: torch.Generator | None = None, protocol: str = "eswmv", preset: str | None = None,
               lr: float = ESWMV_LR, window: int = ESWMV_WINDOW, patience: int = ESWMV_PATIENCE,
               max_iterations: int = ESWMV_MAX_ITERATIONS, reference: torch.Tensor | None = None,
-              fast: bool | None = None) -> ESWMVRun:
+              indices=None, jitter_generator: torch.Generator | None = None, fast: bool | None = None) -> ESWMVRun:
     """ES-WMV as its authors run it: one DIP per image (``protocol`` "eswmv": their skip network, 32-channel
     input jittered at every step; z drawn from ``generator`` unless given) fit to ``target`` by Adam at ``lr``
     (0.01, the official code's), watched by ``ESWMV(window, patience)``, until the rule has stopped every image
     or ``max_iterations`` updates (the official fit runs 5000). A rule stops image i ``patience`` iterations
     after its last variance minimum, so the fit lasts at least W + P iterations. Iteration k's output is
     G(z) after k updates, as in ``dip.fit_dip`` (and the official loop, which reads the output before each
-    step). ``reference`` (clean images) is used only for the recorded PSNR and this fit's oracle."""
+    step). ``reference`` (clean images) is used only for the recorded PSNR and this fit's oracle.
+    ``indices``: the networks' initial-weight indices (``dip.DIPFitter``). The input jitter comes from
+    ``jitter_generator``; by default, as in ``dip.fit_dip``, from a generator seeded by one draw from
+    ``generator`` after z (with ``seed`` when there is no generator)."""
     dip.check_positive_int("max_iterations", max_iterations)
     monitor = ESWMV(window=window, patience=patience)
     if z is None:
         z = dip.draw_input(protocol, (len(target), *target.shape[-2:]), generator)
-    fitter = dip.DIPFitter(z, protocol=protocol, preset=preset, lr=lr, seed=seed, device=device, fast=fast)
+    if dip.check_protocol(protocol).jitter_std and jitter_generator is None:
+        s = seed if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
+        jitter_generator = torch.Generator(torch.device(device)).manual_seed(s)
+    fitter = dip.DIPFitter(z, protocol=protocol, preset=preset, lr=lr, seed=seed, device=device, fast=fast,
+                           indices=indices, jitter_generator=jitter_generator)
     target_d = target.to(fitter.device)
     ref = reference.to(fitter.device) if reference is not None else None
     B = len(target)

@@ -1,14 +1,15 @@
-"""tdpmlib.claims: the claims table, the lookup of measurements, comparability and the verdict rule."""
+"""tdpmlib.claims: the claims table, the lookup of measurements, the verdict rules, and chapter 07's synthesis."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from tdpmlib import claims
-from tdpmlib.claims import NOT_COMPARABLE, NOT_REPRODUCED, REPRODUCED, verdict
+from tdpmlib.claims import CONFIGURATION, NOT_COMPARABLE, NOT_REPRODUCED, REPRODUCED, verdict
 
 
 # ------------------------------------------------------------------------------------------- the table
@@ -16,37 +17,47 @@ from tdpmlib.claims import NOT_COMPARABLE, NOT_REPRODUCED, REPRODUCED, verdict
 def test_claims_table_is_consistent():
     t = claims.claims_table()
     assert t["claim_id"].is_unique
-    assert set(t["kind"]) == {"value", "direction"}
+    assert set(t["kind"]) == {"value", "direction", "configuration"}
     assert set(t["table"]) == {"Table 1", "Table 2", "Table 3", "Table 4"}
-    values = t[t["kind"] == "value"].set_index("claim_id")
+    values = t[t["kind"] != "direction"].set_index("claim_id")
     for c in t[t["kind"] == "direction"].to_dict("records"):
         assert c["a"] in values.index and c["b"] in values.index
         assert values.at[c["a"], "metric"] == values.at[c["b"], "metric"] == c["metric"]
+        assert c["a_label"] and c["b_label"]
+        if c["source"] != "generation":  # every per-image direction says how to select both sides
+            assert c["sel_a"] and c["sel_b"] and c["source"] in claims.SOURCES
     for c in values.reset_index().to_dict("records"):
-        assert c["source"] in ("generation", "denoising", "ablations") and c["same"] and c["corrected"]
-    assert t["tolerance"].notna().all() and t["claimed"].notna().all()
+        assert c["source"] in ("generation", "denoising", "table3") and c["same"] and c["corrected"]
+    # step counts are configuration, not claims; nothing else is
+    assert set(t.loc[t["kind"] == "configuration", "metric"]) == {"steps"}
+    assert set(t.loc[t["metric"] == "steps", "kind"]) == {"configuration"}
+    assert t["claimed"].notna().all()
+    # schedules are checked at matched t and at matched sigma
+    t4 = t[(t["table"] == "Table 4") & (t["kind"] == "direction")]
+    assert {s.split(":")[0] for s in t4["setting"]} == {"matched t", "matched σ"}
 
 
 @pytest.mark.parametrize("claim_id, expected", [
     ("T2-tdpm-psnr", 32.63), ("T1-ddpm-fid", 69.05), ("T3-50-psnr", 28.70), ("T4-tdpm-ssim", 0.979),
     ("T2-dir-tdpm-ddpm", 32.63 - 13.40), ("T1-dir-fid", 20.12 - 69.05), ("T4-dir-ddpm", 18.68 - 13.40),
-    ("T3-dir-5-0", 32.77 - 32.12),
+    ("T3-dir-5-0", 32.77 - 32.12), ("T3-dir-5-0-s25", 32.77 - 32.12), ("T4-dir-tdpm-s50", 34.76 - 32.63),
+    ("T1-tdpm-steps", 110),
 ])
 def test_claimed_values_and_differences(claim_id, expected):
     t = claims.claims_table().set_index("claim_id")
     assert t.at[claim_id, "claimed"] == pytest.approx(expected)
 
 
-def test_claimed_reads_value_claims_and_rejects_others():
+def test_claimed_reads_value_and_configuration_claims_and_rejects_others():
     t = claims.claims_table().set_index("claim_id")
-    for claim_id in ("T2-dip-psnr", "T1-tdpm-seconds", "T4-ddpm-ssim"):
+    for claim_id in ("T2-dip-psnr", "T1-tdpm-seconds", "T4-ddpm-ssim", "T1-tdpm-steps", "T1-ddpm-steps"):
         assert claims.claimed(claim_id) == t.at[claim_id, "claimed"]
     for bad in ("T2-dir-tdpm-ddpm", "no-such-claim"):  # a direction has no number of its own in the report
         with pytest.raises(ValueError, match=f"claim_id='{bad}' is not a value claim"):
             claims.claimed(bad)
 
 
-# ----------------------------------------------------------------------------------------- the verdict
+# ----------------------------------------------------------------------------------------- the verdicts
 
 def test_value_within_tolerance_is_reproduced():
     v, reason = verdict(32.63, 32.5, 32.0, metric="psnr", tolerance=1.0)
@@ -69,31 +80,33 @@ def test_value_not_comparable_or_missing():
     assert v == NOT_COMPARABLE
 
 
-def test_direction_holds_reverses_or_vanishes():
-    v, reason = verdict(19.23, 25.0, 3.2, metric="psnr", tolerance=0.1, kind="direction")
-    assert v == REPRODUCED and "+3.20" in reason and "+19.23" in reason and "+25.00" in reason
-    v, reason = verdict(0.51, 0.7, -1.5, metric="psnr", tolerance=0.1, kind="direction")
-    assert v == NOT_REPRODUCED and "reversed" in reason and "-1.50" in reason
-    v, reason = verdict(0.51, None, 0.05, metric="psnr", tolerance=0.1, kind="direction")
-    assert v == NOT_REPRODUCED and "no difference" in reason
-    v, reason = verdict(-48.93, None, -10.0, metric="fid", tolerance=1.0, kind="direction")
-    assert v == REPRODUCED  # lower FID claimed and measured: same (negative) sign
-    v, _ = verdict(-48.93, None, None, metric="fid", tolerance=1.0, kind="direction", why="offline")
-    assert v == NOT_COMPARABLE
+def summary(d, lo, hi, wins=3, n=4):
+    return dict(mean_diff=d, ci_low=lo, ci_high=hi, wins=wins, n=n)
 
 
-def test_direction_ignores_the_comparable_flag_but_not_missing_values():
-    # Directions are checked under every profile: only a missing measurement makes them not comparable.
-    v, _ = verdict(2.13, None, 1.0, metric="psnr", tolerance=0.1, kind="direction", comparable=False)
-    assert v == REPRODUCED
+def test_direction_rests_on_the_interval_not_on_a_threshold():
+    # a tiny difference whose interval excludes 0 holds; a large one whose interval contains 0 does not
+    v, reason, out = claims.direction_verdict(19.23, summary(0.03, 0.01, 0.05), metric="psnr", a_label="A", b_label="B")
+    assert (v, out) == (REPRODUCED, "better than") and "A − B: +0.03 dB [+0.01, +0.05], wins 3 of 4" in reason
+    v, reason, out = claims.direction_verdict(19.23, summary(3.0, -0.5, 6.0), metric="psnr", a_label="A", b_label="B")
+    assert (v, out) == (NOT_REPRODUCED, "not clearly different from") and reason.startswith("no clear difference")
+    v, reason, out = claims.direction_verdict(0.51, summary(-1.5, -2.0, -1.0), metric="psnr", a_label="A",
+                                              b_label="B", same=0.7)
+    assert (v, out) == (NOT_REPRODUCED, "worse than") and "reversed" in reason and "report's protocol gives +0.70" in reason
+    v, _, out = claims.direction_verdict(-3.93, summary(-0.4, -0.5, -0.3), metric="psnr", a_label="A", b_label="B")
+    assert (v, out) == (REPRODUCED, "worse than")  # a claimed drop that is measured
+    v, reason, out = claims.direction_verdict(1.0, None, metric="psnr", a_label="A", b_label="B", why="offline")
+    assert (v, out) == (NOT_COMPARABLE, None) and "offline" in reason
 
 
-def test_verdict_rejects_unknown_kind():
-    with pytest.raises(ValueError, match="kind="):
-        verdict(1.0, 1.0, 1.0, metric="psnr", tolerance=0.1, kind="ordering")
+def test_unpaired_directions_read_the_sign_and_say_so():
+    v, reason, out = claims.direction_verdict(-48.93, dict(mean_diff=-10.0), metric="fid", a_label="TDPM-DIP",
+                                              b_label="DDPM", paired=False)
+    assert (v, out) == (REPRODUCED, "lower than") and "sign only" in reason
+    v, reason, out = claims.direction_verdict(-31.0, dict(mean_diff=0.5), metric="seconds", a_label="T", b_label="D",
+                                              paired=False)
+    assert (v, out) == (NOT_REPRODUCED, "higher than") and "reversed" in reason and "+0.50 s" in reason
 
-
-# ------------------------------------------------------------------------------------------ comparability
 
 @pytest.mark.parametrize("metric, kw, ok", [
     ("steps", dict(profile="smoke"), True),
@@ -115,6 +128,15 @@ def test_comparability(metric, kw, ok):
     assert got is ok and (why == "") is ok
 
 
+def test_value_verdict_uses_the_same_rule_as_assess():
+    assert claims.value_verdict("T2-dip-psnr", 32.0, profile="paper", dip_iterations=100)[0] == REPRODUCED
+    assert claims.value_verdict("T2-dip-psnr", 22.0, profile="paper", dip_iterations=100)[0] == NOT_REPRODUCED
+    v, reason = claims.value_verdict("T2-dip-psnr", 32.0, profile="cpu")
+    assert v == NOT_COMPARABLE and "cpu profile" in reason
+    with pytest.raises(ValueError, match="not a value claim"):
+        claims.value_verdict("T1-tdpm-steps", 110, profile="paper")
+
+
 # ------------------------------------------------------------------------------- measuring from results
 
 def fake_generation(fid_ok=True):
@@ -126,90 +148,168 @@ def fake_generation(fid_ok=True):
                          row("tdpm_held", 25.0, 0.5, 10, 100, 0.9)])
 
 
-def fake_denoising():
+DEN = (("ddpm", "corrected", 9.0, 0.20), ("dip_short", "corrected", 8.0, 0.10), ("tdpm_dip", "corrected", 8.5, 0.12),
+       ("report_dip_clean", "report", 33.0, 0.95), ("report_tdpm_clean", "report", 32.0, 0.96))
+
+
+def fake_denoising_rows():
+    """Per-image t = 600 rows: cosine is +1 on every image (+0.5 and +1.5 alternately), TDPM-DIP = DDPM - 0.5."""
     rows = []
     for schedule, shift in (("linear", 0.0), ("cosine", 1.0)):
-        for key, protocol, p, s in (("ddpm", "corrected", 9.0, 0.20), ("dip_short", "corrected", 8.0, 0.10),
-                                    ("tdpm_dip", "corrected", 8.5, 0.12), ("report_dip_clean", "report", 33.0, 0.95),
-                                    ("report_tdpm_clean", "report", 32.0, 0.96)):
-            rows.append(dict(setting=f"t = 600 ({schedule})", schedule=schedule, t=600, method=key, method_key=key,
-                             protocol=protocol, psnr_mean=p + shift, ssim_mean=s, n=8, seconds_per_image=1.0,
-                             nfe=600 if key == "ddpm" else 10, dip_iterations=0 if key == "ddpm" else 100))
+        for key, protocol, p, s in DEN:
+            for i in range(4):
+                rows.append(dict(setting=f"t = 600 ({schedule})", schedule=schedule, t=600, method=key, method_key=key,
+                                 protocol=protocol, image=i, psnr=p + shift + (0.5 if i % 2 else -0.5) * shift + 0.1 * i,
+                                 ssim=s, seconds=1.0, nfe=600 if key == "ddpm" else 10,
+                                 dip_iterations=0 if key == "ddpm" else 100))
+    return pd.DataFrame(rows)
+
+
+def fake_denoising():
+    rows = fake_denoising_rows()
+    g = rows.groupby(["setting", "schedule", "t", "method", "method_key", "protocol"], sort=False)
+    out = g.agg(psnr_mean=("psnr", "mean"), ssim_mean=("ssim", "mean"), n=("image", "size"),
+                seconds_per_image=("seconds", "first"), nfe=("nfe", "first"),
+                dip_iterations=("dip_iterations", "first")).reset_index()
     # A sigma setting of the same schedule at another level must not be picked up.
-    rows.append(dict(rows[0], setting="σ = 25/255 (linear, t = 57)", t=57, psnr_mean=25.0))
-    return pd.DataFrame(rows)
+    extra = out.iloc[[0]].assign(setting="σ = 25/255 (linear, t = 57)", t=57, psnr_mean=25.0)
+    return pd.concat([out, extra], ignore_index=True)
 
 
-def fake_ablations():
+def fake_table3_rows():
+    return pd.DataFrame([dict(protocol=p, t_obs=600, t_trunc=tt, image=i,
+                              psnr=(30 - tt / 10 if p == "report" else 8 + (0.2 if tt == 5 else 0) + tt / 50) + 0.01 * i,
+                              ssim=0.9 if p == "report" else 0.1, seconds=1.0, nfe=tt, dip_iterations=100)
+                         for p in ("report", "corrected") for tt in (0, 5, 10, 50) for i in range(4)])
+
+
+def fake_table3():
+    r = fake_table3_rows()
+    return r.groupby(["protocol", "t_trunc"], sort=False).agg(
+        psnr_mean=("psnr", "mean"), ssim_mean=("ssim", "mean"), n=("image", "size"), nfe=("nfe", "first"),
+        dip_iterations=("dip_iterations", "first")).reset_index()
+
+
+def fake_study_rows():
+    """Chapter 03's rows at sigma 25 and 50: the matched hybrid is +0.3 over the DIP and -2 below the DDPM."""
     rows = []
-    for tt, p in ((0, 8.0), (5, 8.3), (10, 8.5), (50, 9.5)):
-        rows.append(dict(ablation="t_trunc", value=str(tt), schedule="linear", protocol="corrected", psnr_mean=p,
-                         ssim_mean=0.1, n=8))
-        rows.append(dict(ablation="t_trunc", value=str(tt), schedule="linear", protocol="report", psnr_mean=30 - tt / 10,
-                         ssim_mean=0.9, n=8))
-    rows.append(dict(ablation="dip_preset", value="dip-cpu", schedule="linear", protocol="corrected", psnr_mean=1.0,
-                     ssim_mean=0.0, n=8))
+    methods = (("ddpm", "DDPM ancestral from t", "DDPM", 25.0, 10.0, 57), ("tweedie", "DDPM posterior mean", "DDPM", 26.0, 0.1, 1),
+               ("dip_official", "DIP, official protocol", "DIP", 23.0, 5.0, 0),
+               ("tdpm_matched", "TDPM-DIP, matched state", "hybrid", 23.3, 5.5, 7),
+               ("sdedit", "DIP then SDEdit (Example 1)", "hybrid", 22.0, 6.0, 14))
+    for sigma in (25, 50):
+        for key, label, fam, p, sec, nfe in methods:
+            for split, n in (("val", 2), ("test", 4)):
+                for i in range(n):
+                    rows.append(dict(sigma=sigma, t=57, method_key=key, method=label, family=fam, split=split, image=i,
+                                     psnr=p - (sigma - 25) / 10 + 0.1 * i + (0.05 * (i % 2) if fam == "hybrid" else 0),
+                                     ssim=0.5, seconds=sec, nfe=nfe, dip_iterations=400 if fam != "DDPM" else 0,
+                                     params="", noise_ratio=np.nan))
     return pd.DataFrame(rows)
+
+
+def fake_ablation_rows():
+    """Chapter 06's rows: T_trunc t/8 beats the DIP alone by 0.2, t/2 loses 1; cosine DDPM +0.5 at matched sigma."""
+    rows = []
+    for sigma in (25, 50):
+        for sch in ("linear", "cosine"):
+            for level, frac, d in ((0, 0.0, 0.0), (7, 0.125, 0.2), (28, 0.5, -1.0)):
+                for split, images in (("val", range(2)), ("test", range(2, 6))):
+                    for i in images:
+                        rows.append(dict(ablation="t_trunc", sigma=sigma, schedule=sch, t=57, method_key=f"t_trunc={level}",
+                                         method="x", value=frac, split=split, image=i,
+                                         psnr=20 + i + d + 0.02 * (i % 2) * (level > 0) + (0.1 if sch == "cosine" and level else 0),
+                                         ssim=0.5, seconds=1.0, nfe=level, dip_iterations=4, noise_ratio=1.0))
+            for i in range(2, 6):
+                rows.append(dict(ablation="schedule", sigma=sigma, schedule=sch, t=57, method_key="ddpm", method="ddpm",
+                                 value=57, split="test", image=i, psnr=18 + i + (0.5 + 0.1 * (i % 2) if sch == "cosine" else 0),
+                                 ssim=0.5, seconds=1.0, nfe=57, dip_iterations=0, noise_ratio=np.nan))
+    return pd.DataFrame(rows)
+
+
+def fake_choices():
+    return pd.DataFrame([dict(ablation="t_trunc (T_trunc > 0)", sigma=s, schedule=sch, method_key="t_trunc=7",
+                              val_psnr=20.0, value=0.125, nfe=7, dip_iterations=4)
+                         for s in (25, 50) for sch in ("linear", "cosine")])
+
+
+def all_tables(**kw):
+    return dict(generation=fake_generation(**kw), denoising=fake_denoising(), table3=fake_table3(),
+                denoising_rows=fake_denoising_rows(), table3_rows=fake_table3_rows(), study_rows=fake_study_rows(),
+                ablation_rows=fake_ablation_rows(), choices=fake_choices())
 
 
 def measured(**kw):
-    m = claims.measure(claims.claims_table(), generation=fake_generation(**kw), denoising=fake_denoising(),
-                       ablations=fake_ablations())
-    return m.set_index("claim_id")
+    return claims.measure(claims.claims_table(), **all_tables(**kw)).set_index("claim_id")
 
 
-def test_measure_looks_up_both_protocols():
+def test_measure_looks_up_values_under_both_protocols():
     m = measured()
     assert m.at["T1-tdpm-fid", "same"] == 15.0 and m.at["T1-tdpm-fid", "corrected"] == 25.0
     assert m.at["T1-tdpm-steps", "same"] == 110 and m.at["T1-ddpm-steps", "corrected"] == 1000
     assert m.at["T1-tdpm-new", "corrected"] == 0.9
-    assert m.at["T2-tdpm-psnr", "same"] == 32.0 and m.at["T2-tdpm-psnr", "corrected"] == 8.5
-    assert m.at["T2-ddpm-psnr", "corrected"] == 9.0  # not the sigma setting's 25.0
-    assert m.at["T2-dip-psnr", "same"] == 33.0 and m.at["T2-dip-psnr", "corrected"] == 8.0
-    assert m.at["T4-dip-psnr", "corrected"] == 9.0
-    assert m.at["T3-5-psnr", "corrected"] == 8.3 and m.at["T3-50-psnr", "same"] == 25.0
+    assert m.at["T2-tdpm-psnr", "same"] == pytest.approx(32.15) and m.at["T2-tdpm-psnr", "corrected"] == pytest.approx(8.65)
+    assert m.at["T2-ddpm-psnr", "corrected"] == pytest.approx(9.15)  # not the sigma setting's 25.0
+    assert m.at["T4-dip-psnr", "corrected"] == pytest.approx(9.15)
+    assert m.at["T3-5-psnr", "corrected"] == pytest.approx(8.315) and m.at["T3-50-psnr", "same"] == pytest.approx(25.015)
     assert m.at["T1-ddpm-fid", "fid_status"] == "ok" and m.at["T1-ddpm-fid", "n"] == 1000
 
 
-def test_measure_computes_directions_from_the_value_rows():
+def test_measure_pairs_the_directions_over_images():
     m = measured()
-    assert m.at["T2-dir-tdpm-ddpm", "corrected"] == pytest.approx(8.5 - 9.0)
-    assert m.at["T2-dir-tdpm-ddpm", "same"] == pytest.approx(32.0 - 9.0)
-    assert m.at["T4-dir-tdpm", "corrected"] == pytest.approx(1.0)
-    assert m.at["T3-dir-50-10", "corrected"] == pytest.approx(1.0)
-    assert m.at["T1-dir-seconds", "corrected"] == pytest.approx(-1.5)
+    # t = 600: TDPM-DIP is 0.5 below DDPM on every image; cosine is +1 on average (+0.5 / +1.5)
+    assert m.at["T2-dir-tdpm-ddpm", "corrected"] == pytest.approx(-0.5) and m.at["T2-dir-tdpm-ddpm", "wins"] == 0
+    assert m.at["T2-dir-tdpm-ddpm", "outcome"] == "worse than" and m.at["T2-dir-tdpm-ddpm", "n_pairs"] == 4
+    assert m.at["T2-dir-tdpm-ddpm", "same"] == pytest.approx(23.0)
+    assert m.at["T4-dir-ddpm", "corrected"] == pytest.approx(1.0) and m.at["T4-dir-ddpm", "ci_low"] > 0
+    # sigma rows from chapter 03's test images
+    assert m.at["T2-dir-tdpm-dip-s25", "corrected"] == pytest.approx(0.325) and m.at["T2-dir-tdpm-dip-s25", "n_pairs"] == 4
+    assert m.at["T2-dir-tdpm-ddpm-s50", "outcome"] == "worse than"
+    assert m.at["T2-dir-tdpm-ddpm-s15", "corrected"] is None  # not in the study
+    # Table 3 at t = 600 (matched variant) and at sigma (fractions of t)
+    assert m.at["T3-dir-5-0", "corrected"] == pytest.approx(0.3) and m.at["T3-dir-5-0", "same"] == pytest.approx(-0.5)
+    assert m.at["T3-dir-5-0-s25", "corrected"] == pytest.approx(0.21) and m.at["T3-dir-50-10-s50", "outcome"] == "worse than"
+    # matched sigma: the DIP is the same fit (0); TDPM-DIP at each schedule's validated T_trunc (via choices.csv)
+    assert m.at["T4-dir-dip-s25", "corrected"] == 0 and m.at["T4-dir-dip-s25", "outcome"] == "not clearly different from"
+    assert m.at["T4-dir-tdpm-s25", "corrected"] == pytest.approx(0.1) and m.at["T4-dir-ddpm-s50", "corrected"] == pytest.approx(0.55)
+    # set statistics: differences of the value measurements, not paired
+    assert m.at["T1-dir-seconds", "corrected"] == pytest.approx(-1.5) and m.at["T1-dir-seconds", "paired"] is False
 
 
 def test_missing_tables_and_rows_give_none():
     m = claims.measure(claims.claims_table(), denoising=fake_denoising()).set_index("claim_id")
     assert m.at["T1-ddpm-fid", "corrected"] is None and m.at["T3-5-psnr", "corrected"] is None
-    assert m.at["T3-dir-5-0", "corrected"] is None
+    assert m.at["T3-dir-5-0", "corrected"] is None and m.at["T4-dir-tdpm-s25", "corrected"] is None
+    no_choice = claims.measure(claims.claims_table(), ablation_rows=fake_ablation_rows()).set_index("claim_id")
+    assert no_choice.at["T4-dir-tdpm-s25", "corrected"] is None and no_choice.at["T4-dir-ddpm-s25", "corrected"] is not None
     with pytest.raises(ValueError, match="method_key"):
         claims.measure(claims.claims_table(), generation=fake_generation().drop(columns="method_key"))
 
 
 def test_assess_under_paper_and_cpu():
-    m = claims.measure(claims.claims_table(), generation=fake_generation(), denoising=fake_denoising(),
-                       ablations=fake_ablations())
+    m = claims.measure(claims.claims_table(), **all_tables())
     paper = claims.assess(m, profile="paper").set_index("claim_id")
-    assert paper.at["T2-tdpm-psnr", "verdict"] == NOT_REPRODUCED       # 8.5 vs 32.63
-    assert paper.at["T1-ddpm-steps", "verdict"] == REPRODUCED          # 1000 == 1000
+    assert paper.at["T2-tdpm-psnr", "verdict"] == NOT_REPRODUCED       # 8.65 vs 32.63
+    assert paper.at["T1-ddpm-steps", "verdict"] == CONFIGURATION and "this run: 1000" in paper.at["T1-ddpm-steps", "reason"]
     assert paper.at["T1-tdpm-new", "verdict"] == NOT_REPRODUCED        # 90 % copies
     assert paper.at["T1-ddpm-seconds", "verdict"] == NOT_COMPARABLE    # hardware
-    assert paper.at["T1-dir-fid", "verdict"] == REPRODUCED             # 25 < 60
-    assert paper.at["T2-dir-tdpm-ddpm", "verdict"] == NOT_REPRODUCED   # reversed: 8.5 < 9.0
-    assert paper.at["T3-dir-50-10", "verdict"] == NOT_REPRODUCED       # reversed: 50 is better here
+    assert paper.at["T1-dir-fid", "verdict"] == REPRODUCED and "sign only" in paper.at["T1-dir-fid", "reason"]
+    assert paper.at["T2-dir-tdpm-ddpm", "verdict"] == NOT_REPRODUCED and "reversed" in paper.at["T2-dir-tdpm-ddpm", "reason"]
+    assert paper.at["T2-dir-tdpm-dip-s25", "verdict"] == REPRODUCED
+    assert paper.at["T3-dir-50-10", "verdict"] == NOT_REPRODUCED       # 50 is better than 10 here
+    assert paper.at["T3-dir-50-10-s25", "verdict"] == REPRODUCED       # t/2 is worse than t/8
     assert paper.at["T4-dir-ddpm", "verdict"] == REPRODUCED
-    assert paper.at["T3-5-psnr", "verdict"] == NOT_REPRODUCED
+    assert paper.at["T4-dir-dip-s25", "verdict"] == NOT_REPRODUCED and "no clear difference" in paper.at["T4-dir-dip-s25", "reason"]
+    assert paper.at["T2-dir-tdpm-ddpm-s15", "verdict"] == NOT_COMPARABLE
     cpu = claims.assess(m, profile="cpu").set_index("claim_id")
     assert cpu.at["T2-tdpm-psnr", "verdict"] == NOT_COMPARABLE and "cpu profile" in cpu.at["T2-tdpm-psnr", "reason"]
     assert cpu.at["T2-dir-tdpm-ddpm", "verdict"] == NOT_REPRODUCED     # directions still checked
-    assert set(cpu["verdict"]) <= set(claims.VERDICTS)
+    assert set(cpu["verdict"]) <= set(claims.VERDICTS) | {CONFIGURATION}
     short = claims.measure(claims.claims_table(), generation=fake_generation().assign(dip_iterations=20))
     short = claims.assess(short, profile="paper").set_index("claim_id")
-    assert short.at["T1-tdpm-steps", "verdict"] == NOT_COMPARABLE and "20 iterations" in short.at["T1-tdpm-steps", "reason"]
+    assert short.at["T1-tdpm-new", "verdict"] == NOT_COMPARABLE and "20 iterations" in short.at["T1-tdpm-new", "reason"]
     counts = claims.counts(cpu.reset_index())
-    assert counts.loc["all"].sum() == len(cpu)
+    assert counts.loc["all"].sum() == len(cpu) and counts.loc["all", CONFIGURATION] == 3
 
 
 def test_assess_says_when_fid_is_unavailable():
@@ -220,18 +320,34 @@ def test_assess_says_when_fid_is_unavailable():
     assert "not run under this profile" in a.at["T3-5-psnr", "reason"]
 
 
-def test_display_table_formats_per_metric():
-    m = claims.measure(claims.claims_table(), generation=fake_generation(), denoising=fake_denoising(),
-                       ablations=fake_ablations())
-    d = claims.display_table(claims.assess(m, profile="paper")).set_index("claim")
-    assert d.at["T2-tdpm-ssim", "claimed"] == "0.970" and d.at["T2-tdpm-psnr", "corrected protocol"] == "8.50"
+def test_display_and_sentences():
+    a = claims.assess(claims.measure(claims.claims_table(), **all_tables()), profile="paper")
+    d = claims.display_table(a).set_index("claim")
+    assert d.at["T2-tdpm-ssim", "claimed"] == "0.970" and d.at["T2-tdpm-psnr", "corrected protocol"] == "8.65"
     assert d.at["T2-dir-tdpm-ddpm", "claimed"] == "+19.23" and d.at["T1-ddpm-steps", "claimed"] == "1000"
-    assert d.at["T1-ddpm-fid", "report's protocol"] == "60.00"
+    assert d.at["T2-dir-tdpm-ddpm", "corrected protocol"].startswith("-0.50 [-0.50, -0.50]")
+    assert d.at["T1-dir-seconds", "corrected protocol"] == "-1.50" and d.at["T1-ddpm-fid", "report's protocol"] == "60.00"
+    t1 = claims.table_sentence(a, "Table 1")
+    assert t1.startswith("Of the 7 claims taken from Table 1,") and "2 further entries are configuration" in t1
+    assert "1 further entry is a configuration" in claims.table_sentence(a, "Table 2")
+    text = claims.schedule_text(a, {"linear": 782.0, "cosine": 177.0})
+    assert text.startswith("At matched t, t = 600 (where the cosine schedule has added noise of σ ≈ 177 and the linear "
+                           "one σ ≈ 782, on the 0..255 scale), cosine is better than linear for DDPM (+1.00 dB)")
+    assert "At matched σ = 25, cosine is better than linear for DDPM (+0.55 dB)" in text
+    assert "not clearly different from linear for the DIP (+0.00 dB)" in text
+    assert "holds in 7 of the 9 comparisons measured" in text
+    assert claims.schedule_summary(a) == ("The report's “cosine raises every method” holds in 3 of the 3 comparisons "
+                                          "at matched t and in 4 of the 6 comparisons at matched σ.")
+    st = claims.schedule_table(a)
+    assert len(st) == 9 and set(st["method"]) == {"DDPM", "DIP", "TDPM-DIP"}
+    none = claims.assess(claims.measure(claims.claims_table()), profile="cpu")
+    assert claims.schedule_text(none) == "The schedule claims could not be measured in this run."
+    assert claims.schedule_summary(none) == "The schedule claims could not be measured in this run."
 
 
 # ------------------------------------------------------------------------------------------ standalone
 
-def test_ensure_results(tmp_path):
+def test_ensure_and_optional_results(tmp_path):
     cfg = SimpleNamespace(results_dir=str(tmp_path / "results"), profile="smoke", data_source="", seed=0,
                           device="cpu", out_dir=lambda: tmp_path)
     done = tmp_path / "results" / "smoke" / "03_tdpm_dip" / "generation.csv"
@@ -239,29 +355,107 @@ def test_ensure_results(tmp_path):
     done.write_text("a\n1\n")
     assert claims.ensure_results(cfg, "03_tdpm_dip", "generation.csv", notebooks_dir=tmp_path) == done
     with pytest.raises(FileNotFoundError, match="run notebooks/06_ablations.ipynb with profile='smoke'"):
-        claims.ensure_results(cfg, "06_ablations", "ablations.csv", notebooks_dir=tmp_path)  # no notebook there
+        claims.ensure_results(cfg, "06_ablations", "rows.csv", notebooks_dir=tmp_path)  # no notebook there
     (tmp_path / "06_ablations.ipynb").write_text("{}")
     with pytest.raises(FileNotFoundError, match="06_ablations"):
-        claims.ensure_results(cfg, "06_ablations", "ablations.csv", notebooks_dir=tmp_path, run=False)
+        claims.ensure_results(cfg, "06_ablations", "rows.csv", notebooks_dir=tmp_path, run=False)
+    table, note = claims.optional_results(cfg, "03_tdpm_dip", "generation.csv")
+    assert note == "" and table["a"].tolist() == [1]
+    table, note = claims.optional_results(cfg, "05_example2_guided_early_stopping", "per_image.csv")
+    assert table is None and "05_example2_guided_early_stopping/per_image.csv is not in this run's results" in note
 
 
-def test_sentences_follow_the_verdicts():
-    m = claims.measure(claims.claims_table(), generation=fake_generation(), denoising=fake_denoising(),
-                       ablations=fake_ablations())
-    a = claims.assess(m, profile="paper")
-    t2 = claims.table_sentence(a, "Table 2")
-    assert t2.startswith("Of the 10 claims taken from Table 2,")
-    text = claims.closing_text(a)
-    assert f"Of the {len(a)} claims checked" in text
-    assert "33.00 dB for the DIP and 32.00 dB for TDPM-DIP" in text and "8.00 and 8.50 dB" in text
-    assert "at least 23.5 dB lower: the report's protocol overstates" in text
-    assert "does not beat the DDPM (-0.50 dB) and beats the DIP alone (+0.50 dB)" in text
-    assert "100% of TDPM-DIP's samples" in text and "90% when" in text and "rather than generating" in text
-    assert "raises every method's PSNR" in text and "DDPM +1.00 dB" in text
-    # Without the generation table its sentence is left out.
-    m2 = claims.measure(claims.claims_table(), denoising=fake_denoising())
-    assert "In generation" not in claims.closing_text(claims.assess(m2, profile="cpu"))
-    # The copy sentence follows the fractions, whatever the verdict (here: not comparable, 20 iterations).
-    few = fake_generation().assign(dip_iterations=20, frac_copies_fit=0.0)
-    m3 = claims.measure(claims.claims_table(), generation=few, denoising=fake_denoising())
-    assert "most of its samples are not copies" in claims.closing_text(claims.assess(m3, profile="paper"))
+# ------------------------------------------------------------------------------------------ the synthesis
+
+def study_paired(rows, seed=0):
+    """Chapter 03's study_paired.csv, built as chapter 03 builds it."""
+    best = claims.best_by_family(rows).set_index(["sigma", "family"])["method_key"]
+    test = rows[rows["split"] == "test"]
+    out = []
+    for sigma in (25, 50):
+        h = best[(sigma, "hybrid")]
+        for fam in ("DDPM", "DIP"):
+            o = best[(sigma, fam)]
+            t = test[test["sigma"] == sigma]
+            s = claims.ablate.paired(t[t["method_key"] == h], t[t["method_key"] == o], seed=seed)
+            out.append(dict(sigma=sigma, hybrid=t.loc[t["method_key"] == h, "method"].iloc[0],
+                            against=t.loc[t["method_key"] == o, "method"].iloc[0],
+                            time_ratio=t.loc[t["method_key"] == h, "seconds"].mean() / t.loc[t["method_key"] == o, "seconds"].mean(),
+                            a=h, b=o, **s))
+    return pd.DataFrame(out)
+
+
+def test_best_by_family_uses_the_validation_images():
+    rows = fake_study_rows()
+    best = claims.best_by_family(rows).set_index(["sigma", "family"])["method_key"]
+    assert best[(25, "DDPM")] == "tweedie" and best[(25, "DIP")] == "dip_official" and best[(25, "hybrid")] == "tdpm_matched"
+    # a method that is best on the test images only is not chosen
+    rows.loc[(rows["method_key"] == "sdedit") & (rows["split"] == "test"), "psnr"] += 10
+    assert claims.best_by_family(rows).set_index(["sigma", "family"])["method_key"][(25, "hybrid")] == "tdpm_matched"
+
+
+def test_answer_in_quality_and_speed():
+    rows = fake_study_rows()
+    fam = dict(zip(rows["method"], rows["family"]))
+    ans = claims.answer(study_paired(rows))
+    assert list(ans["outcome"]) == ["worse than", "better than"] * 2
+    details = claims.answer_details(ans, families=fam)
+    assert details.startswith("At σ = 25 the best hybrid on the validation images, TDPM-DIP, matched state, is worse "
+                              "than the best DDPM alone, DDPM posterior mean (-2.")
+    assert "better than the best DIP alone, DIP, official protocol (+0.33 dB" in details and "1.10× its time" in details
+    overall = claims.answer_overall(ans)
+    assert overall.startswith("In quality (PSNR on the test images) the best combination of DDPM and DIP beats one of "
+                              "them but not the other at σ = 25 and 50.")
+    assert "it is slower than both at σ = 25 and 50" in overall
+    both = ans.assign(outcome="better than", time_ratio=0.5)
+    assert "beats both methods alone at σ = 25 and 50" in claims.answer_overall(both)
+    assert "faster than both at σ = 25 and 50" in claims.answer_overall(both)
+    mixed = ans.assign(outcome=["not clearly different from", "worse than", "better than", "better than"],
+                       time_ratio=[0.5, 2.0, 2.0, 2.0])
+    o = claims.answer_overall(mixed)
+    assert "beats both methods alone at σ = 50 and beats neither at σ = 25 (and is worse than at least one of them at σ = 25)" in o
+    assert "slower than both at σ = 50 and faster than one and slower than the other at σ = 25" in o
+
+
+def test_hybrid_comparisons_and_speed():
+    rows = fake_study_rows()
+    comp = claims.hybrid_comparisons(rows)
+    assert len(comp) == 2 * 2 * 2 and set(comp["against_key"]) == {"tweedie", "dip_official"}
+    r = comp[(comp["sigma"] == 25) & (comp["hybrid_key"] == "sdedit") & (comp["family"] == "DIP")].iloc[0]
+    assert r["mean_diff"] == pytest.approx(-0.975) and r["outcome"] == "worse than" and r["time_ratio"] == pytest.approx(1.2)
+    text = claims.hybrid_text(comp, "tdpm_matched", "The matched TDPM-DIP")
+    assert text.startswith("The matched TDPM-DIP: at σ = 25 it is worse than the best DDPM alone (-2.")
+    assert "better than the best DIP alone (+0.33" in text and text.endswith(").")
+    assert claims.hybrid_text(comp, "dip_polish", "X") == "X is not in this run's study."
+    sp = claims.speed_table(rows)
+    assert list(sp.loc[sp["sigma"] == 25, "method"]) == ["DDPM posterior mean", "DIP, official protocol",
+                                                        "TDPM-DIP, matched state", "DIP then SDEdit (Example 1)"]
+    assert sp.loc[0, "nfe"] == 1 and sp.loc[1, "dip_iterations"] == 400
+
+
+def test_example2_pairs_the_guided_rule_with_the_others():
+    rules = {"fixed 100": 22.0, "ES-WMV": 21.0, "discrepancy (single stage)": 22.5, "guided (4 stages)": 22.45,
+             "oracle (best PSNR)": 30.0}
+    per = pd.DataFrame([dict(sigma_nominal=s, t_obs=57, rule=r, image=i, psnr=p + 0.05 * (i % 3) * (r == "fixed 100"))
+                        for s in (25,) for r, p in rules.items() for i in range(6)])
+    comp = claims.example2_paired(per)
+    assert list(comp["against"]) == ["fixed 100", "ES-WMV", "discrepancy (single stage)"]  # no oracle
+    assert list(comp["outcome"]) == ["better than", "better than", "worse than"]
+    text = claims.example2_text(comp)
+    assert text == ("At σ = 25 the guided (4 stages) rule is better than fixed 100 and ES-WMV; and worse than "
+                    "discrepancy (single stage).")
+    assert claims.example2_paired(per.assign(sigma_nominal=25.0))["level"].iloc[0] == "σ = 25"  # read back as float
+    by_level = claims.example2_paired(per.drop(columns="sigma_nominal"))
+    assert by_level["level"].iloc[0] == "t = 57"
+    split = pd.concat([per.assign(split="val", psnr=0.0), per.assign(split="test")])
+    assert claims.example2_paired(split)["mean_diff"].tolist() == pytest.approx(comp["mean_diff"].tolist())
+    with pytest.raises(ValueError, match="needs the columns"):
+        claims.example2_paired(per.drop(columns="psnr"))
+    assert claims.example2_text(pd.DataFrame()) == "Chapter 05's table has no guided rule to compare."
+    # the rewritten chapter 05: rule keys, labels without "oracle", a sigma column
+    labels = {"guided": "guided by the DDPM schedule", "fixed": "fixed budget (chosen on validation)",
+              "oracle": "best iteration of the fit (upper bound)"}
+    new = pd.DataFrame([dict(sigma=50, rule_key=k, rule=v, image=i, psnr=20.0 + (k == "guided") + 0.1 * i * (k == "fixed"))
+                        for k, v in labels.items() for i in range(4)])
+    c = claims.example2_paired(new)
+    assert list(c["against"]) == ["fixed budget (chosen on validation)"] and c["level"].iloc[0] == "σ = 50"

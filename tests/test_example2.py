@@ -51,19 +51,26 @@ def test_guided_stages_have_the_stated_noise_variances(sched):
         example2.stage_levels(sched, 5, 30)
 
 
-def test_single_stage_guided_dip_is_the_discrepancy_rule(sched):
+@pytest.mark.parametrize("protocol, preset, lr, t_obs, n", [("plain", "tiny", 1e-2, 100, 20),
+                                                           ("official", "skip-tiny", 5e-2, 200, 120)])
+def test_single_stage_guided_dip_is_the_discrepancy_rule(sched, protocol, preset, lr, t_obs, n):
+    """One stage is the discrepancy principle on the fit that dip.fit_dip runs under the same protocol (for the
+    official one: the same jitter, drawn the same way, and the running average the rule watches)."""
     clean = smooth(3)
-    t_obs = 100
     y = tdpm.observe(clean, t_obs, sched, generator=torch.Generator().manual_seed(0))
-    z = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
-    kw = dict(preset="tiny", lr=1e-2, seed=4)
-    g = example2.guided_dip(y, t_obs, sched, n_stages=1, iters_per_stage_max=20, generator=torch.Generator(), z=z, **kw)
+    z = dip.draw_input(protocol, (3, 8, 8), torch.Generator().manual_seed(1))
+    kw = dict(preset=preset, lr=lr, seed=4, protocol=protocol)
+    g = example2.guided_dip(y, t_obs, sched, n_stages=1, iters_per_stage_max=n, z=z,
+                            generator=torch.Generator().manual_seed(5), **kw)
     disc = stopping.Discrepancy(schedules.noise_var(sched, t_obs))
-    dip.fit_dip(example1.observation_x0(y, t_obs, sched), iterations=20, z=z, monitors=[disc], **kw)
-    assert disc.fired.any()
+    fit = dip.fit_dip(example1.observation_x0(y, t_obs, sched), iterations=n, z=z, monitors=[disc],
+                      generator=torch.Generator().manual_seed(5), keep=range(n + 1), **kw)
+    assert disc.fired.any() and g.protocol == protocol
     assert torch.equal(g.stop_iteration, disc.stop_iteration)
     assert torch.equal(g.fired[:, 0], disc.fired)
     torch.testing.assert_close(g.output, disc.output)
+    for i in range(3):  # the output at the stop is the protocol's reported output (the average, officially)
+        torch.testing.assert_close(g.output[i], fit.outputs[int(g.stop_iteration[i])][i])
     # where it fired, the residual variance at the stop is <= v_obs and above it just before
     h = g.history
     for i in torch.nonzero(disc.fired).flatten().tolist():
@@ -84,7 +91,7 @@ def test_guided_dip_stages_and_the_rule_never_sees_the_reference(sched, cap):
     assert torch.equal(a.stop_iteration, b.stop_iteration) and torch.equal(a.output, b.output)
     assert "psnr_ref" in a.history and "psnr_ref" not in b.history
     S = 3
-    assert a.stage_ends.shape == (2, S)
+    assert a.stage_ends.shape == (2, S) and a.stage_outputs.shape == (2, S, 3, 8, 8)
     assert torch.equal(a.stop_iteration, a.stage_ends[:, -1])
     h = a.history
     for i in range(2):
@@ -97,8 +104,12 @@ def test_guided_dip_stages_and_the_rule_never_sees_the_reference(sched, cap):
                 assert hi.residual_var[ends[j]] <= a.stages[j].noise_var
             else:  # the cap ended the stage
                 assert ends[j] - starts[j] == cap
+            # the output kept where stage j ended is the one recorded at that iteration
+            p = metrics.psnr(a.stage_outputs[i, j:j + 1], clean[i:i + 1]).item()
+            assert p == pytest.approx(hi.psnr_ref[ends[j]], rel=1e-5)
         # the stop's PSNR is the one recorded at that iteration
         assert metrics.psnr(a.output[i:i + 1], clean[i:i + 1]).item() == pytest.approx(hi.psnr_ref[ends[-1]], rel=1e-5)
+        torch.testing.assert_close(a.stage_outputs[i, -1], a.output[i])
     assert a.fired.all() if cap == 12 else not a.fired.all()  # both branches of the rule are exercised
     # best_iteration is the argmax of the recorded PSNR
     for i in range(2):
@@ -106,66 +117,139 @@ def test_guided_dip_stages_and_the_rule_never_sees_the_reference(sched, cap):
         assert int(a.best_iteration[i]) == int(hi.iteration.values[np.argmax(hi.psnr_ref.values)])
 
 
-STUDY = dict(fixed=[3, 8], iterations=10, n_stages=2, iters_per_stage_max=5, preset="tiny", lr=1e-2, seed=0,
-             device="cpu", eswmv_preset="skip-tiny")
+# validation images first (2), then test images (3); the official protocol on the tiny skip network at 8 px
+STUDY = dict(n_val=2, budgets=[3, 8, 12], n_stages=2, iters_per_stage_max=6, seed=0, device="cpu",
+             protocol="official", preset="skip-tiny", eswmv_preset="skip-tiny", window=3)
+N_VAL, N_TEST = 2, 3
 
 
-def test_stopping_study_oracle_bounds_the_plain_rules(sched):
-    clean = smooth(2)
-    t_obs = 60
+def study_inputs(sched, t_obs=60):
+    clean = smooth(N_VAL + N_TEST)
     y = tdpm.observe(clean, t_obs, sched, generator=torch.Generator().manual_seed(0))
-    rows, hist, guided, eswmv = example2.stopping_study(
-        clean, y, t_obs, sched, generator=torch.Generator().manual_seed(1), window=3, patience=100,
-        eswmv_max_iterations=20, **STUDY)
-    assert set(rows.rule) == {"fixed 3", "fixed 8", "ES-WMV", "discrepancy (single stage)", "guided (2 stages)",
-                              "oracle (best PSNR)", "oracle of ES-WMV's fit"}
-    by = rows.pivot(index="image", columns="rule", values="psnr")
-    for rule in ("fixed 3", "fixed 8", "discrepancy (single stage)"):  # points on the plain fit's path
-        assert (by[rule] <= by["oracle (best PSNR)"] + 1e-5).all()
-    fixed8 = rows[rows.rule == "fixed 8"].sort_values("image")
-    np.testing.assert_allclose(fixed8.psnr.values, hist[hist.iteration == 8].sort_values("image").psnr_ref.values, rtol=1e-5)
-    assert (rows.oracle_gap == (rows.stop - rows.oracle).abs()).all()
-    assert (rows[rows.rule == "oracle (best PSNR)"].oracle_gap == 0).all()
-    # ES-WMV watches its own fit: its oracle is that fit's best iteration, which bounds it
-    e = rows[rows.rule == "ES-WMV"].sort_values("image")
-    assert (e.fit == "ES-WMV's own (lr 0.01)").all() and (rows[rows.rule == "fixed 3"].fit == "plain (lr 0.01)").all()
-    assert e.oracle.tolist() == eswmv.best_iteration.tolist()
-    own = rows[rows.rule == "oracle of ES-WMV's fit"].sort_values("image")
-    assert (e.psnr.values <= own.psnr.values + 1e-5).all() and (own.oracle_gap == 0).all()
-    np.testing.assert_allclose(own.psnr.values, eswmv.best_psnr.numpy(), rtol=1e-5)
-    # patience 100 in a 20-iteration budget: the rule cannot fire, and the row says so
-    assert eswmv.iterations == 20 and not e.rule_fired.any() and eswmv.fired_fraction == 0
-    with pytest.raises(ValueError, match="iterations=5"):
-        example2.stopping_study(clean, y, t_obs, sched, generator=torch.Generator(), **dict(STUDY, iterations=5))
+    z = dip.draw_input("official", (N_VAL + N_TEST, 8, 8), torch.Generator().manual_seed(3))
+    return clean, y, z, t_obs
+
+
+def test_stopping_study_rules_fixed_budget_on_validation_and_oracles(sched):
+    clean, y, z, t_obs = study_inputs(sched)
+    res = example2.stopping_study(clean, y, t_obs, sched, z=z, generator=torch.Generator().manual_seed(1), patience=100,
+                                  eswmv_max_iterations=20, **STUDY)
+    rows = res.rows
+    assert list(dict.fromkeys(rows.rule_key)) == list(example2.RULE_LABELS)
+    for key, r in rows.groupby("rule_key"):
+        assert sorted(r.image) == list(range(N_TEST)) and (r.rule == example2.RULE_LABELS[key]).all()
+    # the fit is dip.fit_dip's official fit of all five images from z (its jitter seed drawn from the generator)
+    target = example1.observation_x0(y, t_obs, sched)
+    ref = dip.fit_dip(target, iterations=12, z=z, generator=torch.Generator().manual_seed(1), protocol="official",
+                      preset="skip-tiny", seed=0, reference=clean, keep=[3, 8, 12])
+    val_means = {k: metrics.psnr(ref.outputs[k][:N_VAL], clean[:N_VAL]).mean().item() for k in (3, 8, 12)}
+    sel = res.selection.set_index("budget")
+    for k, v in val_means.items():
+        assert sel.val_psnr[k] == pytest.approx(v, rel=1e-5)
+    assert res.budget == max(val_means, key=val_means.get) and sel.chosen.sum() == 1 and sel.chosen[res.budget]
+    by = rows.pivot(index="image", columns="rule_key", values="psnr")
+    np.testing.assert_allclose(by["fixed"].values, metrics.psnr(ref.outputs[res.budget][N_VAL:], clean[N_VAL:]).numpy(),
+                               rtol=1e-5)
+    np.testing.assert_allclose(by["oracle"].values, metrics.psnr(ref.best_output[N_VAL:], clean[N_VAL:]).numpy(), rtol=1e-5)
+    for key in ("fixed", "discrepancy"):  # points on the fit's path: bounded by its best iteration
+        assert (by[key] <= by["oracle"] + 1e-5).all()
+    assert (by["eswmv"] <= by["eswmv_oracle"] + 1e-5).all()
+    disc = stopping.Discrepancy(schedules.noise_var(sched, t_obs))  # the monitor on that fit, run afresh
+    dip.fit_dip(target, iterations=12, z=z, generator=torch.Generator().manual_seed(1), protocol="official",
+                preset="skip-tiny", seed=0, monitors=[disc])
+    assert torch.equal(disc.stop_iteration, res.discrepancy.stop_iteration)
+    # iterations, stops and the trajectory each rule watched
+    r = rows.set_index(["rule_key", "image"])
+    assert (r.loc["fixed"].stop == res.budget).all() and (r.loc["fixed"].iterations == res.budget).all()
+    assert (r.loc["oracle"].iterations == 12).all() and (r.loc["oracle"].oracle_gap == 0).all()
+    assert (rows.oracle_gap == (rows.stop - rows.oracle).abs()).all() and (rows.iterations >= rows.stop).all()
+    assert set(rows.fit) == {"official DIP (lr 0.01)", "guided", "ES-WMV's own: eswmv DIP (lr 0.01)"}
+    assert (r.loc["eswmv"].fit == "ES-WMV's own: eswmv DIP (lr 0.01)").all() and res.guided.protocol == "official"
+    assert r.loc["guided"].stop.tolist() == res.guided.stop_iteration.tolist()
+    assert r.loc["discrepancy"].stop.tolist() == res.discrepancy.stop_iteration[N_VAL:].tolist()
+    assert rows[rows.rule_key.isin(["fixed", "oracle", "eswmv_oracle"])].rule_fired.isna().all()
+    # seconds: one measured cost per image-iteration per fit, times the iterations each rule needs
+    assert (rows.seconds > 0).all()
+    for fit, g in rows.groupby("fit"):
+        np.testing.assert_allclose((g.seconds / g.iterations).values, (g.seconds / g.iterations).iloc[0], rtol=1e-9)
+    # patience 100 in a 20-iteration budget: ES-WMV cannot fire, its fit runs to the cap, and the rows say so
+    assert res.eswmv.iterations == 20 and not r.loc["eswmv"].rule_fired.any() and (r.loc["eswmv"].iterations == 20).all()
+    assert set(res.outputs) == set(example2.RULE_LABELS) and res.outputs["fixed"].shape == (N_TEST, 3, 8, 8)
+    h = res.history
+    assert set(h.split) == {"val", "test"} and sorted(h[h.split == "test"].image.unique()) == list(range(N_TEST))
+
+
+def test_stopping_study_never_uses_the_clean_test_images(sched):
+    """Replacing the clean *test* images changes the scores and the oracles, never a rule's stop: the fixed
+    budget is chosen on the validation images, the other rules see only the observation."""
+    clean, y, z, t_obs = study_inputs(sched)
+    other = clean.clone()
+    other[N_VAL:] = smooth(N_TEST, seed=9)
+    kw = dict(z=z, patience=5, eswmv_max_iterations=60, **STUDY)
+    a = example2.stopping_study(clean, y, t_obs, sched, generator=torch.Generator().manual_seed(1), **kw)
+    b = example2.stopping_study(other, y, t_obs, sched, generator=torch.Generator().manual_seed(1), **kw)
+    rules = ["guided", "discrepancy", "eswmv", "fixed"]
+    sa, sb = (r.rows[r.rows.rule_key.isin(rules)].sort_values(["rule_key", "image"]) for r in (a, b))
+    assert sa.stop.tolist() == sb.stop.tolist() and a.budget == b.budget
+    assert not np.allclose(sa.psnr.values, sb.psnr.values)
+    np.testing.assert_allclose(a.selection.val_psnr.values, b.selection.val_psnr.values)
+    assert not np.allclose(a.selection.test_psnr.values, b.selection.test_psnr.values)
+    # the validation images do decide it: scored against "clean" validation images that are (nearly) the fit's own
+    # outputs at 3 iterations, the earliest budget wins there, while the test images prefer a later one, and the
+    # validation choice is the one applied to the test images
+    fit = dip.fit_dip(example1.observation_x0(y, t_obs, sched), iterations=3, z=z, protocol="official",
+                      preset="skip-tiny", generator=torch.Generator().manual_seed(1), seed=0)
+    rigged = clean.clone()
+    rigged[:N_VAL] = fit.output[:N_VAL] + 0.01
+    c = example2.stopping_study(rigged, y, t_obs, sched, generator=torch.Generator().manual_seed(1), **kw)
+    sel = c.selection.set_index("budget")
+    assert sel.val_psnr.idxmax() == 3 != sel.test_psnr.idxmax() and c.budget == 3
+    assert (c.rows[c.rows.rule_key == "fixed"].stop == 3).all()
+    with pytest.raises(ValueError, match="n_val=5"):
+        example2.stopping_study(clean, y, t_obs, sched, generator=torch.Generator(), **dict(kw, n_val=5))
+    with pytest.raises(ValueError, match="y has shape"):
+        example2.stopping_study(clean, y[:4], t_obs, sched, generator=torch.Generator(), **kw)
 
 
 def test_stopping_study_runs_eswmv_until_it_fires(sched):
     """With a budget past W + P beyond the variance minimum the rule fires for every image, P iterations after
     the minimum it returns; the rows report it, and the rules on the other fits are unchanged by ES-WMV's budget."""
-    clean = smooth(3)
-    t_obs = 60
-    y = tdpm.observe(clean, t_obs, sched, generator=torch.Generator().manual_seed(0))
-    kw = dict(window=3, patience=5, **STUDY)
-    rows, _, _, eswmv = example2.stopping_study(clean, y, t_obs, sched, generator=torch.Generator().manual_seed(1),
-                                                eswmv_max_iterations=300, **kw)
+    clean, y, z, t_obs = study_inputs(sched)
+    kw = dict(z=z, patience=5, **STUDY)
+    res = example2.stopping_study(clean, y, t_obs, sched, generator=torch.Generator().manual_seed(1),
+                                  eswmv_max_iterations=300, **kw)
+    eswmv = res.eswmv
     m = eswmv.monitor
     assert m.stopped.all() and eswmv.fired_fraction == 1.0
     assert torch.equal(m.stop_k, m.detected + 5)
     assert eswmv.iterations == int(m.stop_k.max()) < 300  # the fit ends once every image has stopped
-    e = rows[rows.rule == "ES-WMV"].sort_values("image")
-    assert e.rule_fired.tolist() == [True] * 3 and e.stop.tolist() == m.detected.tolist()
-    short, _, _, _ = example2.stopping_study(clean, y, t_obs, sched, generator=torch.Generator().manual_seed(1),
-                                             eswmv_max_iterations=4, **kw)
-    assert not short[short.rule == "ES-WMV"].rule_fired.any()
-    plain = [r[~r.fit.str.startswith("ES-WMV")].reset_index(drop=True) for r in (rows, short)]
-    assert len(plain[0]) == 5 * 3 and plain[0].equals(plain[1])
+    e = res.rows[res.rows.rule_key == "eswmv"].sort_values("image")
+    assert e.rule_fired.tolist() == [True] * N_TEST and e.stop.tolist() == m.detected.tolist()
+    assert e.iterations.tolist() == m.stop_k.tolist()  # charged up to where it fired, not to where it points
+    short = example2.stopping_study(clean, y, t_obs, sched, generator=torch.Generator().manual_seed(1),
+                                    eswmv_max_iterations=4, **kw)
+    assert not short.rows[short.rows.rule_key == "eswmv"].rule_fired.any()
+    cols = ["rule_key", "image", "stop", "iterations", "psnr", "rule_fired"]
+    others = [r.rows[~r.rows.rule_key.str.startswith("eswmv")][cols].reset_index(drop=True) for r in (res, short)]
+    assert len(others[0]) == 4 * N_TEST and others[0].equals(others[1])
 
 
-def test_example2_settings_cap_the_eswmv_fit_per_profile():
+def test_example2_settings_per_profile():
     from tdpmlib import config
 
-    for profile, cap in (("paper", 5000), ("cpu", 3000), ("smoke", None)):
+    for profile, cap in (("paper", 5000), ("cpu", 1500), ("smoke", 1500)):
         cfg = config.Config.from_params(profile=profile, notebook="05_example2_guided_early_stopping")
         s = example2.example2_settings(cfg)
-        assert s["eswmv_max_iterations"] == (cap or 2 * s["iterations"]) and s["eswmv_lr"] == 0.01
+        assert s["eswmv_max_iterations"] == cap and s["eswmv_lr"] == 0.01
         assert (s["window"], s["patience"]) == (100, 1000)
+        assert s["eswmv_max_iterations"] >= s["window"] + s["patience"]  # long enough for the rule to fire
+        assert s["budgets"] == list(cfg.budgets("dip_budgets_official")) and s["iterations"] == s["budgets"][-1]
+        assert s["n_stages"] * s["iters_per_stage_max"] <= s["iterations"]
+        assert (s["n_val"], s["n_test"], s["preset"]) == (cfg.n_val, cfg.n_test, cfg.dip_preset_official)
+        assert s["sigmas"] == [25, 50]
+    cfg = config.Config.from_params(profile="cpu", notebook="05", n_test=24, dip_budgets_official="50,70",
+                                    extra_checks={"n_stages": lambda n, v: v, "eswmv_max_iterations": lambda n, v: v},
+                                    n_stages=5, eswmv_max_iterations=4000)
+    s = example2.example2_settings(cfg)
+    assert (s["n_test"], s["budgets"], s["n_stages"], s["iters_per_stage_max"], s["eswmv_max_iterations"]) == \
+        (24, [50, 70], 5, 14, 4000)

@@ -134,3 +134,27 @@ def test_eswmv_fit_runs_until_every_image_has_stopped_or_the_cap():
     short = stopping.eswmv_fit(target, max_iterations=6, **kw)
     assert short.iterations == 6 and not short.monitor.stopped.any() and short.fired_fraction == 0.0
     assert "psnr_ref" not in short.history
+
+
+def test_eswmv_fit_under_its_protocol_is_fit_dips_trajectory():
+    """Under the "eswmv" protocol (skip network, jittered input) the jitter seed is drawn from the generator after
+    z, as dip.fit_dip draws it, and ``indices`` picks the networks' initial weights: the same fit, step for step."""
+    target = smooth(2)
+    kw = dict(protocol="eswmv", preset="skip-tiny", seed=3, device="cpu")
+    run = stopping.eswmv_fit(target, generator=torch.Generator().manual_seed(7), window=3, patience=1000,
+                             max_iterations=15, indices=[4, 9], **kw)
+    m = stopping.ESWMV(window=3, patience=1000)
+    ref = dip.fit_dip(target, iterations=15, generator=torch.Generator().manual_seed(7), lr=0.01, indices=[4, 9],
+                      monitors=[m], **kw)
+    assert torch.equal(run.monitor.detected, m.detected)
+    torch.testing.assert_close(run.monitor.output, m.output)
+    a = run.history.sort_values(["iteration", "image"]).loss.values
+    b = ref.history.sort_values(["iteration", "image"]).loss.values
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    # other networks (the default indices 0 and 1), or another jitter, give another fit
+    for other in (stopping.eswmv_fit(target, generator=torch.Generator().manual_seed(7), window=3, patience=1000,
+                                     max_iterations=15, **kw),
+                  stopping.eswmv_fit(target, generator=torch.Generator().manual_seed(7), window=3, patience=1000,
+                                     max_iterations=15, indices=[4, 9],
+                                     jitter_generator=torch.Generator().manual_seed(8), **kw)):
+        assert not np.allclose(other.history.sort_values(["iteration", "image"]).loss.values, a)
