@@ -278,6 +278,27 @@ class DIPFitter:
         return self._average(self.forward(self._input()))
 
 
+class BestIteration:
+    """The oracle over a fit (evaluation only): per image, the highest PSNR against the reference so far
+    (``psnr``), the iteration that reached it (``iteration``) and, with ``keep_output``, its output (``output``,
+    CPU; None before the first ``update``)."""
+
+    def __init__(self, n: int, *, keep_output: bool = True):
+        self.psnr = torch.full((n,), -float("inf"))
+        self.iteration = torch.zeros(n, dtype=torch.long)
+        self.output = None
+        self.keep_output = keep_output
+
+    def update(self, k: int, out: torch.Tensor, p_ref: torch.Tensor) -> None:
+        """Take iteration ``k`` for the images where its PSNR ``p_ref`` (CPU, per image) beats the best so far."""
+        better = p_ref > self.psnr
+        self.psnr = torch.where(better, p_ref, self.psnr)
+        self.iteration = torch.where(better, torch.full_like(self.iteration, k), self.iteration)
+        if self.keep_output:
+            self.output = out.cpu() if self.output is None else torch.where(better[:, None, None, None], out.cpu(),
+                                                                            self.output)
+
+
 @dataclass
 class DIPResult:
     output: torch.Tensor                                 # after the last iteration, CPU, B x 3 x H x W
@@ -329,8 +350,7 @@ def fit_dip(target: torch.Tensor, *, iterations: int = 100, z: torch.Tensor | No
     target_d = target.to(fitter.device)
     ref_d = reference.to(fitter.device) if reference is not None else None
     rows, kept, kept_raw = [], {}, {}
-    best_psnr = torch.full((len(target),), -float("inf"))
-    best_out, best_it = None, torch.zeros(len(target), dtype=torch.long)
+    best = BestIteration(len(target))
     keep = set(keep)
     with metrics.CudaTimer(fitter.device) as timer:
         for k in range(iterations + 1):
@@ -349,10 +369,7 @@ def fit_dip(target: torch.Tensor, *, iterations: int = 100, z: torch.Tensor | No
                 m.update(k, out, loss)
             if ref_d is not None:
                 p_ref = metrics.psnr(out, ref_d).cpu()
-                better = p_ref > best_psnr
-                best_psnr = torch.where(better, p_ref, best_psnr)
-                best_it = torch.where(better, torch.full_like(best_it, k), best_it)
-                best_out = out.cpu() if best_out is None else torch.where(better[:, None, None, None], out.cpu(), best_out)
+                best.update(k, out, p_ref)
             if k % record_every == 0 or k == iterations:
                 p_tgt = metrics.psnr(out, target_d).cpu()
                 rec = dict(iteration=k, loss=loss.cpu(), psnr_target=p_tgt)
@@ -367,7 +384,7 @@ def fit_dip(target: torch.Tensor, *, iterations: int = 100, z: torch.Tensor | No
                         rec.update(psnr_ref_raw=metrics.psnr(fitter.raw, ref_d).cpu())
                 for i in range(len(target)):
                     rows.append({key: (v[i].item() if torch.is_tensor(v) else v) for key, v in rec.items()} | {"image": i})
-    return DIPResult(output=out.cpu(), history=pd.DataFrame(rows), outputs=kept, best_output=best_out,
-                     best_iteration=best_it if ref_d is not None else None, seconds=timer.seconds,
+    return DIPResult(output=out.cpu(), history=pd.DataFrame(rows), outputs=kept, best_output=best.output,
+                     best_iteration=best.iteration if ref_d is not None else None, seconds=timer.seconds,
                      iterations=iterations, protocol=protocol, raw_output=fitter.raw.cpu() if extra else None,
                      raw_outputs=kept_raw, backtracks=fitter.backtracks.clone() if extra else None)

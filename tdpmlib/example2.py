@@ -165,8 +165,7 @@ def guided_dip(y: torch.Tensor, t_obs: int, scheduler, *, n_stages: int, iters_p
     fired = torch.zeros((B, S), dtype=torch.bool)
     out_stop = torch.zeros(y.shape)
     stage_out = torch.zeros((B, S, *y.shape[1:]))
-    best_psnr = torch.full((B,), -float("inf"))
-    best_it = torch.zeros(B, dtype=torch.long)
+    best = dip.BestIteration(B, keep_output=False)
     cols = {c: [] for c in ("image", "iteration", "stage", "residual_var", "noise_var")}
     if ref is not None:
         cols["psnr_ref"] = []
@@ -188,9 +187,7 @@ def guided_dip(y: torch.Tensor, t_obs: int, scheduler, *, n_stages: int, iters_p
             if ref is not None:
                 p_ref = metrics.psnr(out, ref).cpu()
                 cols["psnr_ref"].append(p_ref)
-                better = p_ref > best_psnr
-                best_psnr = torch.where(better, p_ref, best_psnr)
-                best_it = torch.where(better, torch.full_like(best_it, k), best_it)
+                best.update(k, out, p_ref)
             active = ~done
             hit = active & (loss <= v[stage.clamp(max=S - 1)])
             end = hit | (active & (k - stage_start >= iters_per_stage_max)) | (active & (k == total))
@@ -212,8 +209,8 @@ def guided_dip(y: torch.Tensor, t_obs: int, scheduler, *, n_stages: int, iters_p
     return GuidedResult(output=out_stop, stop_iteration=stop_it, stage_ends=stage_ends, fired=fired,
                         stages=[Stage(s.level, s.target.cpu(), s.noise_var) for s in stages], history=hist,
                         seconds=timer.seconds, iterations=fitter.iteration,
-                        best_iteration=best_it if ref is not None else None,
-                        best_psnr=best_psnr if ref is not None else None, stage_outputs=stage_out, protocol=protocol)
+                        best_iteration=best.iteration if ref is not None else None,
+                        best_psnr=best.psnr if ref is not None else None, stage_outputs=stage_out, protocol=protocol)
 
 
 # ----------------------------------------------------------------------------------------------------------

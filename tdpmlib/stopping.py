@@ -197,7 +197,7 @@ def eswmv_fit(target: torch.Tensor, *, seed: int, device, z: torch.Tensor | None
     target_d = target.to(fitter.device)
     ref = reference.to(fitter.device) if reference is not None else None
     B = len(target)
-    best_psnr, best_it, best_out = torch.full((B,), -float("inf")), torch.zeros(B, dtype=torch.long), None
+    best = dip.BestIteration(B)
     cols = {c: [] for c in ("image", "iteration", "loss", *(("psnr_ref",) if ref is not None else ()))}
     with metrics.CudaTimer(fitter.device) as timer:
         for k in range(max_iterations + 1):
@@ -213,14 +213,10 @@ def eswmv_fit(target: torch.Tensor, *, seed: int, device, z: torch.Tensor | None
             if ref is not None:
                 p = metrics.psnr(out, ref).cpu()
                 cols["psnr_ref"].append(p)
-                better = p > best_psnr
-                best_psnr = torch.where(better, p, best_psnr)
-                best_it = torch.where(better, torch.full_like(best_it, k), best_it)
-                best_out = out.cpu() if best_out is None else torch.where(better[:, None, None, None], out.cpu(),
-                                                                          best_out)
+                best.update(k, out, p)
             if monitor.stopped.all():
                 break
     hist = pd.DataFrame({c: torch.cat(v).numpy() for c, v in cols.items()})
     return ESWMVRun(monitor=monitor, history=hist, iterations=k, max_iterations=max_iterations, lr=lr,
-                    seconds=timer.seconds, best_iteration=best_it if ref is not None else None,
-                    best_psnr=best_psnr if ref is not None else None, best_output=best_out)
+                    seconds=timer.seconds, best_iteration=best.iteration if ref is not None else None,
+                    best_psnr=best.psnr if ref is not None else None, best_output=best.output)

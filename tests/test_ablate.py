@@ -1,4 +1,5 @@
-"""tdpmlib.ablate: chapter 06's grid, the matched state across schedules, the rows, the paired tables, the sentences."""
+"""tdpmlib.ablate (chapter 06's grid, the matched state across schedules, the rows), tdpmlib.comparison (choices,
+paired comparisons, their vocabulary) and tdpmlib.ablate_paired (the paired tables, the sentences)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tdpmlib import ablate, models, schedules, stats, study, tdpm
+from tdpmlib import ablate, ablate_paired, comparison, models, schedules, stats, study, tdpm
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -43,8 +44,8 @@ def test_settings_fill_the_plan_and_check_every_parameter():
 def test_levels_round_fractions_and_keep_the_first():
     assert ablate.levels(57, (0, 0.0625, 0.125, 0.25, 0.5)) == {0: 0, 4: 0.0625, 7: 0.125, 14: 0.25, 28: 0.5}
     assert ablate.levels(4, (0, 0.0625, 0.125, 1)) == {0: 0, 1: 0.0625, 4: 1}  # 0.125 * 4 lands on 1 too
-    assert ablate.fmt_level(7, 0.125) == "7 (t/8)" and ablate.fmt_level(0, 0) == "0 (DIP alone)"
-    assert ablate.fmt_level(57, 1.0) == "57 (t)" and ablate.fmt_level(20, 0.35) == "20 (0.35 t)"
+    assert ablate_paired.fmt_level(7, 0.125) == "7 (t/8)" and ablate_paired.fmt_level(0, 0) == "0 (DIP alone)"
+    assert ablate_paired.fmt_level(57, 1.0) == "57 (t)" and ablate_paired.fmt_level(20, 0.35) == "20 (0.35 t)"
 
 
 # ----------------------------------------------------------------------------------- the matched state
@@ -163,7 +164,7 @@ def test_iteration_rows_and_report_table3(tiny, fit):
     t3 = ablate.report_table3(*models_["linear"], obs.clean[:2], t_truncs=(0, 5), dip_iterations=2, preset="tiny",
                               lr=1e-3, seed=0, device="cpu")
     assert len(t3) == 2 * 2 * 2 and set(t3["protocol"]) == {"report", "corrected"}
-    summ = ablate.table3_summary(t3)
+    summ = ablate_paired.table3_summary(t3)
     assert list(summ["protocol"]) == ["report", "report", "corrected", "corrected"] and (summ["n"] == 2).all()
 
 
@@ -206,105 +207,105 @@ def fake_rows():
 def test_validated_picks_the_best_validation_mean_and_honours_exclude():
     rows = fake_rows()
     t = rows[rows["ablation"] == "t_trunc"]
-    chosen = ablate.validated(t).set_index(["sigma", "schedule"])
+    chosen = comparison.validated(t).set_index(["sigma", "schedule"])
     assert chosen.loc[(25, "linear"), "method_key"] == "t_trunc=7" and chosen.loc[(25, "linear"), "nfe"] == 7
     assert chosen.loc[(25, "cosine"), "value"] == 0.125
-    no7 = ablate.validated(t, exclude=["t_trunc=7"]).set_index(["sigma", "schedule"])
+    no7 = comparison.validated(t, exclude=["t_trunc=7"]).set_index(["sigma", "schedule"])
     assert no7.loc[(25, "linear"), "method_key"] == "t_trunc=0"  # 28 loses on validation
     tie = pd.DataFrame(dict(sigma=25, method_key=["a", "b"], split="val", psnr=1.0, value=[1, 2], nfe=0, dip_iterations=0))
-    assert ablate.validated(tie, by=("sigma",))["method_key"].iloc[0] == "a"
+    assert comparison.validated(tie, by=("sigma",))["method_key"].iloc[0] == "a"
     with pytest.raises(ValueError, match="no validation rows"):
-        ablate.validated(t[t["split"] == "test"])
+        comparison.validated(t[t["split"] == "test"])
 
 
 def test_paired_needs_the_same_images():
     a = pd.DataFrame(dict(image=[0, 1, 2], psnr=[1.0, 2.0, 3.0]))
-    s = ablate.paired(a, a.assign(psnr=[0.0, 1.0, 2.0]))
-    assert s["mean_diff"] == pytest.approx(1.0) and s["wins"] == 3 and ablate.outcome(s) == "better than"
-    assert ablate.outcome(stats.paired([1, 2, 3], [2, 3, 4])) == "worse than"
-    assert ablate.outcome(stats.paired([1, 2, 3], [1.5, 1.5, 3])) == "not clearly different from"
+    s = comparison.paired(a, a.assign(psnr=[0.0, 1.0, 2.0]))
+    assert s["mean_diff"] == pytest.approx(1.0) and s["wins"] == 3 and comparison.outcome(s) == "better than"
+    assert comparison.outcome(stats.paired([1, 2, 3], [2, 3, 4])) == "worse than"
+    assert comparison.outcome(stats.paired([1, 2, 3], [1.5, 1.5, 3])) == "not clearly different from"
     with pytest.raises(ValueError, match="same images"):
-        ablate.paired(a, a.iloc[:2])
+        comparison.paired(a, a.iloc[:2])
     with pytest.raises(ValueError, match="same images"):
-        ablate.paired(a, pd.concat([a, a]))
+        comparison.paired(a, pd.concat([a, a]))
 
 
 def test_t_trunc_and_schedule_tables():
     rows = fake_rows()
-    pt = ablate.t_trunc_paired(rows, seed=0)
+    pt = ablate_paired.t_trunc_paired(rows, seed=0)
     assert len(pt) == 2 * 2 * 2 and set(pt["b"]) == {"DIP alone"}
     r = pt[(pt["sigma"] == 25) & (pt["schedule"] == "linear")].set_index("level")
     assert r.loc[7, "outcome"] == "better than" and r.loc[28, "outcome"] == "worse than"
     assert r.loc[7, "fraction"] == 0.125 and r.loc[7, "n"] == 5
-    hybrid = ablate.validated(rows[rows["ablation"] == "t_trunc"], exclude=["t_trunc=0"])
-    ps = ablate.schedule_paired(rows, hybrid, seed=0)
+    hybrid = comparison.validated(rows[rows["ablation"] == "t_trunc"], exclude=["t_trunc=0"])
+    ps = ablate_paired.schedule_paired(rows, hybrid, seed=0)
     assert list(ps["method_key"]) == ["tweedie", "ddpm", "dip", "tdpm_matched"] * 2
     s25 = ps[ps["sigma"] == 25].set_index("method_key")
     assert s25.loc["tweedie", "outcome"] == "better than" and s25.loc["ddpm", "outcome"] == "worse than"
     assert s25.loc["dip", "mean_diff"] == 0 and s25.loc["dip", "outcome"] == "not clearly different from"
     assert s25.loc["tdpm_matched", "mean_diff"] == pytest.approx(0.5) and "cosine 7, linear 7" in s25.loc["tdpm_matched", "method"]
     levels = {25: {"linear": (57, 1.0), "cosine": (116, 1.001)}, 50: {"linear": (115, 1.0), "cosine": (231, 1.0)}}
-    text = ablate.schedule_text(ps, levels)
+    text = ablate_paired.schedule_text(ps, levels)
     assert text.startswith("At σ = 25 (linear t = 57, cosine t = 116): DDPM")
     assert "cosine is better than linear (+" in text and "the same fit" not in text
 
 
 def test_chain_budget_and_lr_tables():
     rows = fake_rows()
-    pc = ablate.chains_paired(rows, schedule="linear", seed=0)
+    pc = ablate_paired.chains_paired(rows, schedule="linear", seed=0)
     one = pc[(pc["b"] == "one chain")]
     assert list(one["K"]) == [2, 2] and (one["mean_diff"] == 0.5).all() and (one["outcome"] == "better than").all()
     assert len(pc[pc["b"] == "DIP alone"]) == 4 and (pc["level"] == 7).all()
-    chosen = ablate.validated(rows[rows["ablation"] == "dip_iterations"], by=("sigma",))
+    chosen = comparison.validated(rows[rows["ablation"] == "dip_iterations"], by=("sigma",))
     assert list(chosen["method_key"]) == ["k=4", "k=4"]  # k=8 wins on test only
-    pk = ablate.budget_paired(rows, chosen, seed=0)
+    pk = ablate_paired.budget_paired(rows, chosen, seed=0)
     assert (pk["validated_k"] == 4).all() and len(pk) == 6
-    assert "k = 8 would have done better, at most by +0.20 dB" in ablate.budget_text(pk)
+    assert "k = 8 would have done better, at most by +0.20 dB" in ablate_paired.budget_text(pk)
     worse_only = pk[pk["k"] != 8]
-    assert "no other budget is better than it" in ablate.budget_text(worse_only)
+    assert "no other budget is better than it" in ablate_paired.budget_text(worse_only)
     lr = rows[rows["ablation"] == "dip_iterations"].assign(ablation="dip_lr")
     lr = pd.concat([lr.assign(value=0.01, method_key="a" + lr["method_key"]),
                     lr.assign(value=0.1, method_key="b" + lr["method_key"], psnr=lr["psnr"] - 1)])
-    ch = ablate.validated(lr, by=("sigma", "value"))
-    pl = ablate.lr_paired(lr, ch, 0.01, seed=0)
+    ch = comparison.validated(lr, by=("sigma", "value"))
+    pl = ablate_paired.lr_paired(lr, ch, 0.01, seed=0)
     assert list(pl["lr"]) == [0.1, 0.1] and (pl["outcome"] == "worse than").all()
-    assert "learning rate 0.1 (validated k = 4) is worse than the DIP at the protocol's 0.01" in ablate.lr_text(pl)
+    assert "learning rate 0.1 (validated k = 4) is worse than the DIP at the protocol's 0.01" in ablate_paired.lr_text(pl)
 
 
 def test_fmt_diff_keeps_small_differences_visible():
-    assert ablate.fmt_diff(dict(mean_diff=0.42, ci_low=0.1, ci_high=0.75)) == "+0.42 dB [+0.10, +0.75]"
-    assert ablate.fmt_diff(dict(mean_diff=-0.004, ci_low=-0.009, ci_high=-0.001)) == "-0.004 dB [-0.009, -0.001]"
-    assert ablate.fmt_sigma(25.0) == "25" and ablate.fmt_sigma("50") == "50"
+    assert comparison.fmt_diff(dict(mean_diff=0.42, ci_low=0.1, ci_high=0.75)) == "+0.42 dB [+0.10, +0.75]"
+    assert comparison.fmt_diff(dict(mean_diff=-0.004, ci_low=-0.009, ci_high=-0.001)) == "-0.004 dB [-0.009, -0.001]"
+    assert comparison.fmt_sigma(25.0) == "25" and comparison.fmt_sigma("50") == "50"
 
 
 def test_sentences_follow_the_outcomes():
-    assert ablate.count_phrase(["better than", "worse than", "better than"], "X") == \
+    assert comparison.count_phrase(["better than", "worse than", "better than"], "X") == \
         "2 are better than X and 1 is worse than it"
-    assert ablate.count_phrase(["not clearly different from"], "X") == "1 is not clearly different from X"
-    assert ablate.count_phrase(["worse than", "not clearly different from", "better than"], "X") == \
+    assert comparison.count_phrase(["not clearly different from"], "X") == "1 is not clearly different from X"
+    assert comparison.count_phrase(["worse than", "not clearly different from", "better than"], "X") == \
         "1 is better than X, 1 is not clearly different from it and 1 is worse than it"
     rows = fake_rows()
     t = rows[rows["ablation"] == "t_trunc"]
-    pt, chosen = ablate.t_trunc_paired(rows, seed=0), ablate.validated(t)
-    text = ablate.t_trunc_text(pt, chosen, "linear")
+    pt, chosen = ablate_paired.t_trunc_paired(rows, seed=0), comparison.validated(t)
+    text = ablate_paired.t_trunc_text(pt, chosen, "linear")
     assert "At σ = 25 (linear schedule, t = 57) the validation images pick T_trunc = 7 (t/8)." in text
     assert "1 is better than the DIP alone and 1 is worse than it" in text
     # when the DIP alone wins on validation, the sentence says so
     t0 = t.assign(psnr=np.where((t["split"] == "val") & (t["nfe"] == 0), 99.0, t["psnr"]))
-    assert "pick T_trunc = 0, the DIP alone" in ablate.t_trunc_text(pt, ablate.validated(t0), "linear")
-    hybrid = ablate.validated(t, exclude=["t_trunc=0"])
-    ps = ablate.schedule_paired(rows, hybrid, seed=0)
-    pc = ablate.chains_paired(rows, schedule="linear", seed=0)
-    summary = ablate.summary_text(pt, hybrid, ps, pc, "linear")
+    assert "pick T_trunc = 0, the DIP alone" in ablate_paired.t_trunc_text(pt, comparison.validated(t0), "linear")
+    hybrid = comparison.validated(t, exclude=["t_trunc=0"])
+    ps = ablate_paired.schedule_paired(rows, hybrid, seed=0)
+    pc = ablate_paired.chains_paired(rows, schedule="linear", seed=0)
+    summary = ablate_paired.summary_text(pt, hybrid, ps, pc, "linear")
     assert summary.startswith("At σ = 25 the matched TDPM-DIP at the T_trunc > 0 that does best on the validation "
                               "images, 7 (t/8), is better than the DIP alone (+1.")
     assert "for TDPM-DIP the cosine schedule is better than the linear one at σ = 25" in summary
     assert "Averaging 2 chains is better than one chain at σ = 25 (+0.50 dB" in summary
-    assert "the mean of 2 chains is better than one chain" in ablate.chains_text(pc)
+    assert "the mean of 2 chains is better than one chain" in ablate_paired.chains_text(pc)
     t3 = pd.DataFrame([dict(protocol=p, t_trunc=tt, image=i, psnr=10 + tt / 10 + (5 if p == "report" else 0) + 0.1 * i,
                             ssim=0.5, seconds=1.0, nfe=tt, dip_iterations=100)
                        for p in ("report", "corrected") for tt in (0, 5, 10, 50) for i in range(4)])
-    text = ablate.table3_text(t3)
+    text = ablate_paired.table3_text(t3)
     assert "the report's protocol scores 15.15, 15.65, 16.15, 20.15 dB" in text
     assert "T_trunc = 5 is better than T_trunc = 0 (+0.50 dB" in text and "T_trunc = 50 is better than T_trunc = 10" in text
-    assert ablate.table3_paired(t3, 5, 7) is None
+    assert ablate_paired.table3_paired(t3, 5, 7) is None

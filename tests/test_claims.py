@@ -1,4 +1,5 @@
-"""tdpmlib.claims: the claims table, the lookup of measurements, the verdict rules, and chapter 07's synthesis."""
+"""tdpmlib.claims (the claims table, the verdict rules), tdpmlib.assessment (the lookup of measurements, the
+assessed tables) and tdpmlib.synthesis (chapter 07's synthesis)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tdpmlib import claims
+from tdpmlib import assessment, claims, comparison, synthesis
 from tdpmlib.claims import CONFIGURATION, NOT_COMPARABLE, NOT_REPRODUCED, REPRODUCED, verdict
 
 
@@ -240,7 +241,7 @@ def all_tables(**kw):
 
 
 def measured(**kw):
-    return claims.measure(claims.claims_table(), **all_tables(**kw)).set_index("claim_id")
+    return assessment.measure(claims.claims_table(), **all_tables(**kw)).set_index("claim_id")
 
 
 def test_measure_looks_up_values_under_both_protocols():
@@ -277,18 +278,18 @@ def test_measure_pairs_the_directions_over_images():
 
 
 def test_missing_tables_and_rows_give_none():
-    m = claims.measure(claims.claims_table(), denoising=fake_denoising()).set_index("claim_id")
+    m = assessment.measure(claims.claims_table(), denoising=fake_denoising()).set_index("claim_id")
     assert m.at["T1-ddpm-fid", "corrected"] is None and m.at["T3-5-psnr", "corrected"] is None
     assert m.at["T3-dir-5-0", "corrected"] is None and m.at["T4-dir-tdpm-s25", "corrected"] is None
-    no_choice = claims.measure(claims.claims_table(), ablation_rows=fake_ablation_rows()).set_index("claim_id")
+    no_choice = assessment.measure(claims.claims_table(), ablation_rows=fake_ablation_rows()).set_index("claim_id")
     assert no_choice.at["T4-dir-tdpm-s25", "corrected"] is None and no_choice.at["T4-dir-ddpm-s25", "corrected"] is not None
     with pytest.raises(ValueError, match="method_key"):
-        claims.measure(claims.claims_table(), generation=fake_generation().drop(columns="method_key"))
+        assessment.measure(claims.claims_table(), generation=fake_generation().drop(columns="method_key"))
 
 
 def test_assess_under_paper_and_cpu():
-    m = claims.measure(claims.claims_table(), **all_tables())
-    paper = claims.assess(m, profile="paper").set_index("claim_id")
+    m = assessment.measure(claims.claims_table(), **all_tables())
+    paper = assessment.assess(m, profile="paper").set_index("claim_id")
     assert paper.at["T2-tdpm-psnr", "verdict"] == NOT_REPRODUCED       # 8.65 vs 32.63
     assert paper.at["T1-ddpm-steps", "verdict"] == CONFIGURATION and "this run: 1000" in paper.at["T1-ddpm-steps", "reason"]
     assert paper.at["T1-tdpm-new", "verdict"] == NOT_REPRODUCED        # 90 % copies
@@ -301,48 +302,48 @@ def test_assess_under_paper_and_cpu():
     assert paper.at["T4-dir-ddpm", "verdict"] == REPRODUCED
     assert paper.at["T4-dir-dip-s25", "verdict"] == NOT_REPRODUCED and "no clear difference" in paper.at["T4-dir-dip-s25", "reason"]
     assert paper.at["T2-dir-tdpm-ddpm-s15", "verdict"] == NOT_COMPARABLE
-    cpu = claims.assess(m, profile="cpu").set_index("claim_id")
+    cpu = assessment.assess(m, profile="cpu").set_index("claim_id")
     assert cpu.at["T2-tdpm-psnr", "verdict"] == NOT_COMPARABLE and "cpu profile" in cpu.at["T2-tdpm-psnr", "reason"]
     assert cpu.at["T2-dir-tdpm-ddpm", "verdict"] == NOT_REPRODUCED     # directions still checked
     assert set(cpu["verdict"]) <= set(claims.VERDICTS) | {CONFIGURATION}
-    short = claims.measure(claims.claims_table(), generation=fake_generation().assign(dip_iterations=20))
-    short = claims.assess(short, profile="paper").set_index("claim_id")
+    short = assessment.measure(claims.claims_table(), generation=fake_generation().assign(dip_iterations=20))
+    short = assessment.assess(short, profile="paper").set_index("claim_id")
     assert short.at["T1-tdpm-new", "verdict"] == NOT_COMPARABLE and "20 iterations" in short.at["T1-tdpm-new", "reason"]
-    counts = claims.counts(cpu.reset_index())
+    counts = assessment.counts(cpu.reset_index())
     assert counts.loc["all"].sum() == len(cpu) and counts.loc["all", CONFIGURATION] == 3
 
 
 def test_assess_says_when_fid_is_unavailable():
-    m = claims.measure(claims.claims_table(), generation=fake_generation(fid_ok=False), denoising=fake_denoising())
-    a = claims.assess(m, profile="paper").set_index("claim_id")
+    m = assessment.measure(claims.claims_table(), generation=fake_generation(fid_ok=False), denoising=fake_denoising())
+    a = assessment.assess(m, profile="paper").set_index("claim_id")
     for cid in ("T1-ddpm-fid", "T1-tdpm-fid", "T1-dir-fid"):
         assert a.at[cid, "verdict"] == NOT_COMPARABLE and "FID is not available" in a.at[cid, "reason"]
     assert "not run under this profile" in a.at["T3-5-psnr", "reason"]
 
 
 def test_display_and_sentences():
-    a = claims.assess(claims.measure(claims.claims_table(), **all_tables()), profile="paper")
-    d = claims.display_table(a).set_index("claim")
+    a = assessment.assess(assessment.measure(claims.claims_table(), **all_tables()), profile="paper")
+    d = assessment.display_table(a).set_index("claim")
     assert d.at["T2-tdpm-ssim", "claimed"] == "0.970" and d.at["T2-tdpm-psnr", "corrected protocol"] == "8.65"
     assert d.at["T2-dir-tdpm-ddpm", "claimed"] == "+19.23" and d.at["T1-ddpm-steps", "claimed"] == "1000"
     assert d.at["T2-dir-tdpm-ddpm", "corrected protocol"].startswith("-0.50 [-0.50, -0.50]")
     assert d.at["T1-dir-seconds", "corrected protocol"] == "-1.50" and d.at["T1-ddpm-fid", "report's protocol"] == "60.00"
-    t1 = claims.table_sentence(a, "Table 1")
+    t1 = assessment.table_sentence(a, "Table 1")
     assert t1.startswith("Of the 7 claims taken from Table 1,") and "2 further entries are configuration" in t1
-    assert "1 further entry is a configuration" in claims.table_sentence(a, "Table 2")
-    text = claims.schedule_text(a, {"linear": 782.0, "cosine": 177.0})
+    assert "1 further entry is a configuration" in assessment.table_sentence(a, "Table 2")
+    text = assessment.schedule_text(a, {"linear": 782.0, "cosine": 177.0})
     assert text.startswith("At matched t, t = 600 (where the cosine schedule has added noise of σ ≈ 177 and the linear "
                            "one σ ≈ 782, on the 0..255 scale), cosine is better than linear for DDPM (+1.00 dB)")
     assert "At matched σ = 25, cosine is better than linear for DDPM (+0.55 dB)" in text
     assert "not clearly different from linear for the DIP (+0.00 dB)" in text
     assert "holds in 7 of the 9 comparisons measured" in text
-    assert claims.schedule_summary(a) == ("The report's “cosine raises every method” holds in 3 of the 3 comparisons "
+    assert assessment.schedule_summary(a) == ("The report's “cosine raises every method” holds in 3 of the 3 comparisons "
                                           "at matched t and in 4 of the 6 comparisons at matched σ.")
-    st = claims.schedule_table(a)
+    st = assessment.schedule_table(a)
     assert len(st) == 9 and set(st["method"]) == {"DDPM", "DIP", "TDPM-DIP"}
-    none = claims.assess(claims.measure(claims.claims_table()), profile="cpu")
-    assert claims.schedule_text(none) == "The schedule claims could not be measured in this run."
-    assert claims.schedule_summary(none) == "The schedule claims could not be measured in this run."
+    none = assessment.assess(assessment.measure(claims.claims_table()), profile="cpu")
+    assert assessment.schedule_text(none) == "The schedule claims could not be measured in this run."
+    assert assessment.schedule_summary(none) == "The schedule claims could not be measured in this run."
 
 
 # ------------------------------------------------------------------------------------------ standalone
@@ -353,15 +354,15 @@ def test_ensure_and_optional_results(tmp_path):
     done = tmp_path / "results" / "smoke" / "03_tdpm_dip" / "generation.csv"
     done.parent.mkdir(parents=True)
     done.write_text("a\n1\n")
-    assert claims.ensure_results(cfg, "03_tdpm_dip", "generation.csv", notebooks_dir=tmp_path) == done
+    assert synthesis.ensure_results(cfg, "03_tdpm_dip", "generation.csv", notebooks_dir=tmp_path) == done
     with pytest.raises(FileNotFoundError, match="run notebooks/06_ablations.ipynb with profile='smoke'"):
-        claims.ensure_results(cfg, "06_ablations", "rows.csv", notebooks_dir=tmp_path)  # no notebook there
+        synthesis.ensure_results(cfg, "06_ablations", "rows.csv", notebooks_dir=tmp_path)  # no notebook there
     (tmp_path / "06_ablations.ipynb").write_text("{}")
     with pytest.raises(FileNotFoundError, match="06_ablations"):
-        claims.ensure_results(cfg, "06_ablations", "rows.csv", notebooks_dir=tmp_path, run=False)
-    table, note = claims.optional_results(cfg, "03_tdpm_dip", "generation.csv")
+        synthesis.ensure_results(cfg, "06_ablations", "rows.csv", notebooks_dir=tmp_path, run=False)
+    table, note = synthesis.optional_results(cfg, "03_tdpm_dip", "generation.csv")
     assert note == "" and table["a"].tolist() == [1]
-    table, note = claims.optional_results(cfg, "05_example2_guided_early_stopping", "per_image.csv")
+    table, note = synthesis.optional_results(cfg, "05_example2_guided_early_stopping", "per_image.csv")
     assert table is None and "05_example2_guided_early_stopping/per_image.csv is not in this run's results" in note
 
 
@@ -369,7 +370,7 @@ def test_ensure_and_optional_results(tmp_path):
 
 def study_paired(rows, seed=0):
     """Chapter 03's study_paired.csv, built as chapter 03 builds it."""
-    best = claims.best_by_family(rows).set_index(["sigma", "family"])["method_key"]
+    best = synthesis.best_by_family(rows).set_index(["sigma", "family"])["method_key"]
     test = rows[rows["split"] == "test"]
     out = []
     for sigma in (25, 50):
@@ -377,7 +378,7 @@ def study_paired(rows, seed=0):
         for fam in ("DDPM", "DIP"):
             o = best[(sigma, fam)]
             t = test[test["sigma"] == sigma]
-            s = claims.ablate.paired(t[t["method_key"] == h], t[t["method_key"] == o], seed=seed)
+            s = comparison.paired(t[t["method_key"] == h], t[t["method_key"] == o], seed=seed)
             out.append(dict(sigma=sigma, hybrid=t.loc[t["method_key"] == h, "method"].iloc[0],
                             against=t.loc[t["method_key"] == o, "method"].iloc[0],
                             time_ratio=t.loc[t["method_key"] == h, "seconds"].mean() / t.loc[t["method_key"] == o, "seconds"].mean(),
@@ -387,47 +388,47 @@ def study_paired(rows, seed=0):
 
 def test_best_by_family_uses_the_validation_images():
     rows = fake_study_rows()
-    best = claims.best_by_family(rows).set_index(["sigma", "family"])["method_key"]
+    best = synthesis.best_by_family(rows).set_index(["sigma", "family"])["method_key"]
     assert best[(25, "DDPM")] == "tweedie" and best[(25, "DIP")] == "dip_official" and best[(25, "hybrid")] == "tdpm_matched"
     # a method that is best on the test images only is not chosen
     rows.loc[(rows["method_key"] == "sdedit") & (rows["split"] == "test"), "psnr"] += 10
-    assert claims.best_by_family(rows).set_index(["sigma", "family"])["method_key"][(25, "hybrid")] == "tdpm_matched"
+    assert synthesis.best_by_family(rows).set_index(["sigma", "family"])["method_key"][(25, "hybrid")] == "tdpm_matched"
 
 
 def test_answer_in_quality_and_speed():
     rows = fake_study_rows()
     fam = dict(zip(rows["method"], rows["family"]))
-    ans = claims.answer(study_paired(rows))
+    ans = synthesis.answer(study_paired(rows))
     assert list(ans["outcome"]) == ["worse than", "better than"] * 2
-    details = claims.answer_details(ans, families=fam)
+    details = synthesis.answer_details(ans, families=fam)
     assert details.startswith("At σ = 25 the best hybrid on the validation images, TDPM-DIP, matched state, is worse "
                               "than the best DDPM alone, DDPM posterior mean (-2.")
     assert "better than the best DIP alone, DIP, official protocol (+0.33 dB" in details and "1.10× its time" in details
-    overall = claims.answer_overall(ans)
+    overall = synthesis.answer_overall(ans)
     assert overall.startswith("In quality (PSNR on the test images) the best combination of DDPM and DIP beats one of "
                               "them but not the other at σ = 25 and 50.")
     assert "it is slower than both at σ = 25 and 50" in overall
     both = ans.assign(outcome="better than", time_ratio=0.5)
-    assert "beats both methods alone at σ = 25 and 50" in claims.answer_overall(both)
-    assert "faster than both at σ = 25 and 50" in claims.answer_overall(both)
+    assert "beats both methods alone at σ = 25 and 50" in synthesis.answer_overall(both)
+    assert "faster than both at σ = 25 and 50" in synthesis.answer_overall(both)
     mixed = ans.assign(outcome=["not clearly different from", "worse than", "better than", "better than"],
                        time_ratio=[0.5, 2.0, 2.0, 2.0])
-    o = claims.answer_overall(mixed)
+    o = synthesis.answer_overall(mixed)
     assert "beats both methods alone at σ = 50 and beats neither at σ = 25 (and is worse than at least one of them at σ = 25)" in o
     assert "slower than both at σ = 50 and faster than one and slower than the other at σ = 25" in o
 
 
 def test_hybrid_comparisons_and_speed():
     rows = fake_study_rows()
-    comp = claims.hybrid_comparisons(rows)
+    comp = synthesis.hybrid_comparisons(rows)
     assert len(comp) == 2 * 2 * 2 and set(comp["against_key"]) == {"tweedie", "dip_official"}
     r = comp[(comp["sigma"] == 25) & (comp["hybrid_key"] == "sdedit") & (comp["family"] == "DIP")].iloc[0]
     assert r["mean_diff"] == pytest.approx(-0.975) and r["outcome"] == "worse than" and r["time_ratio"] == pytest.approx(1.2)
-    text = claims.hybrid_text(comp, "tdpm_matched", "The matched TDPM-DIP")
+    text = synthesis.hybrid_text(comp, "tdpm_matched", "The matched TDPM-DIP")
     assert text.startswith("The matched TDPM-DIP: at σ = 25 it is worse than the best DDPM alone (-2.")
     assert "better than the best DIP alone (+0.33" in text and text.endswith(").")
-    assert claims.hybrid_text(comp, "dip_polish", "X") == "X is not in this run's study."
-    sp = claims.speed_table(rows)
+    assert synthesis.hybrid_text(comp, "dip_polish", "X") == "X is not in this run's study."
+    sp = synthesis.speed_table(rows)
     assert list(sp.loc[sp["sigma"] == 25, "method"]) == ["DDPM posterior mean", "DIP, official protocol",
                                                         "TDPM-DIP, matched state", "DIP then SDEdit (Example 1)"]
     assert sp.loc[0, "nfe"] == 1 and sp.loc[1, "dip_iterations"] == 400
@@ -438,24 +439,24 @@ def test_example2_pairs_the_guided_rule_with_the_others():
              "oracle (best PSNR)": 30.0}
     per = pd.DataFrame([dict(sigma_nominal=s, t_obs=57, rule=r, image=i, psnr=p + 0.05 * (i % 3) * (r == "fixed 100"))
                         for s in (25,) for r, p in rules.items() for i in range(6)])
-    comp = claims.example2_paired(per)
+    comp = synthesis.example2_paired(per)
     assert list(comp["against"]) == ["fixed 100", "ES-WMV", "discrepancy (single stage)"]  # no oracle
     assert list(comp["outcome"]) == ["better than", "better than", "worse than"]
-    text = claims.example2_text(comp)
+    text = synthesis.example2_text(comp)
     assert text == ("At σ = 25 the guided (4 stages) rule is better than fixed 100 and ES-WMV; and worse than "
                     "discrepancy (single stage).")
-    assert claims.example2_paired(per.assign(sigma_nominal=25.0))["level"].iloc[0] == "σ = 25"  # read back as float
-    by_level = claims.example2_paired(per.drop(columns="sigma_nominal"))
+    assert synthesis.example2_paired(per.assign(sigma_nominal=25.0))["level"].iloc[0] == "σ = 25"  # read back as float
+    by_level = synthesis.example2_paired(per.drop(columns="sigma_nominal"))
     assert by_level["level"].iloc[0] == "t = 57"
     split = pd.concat([per.assign(split="val", psnr=0.0), per.assign(split="test")])
-    assert claims.example2_paired(split)["mean_diff"].tolist() == pytest.approx(comp["mean_diff"].tolist())
+    assert synthesis.example2_paired(split)["mean_diff"].tolist() == pytest.approx(comp["mean_diff"].tolist())
     with pytest.raises(ValueError, match="needs the columns"):
-        claims.example2_paired(per.drop(columns="psnr"))
-    assert claims.example2_text(pd.DataFrame()) == "Chapter 05's table has no guided rule to compare."
+        synthesis.example2_paired(per.drop(columns="psnr"))
+    assert synthesis.example2_text(pd.DataFrame()) == "Chapter 05's table has no guided rule to compare."
     # the rewritten chapter 05: rule keys, labels without "oracle", a sigma column
     labels = {"guided": "guided by the DDPM schedule", "fixed": "fixed budget (chosen on validation)",
               "oracle": "best iteration of the fit (upper bound)"}
     new = pd.DataFrame([dict(sigma=50, rule_key=k, rule=v, image=i, psnr=20.0 + (k == "guided") + 0.1 * i * (k == "fixed"))
                         for k, v in labels.items() for i in range(4)])
-    c = claims.example2_paired(new)
+    c = synthesis.example2_paired(new)
     assert list(c["against"]) == ["fixed budget (chosen on validation)"] and c["level"].iloc[0] == "σ = 50"

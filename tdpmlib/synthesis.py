@@ -1,0 +1,234 @@
+"""Chapter 07's synthesis: does combining DDPM and DIP beat each alone, and what do the other chapters add?
+
+``answer`` / ``answer_details`` / ``answer_overall`` read chapter 03's ``study_paired.csv`` (the best hybrid against
+the best DDPM alone and the best DIP alone, chosen on validation images); ``hybrid_comparisons`` / ``hybrid_text``
+pair every hybrid with those two; ``speed_table`` gives seconds and network evaluations; ``example2_paired`` /
+``example2_text`` pair chapter 05's stopping rules. Every comparison is paired over the test images and read in
+the book's one vocabulary (``tdpmlib.comparison``).
+
+Chapter 07 reads the other chapters' results: ``ensure_results`` runs a producing notebook when its file is
+missing, ``optional_results`` reads an optional table if it is there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import comparison
+from .comparison import BETTER, WORDS, WORSE
+
+
+# ------------------------------------------------------------------------------------------------------
+# Standalone runs
+# ------------------------------------------------------------------------------------------------------
+
+def ensure_results(cfg, producer: str, name: str, *, notebooks_dir=".", run: bool = True) -> Path:
+    """The path of ``<results_dir>/<profile>/<producer>/<name>``; if it is missing, run the producing
+    notebook (``<notebooks_dir>/<producer>.ipynb``) with papermill and this run's profile, data source, seed,
+    device and results folder. Raises ``FileNotFoundError`` naming the notebook to run if that is impossible
+    (``run=False``, or the notebook is not there) or the file is still missing afterwards."""
+    path = Path(cfg.results_dir) / cfg.profile / producer / name
+    if path.is_file():
+        return path
+    nb = Path(notebooks_dir) / f"{producer}.ipynb"
+    hint = f"{path} is missing: run notebooks/{producer}.ipynb with profile={cfg.profile!r} first"
+    if not run or not nb.is_file():
+        raise FileNotFoundError(hint)
+    import papermill as pm
+
+    from .ablations import captured_output  # keeps the kernel's start-up warnings out of the page
+
+    params = dict(profile=cfg.profile, data_source=cfg.data_source, seed=cfg.seed, device=cfg.device,
+                  results_dir=str(Path(cfg.results_dir).resolve()))
+    with captured_output():
+        pm.execute_notebook(str(nb), str(cfg.out_dir() / f"{producer}.executed.ipynb"), parameters=params,
+                            cwd=str(nb.parent.resolve()), kernel_name="python3", progress_bar=False)
+    if not path.is_file():
+        raise FileNotFoundError(hint + f" ({nb} ran but did not write it)")
+    return path
+
+
+def optional_results(cfg, producer: str, name: str) -> tuple[pd.DataFrame | None, str]:
+    """(table, note): an optional input read if present, never produced here; the note says plainly what is
+    missing (empty when the file was read)."""
+    path = Path(cfg.results_dir) / cfg.profile / producer / name
+    if not path.is_file():
+        return None, (f"{producer}/{name} is not in this run's results ({cfg.profile} profile): run "
+                      f"notebooks/{producer}.ipynb to add it")
+    return pd.read_csv(path), ""
+
+
+# ------------------------------------------------------------------------------------------------------
+# The synthesis (chapter 07): does combining DDPM and DIP beat each alone?
+# ------------------------------------------------------------------------------------------------------
+
+FAMILIES = ("DDPM", "DIP", "hybrid")
+
+
+def best_by_family(study_rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (sigma, family) of chapter 03's study rows: the method with the best mean validation PSNR (the choice
+    chapter 03 makes before it scores the test images). Columns: sigma, family, method_key, val_psnr."""
+    v = study_rows[(study_rows["split"] == "val") & study_rows["family"].isin(FAMILIES)]
+    m = v.groupby(["sigma", "family", "method_key"], sort=False)["psnr"].mean().rename("val_psnr").reset_index()
+    return m.loc[m.groupby(["sigma", "family"], sort=False)["val_psnr"].idxmax()].reset_index(drop=True)
+
+
+def answer(study_paired: pd.DataFrame) -> pd.DataFrame:
+    """Chapter 03's study_paired.csv (the best hybrid against the best DDPM alone and the best DIP alone, per
+    sigma) with each comparison's ``outcome`` and the family it was compared with."""
+    out = study_paired.copy()
+    out["outcome"] = [comparison.outcome(r) for r in out.to_dict("records")]
+    return out
+
+
+def _sigmas_text(sigmas) -> str:
+    return "σ = " + comparison.join_and(comparison.fmt_sigma(s) for s in sigmas)
+
+
+def _at(*phrases) -> list[str]:
+    """"<phrase> at σ = ..." for each (phrase, sigmas) whose sigmas are not empty, in order."""
+    return [f"{phrase} at {_sigmas_text(sigmas)}" for phrase, sigmas in phrases if sigmas]
+
+
+def _family(label: str, families: dict | None) -> str:
+    if families and label in families:
+        return families[label]
+    return "DIP" if "DIP" in label else "DDPM"
+
+
+def answer_details(ans: pd.DataFrame, *, families: dict | None = None) -> str:
+    """Per sigma: the best hybrid against each method alone (outcome, paired difference, time ratio).
+    ``families`` maps a compared method's label to "DDPM" or "DIP" (default: read from the label)."""
+    per = []
+    for sigma, g in ans.groupby("sigma", sort=True):
+        parts = [f"{r['outcome']} the best {_family(r['against'], families)} alone, {r['against']} "
+                 f"({comparison.fmt_diff(r)}, wins {int(r['wins'])} of {int(r['n'])}, {r['time_ratio']:.2f}× its time per "
+                 f"image)" for r in g.to_dict("records")]
+        per.append(f"At σ = {comparison.fmt_sigma(sigma)} the best hybrid on the validation images, {g['hybrid'].iloc[0]}, is "
+                   + " and ".join(parts) + ".")
+    return " ".join(per)
+
+
+def answer_overall(ans: pd.DataFrame) -> str:
+    """The answer to the assignment's question from ``answer``'s rows: in quality (where the paired intervals
+    lie) and in speed (the time ratios, one measurement per method), per noise level."""
+    quality, speed = {}, {}
+    for sigma, g in ans.groupby("sigma", sort=True):
+        quality[sigma] = int((g["outcome"] == BETTER).sum()), int((g["outcome"] == WORSE).sum()), len(g)
+        speed[sigma] = int((g["time_ratio"] < 1).sum()), len(g)
+    both = [s for s, (b, _, n) in quality.items() if b == n]
+    some = [s for s, (b, _, n) in quality.items() if 0 < b < n]
+    rest = [s for s in quality if s not in both and s not in some]
+    worse = [s for s in rest if quality[s][1] > 0]
+    q = _at(("beats both methods alone", both), ("beats one of them but not the other", some), ("beats neither", rest))
+    if worse:  # a subset of rest, the last phrase
+        q[-1] += f" (and is worse than at least one of them at {_sigmas_text(worse)})"
+    fast = [s for s, (f, n) in speed.items() if f == n]
+    slow = [s for s, (f, n) in speed.items() if f == 0]
+    mid = [s for s in speed if s not in fast and s not in slow]
+    sp = _at(("faster than both", fast), ("slower than both", slow), ("faster than one and slower than the other", mid))
+    return ("In quality (PSNR on the test images) the best combination of DDPM and DIP " + comparison.join_and(q)
+            + ". In speed (wall clock per image, one measurement per method) it is " + comparison.join_and(sp) + ".")
+
+
+def hybrid_comparisons(study_rows: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+    """Every hybrid of chapter 03's study against the best DDPM alone and the best DIP alone (chosen on the
+    validation images, ``best_by_family``), paired on the test images, with the ratio of their mean seconds per
+    image."""
+    best = best_by_family(study_rows).set_index(["sigma", "family"])["method_key"]
+    test = study_rows[study_rows["split"] == "test"]
+    out = []
+    for sigma in sorted(study_rows["sigma"].unique()):
+        t = test[test["sigma"] == sigma]
+        for h in [k for k in dict.fromkeys(t.loc[t["family"] == "hybrid", "method_key"])]:
+            for fam in ("DDPM", "DIP"):
+                if (sigma, fam) not in best.index:
+                    continue
+                o = best[(sigma, fam)]
+                ra, rb = t[t["method_key"] == h], t[t["method_key"] == o]
+                s = comparison.paired(ra, rb, seed=seed)
+                out.append(dict(sigma=sigma, hybrid_key=h, hybrid=ra["method"].iloc[0], family=fam, against_key=o,
+                                against=rb["method"].iloc[0], **s, a_psnr=float(ra["psnr"].mean()),
+                                b_psnr=float(rb["psnr"].mean()),
+                                time_ratio=float(ra["seconds"].mean() / rb["seconds"].mean()),
+                                outcome=comparison.outcome(s)))
+    return pd.DataFrame(out)
+
+
+def hybrid_text(comp: pd.DataFrame, key: str, name: str) -> str:
+    """One sentence per sigma on one hybrid against the best of each family."""
+    g = comp[comp["hybrid_key"] == key]
+    if g.empty:
+        return f"{name} is not in this run's study."
+    out = []
+    for sigma, gs in g.groupby("sigma", sort=True):
+        out.append(f"at σ = {comparison.fmt_sigma(sigma)} it is " + " and ".join(
+            f"{r['outcome']} the best {r['family']} alone ({comparison.fmt_diff(r)})" for r in gs.to_dict("records")))
+    text = "; ".join(out)
+    return f"{name}: {text[0].lower() + text[1:]}."
+
+
+def speed_table(study_rows: pd.DataFrame) -> pd.DataFrame:
+    """Per sigma: the best DDPM alone, the best DIP alone (chosen on validation) and every hybrid, with their test
+    PSNR, seconds per image (DIP fitting included), network evaluations and DIP iterations."""
+    best = best_by_family(study_rows)
+    test = study_rows[study_rows["split"] == "test"]
+    rows = []
+    for sigma in sorted(test["sigma"].unique()):
+        t = test[test["sigma"] == sigma]
+        keys = [best.loc[(best["sigma"] == sigma) & (best["family"] == f), "method_key"] for f in ("DDPM", "DIP")]
+        keys = [k.iloc[0] for k in keys if len(k)]
+        keys += [k for k in dict.fromkeys(t.loc[t["family"] == "hybrid", "method_key"]) if k not in keys]
+        for k in keys:
+            r = t[t["method_key"] == k]
+            rows.append(dict(sigma=sigma, method=r["method"].iloc[0], family=r["family"].iloc[0],
+                             psnr=float(r["psnr"].mean()), seconds=float(r["seconds"].mean()),
+                             nfe=int(r["nfe"].iloc[0]), dip_iterations=int(r["dip_iterations"].iloc[0])))
+    return pd.DataFrame(rows)
+
+
+def example2_paired(per_image: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+    """Chapter 05's stopping rules, paired: every DDPM-guided rule (``rule_key`` or name with "guided") against every
+    other rule that needs no clean image (not an oracle or upper bound), per noise level, on the test images when
+    the table has a split.
+    Raises ValueError naming the columns it needs when the table is not in that form."""
+    need = {"rule", "image", "psnr"}
+    sig_col = next((c for c in ("sigma", "sigma_nominal", "t_obs") if c in per_image.columns), None)
+    if need - set(per_image.columns) or sig_col is None:
+        raise ValueError(f"chapter 05's per-image table needs the columns {sorted(need)} and one of sigma, "
+                         f"sigma_nominal, t_obs; it has {list(per_image.columns)}")
+    df = per_image[per_image["split"] == "test"] if "split" in per_image.columns else per_image
+    names = df["rule_key"].astype(str) + " " + df["rule"] if "rule_key" in df.columns else df["rule"]
+    kind = {r: ("guided" if "guided" in n.lower() else
+                "bound" if "oracle" in n.lower() or "upper bound" in n.lower() else "rule")
+            for r, n in zip(df["rule"], names)}
+    out = []
+    for sigma, g in df.groupby(sig_col, sort=True):
+        rules = list(dict.fromkeys(g["rule"]))
+        guided = [r for r in rules if kind[r] == "guided"]
+        others = [r for r in rules if kind[r] == "rule"]
+        for a in guided:
+            for b in others:
+                s = comparison.paired(g[g["rule"] == a], g[g["rule"] == b], seed=seed)
+                level = f"t = {comparison.fmt_sigma(sigma)}" if sig_col == "t_obs" else f"σ = {comparison.fmt_sigma(sigma)}"
+                out.append(dict(sigma=sigma, level=level, rule=a, against=b, **s, a_psnr=float(g.loc[g["rule"] == a, "psnr"].mean()),
+                                b_psnr=float(g.loc[g["rule"] == b, "psnr"].mean()), outcome=comparison.outcome(s)))
+    return pd.DataFrame(out)
+
+
+def example2_text(comp: pd.DataFrame) -> str:
+    """Per sigma: which rules the guided rule is better than, not clearly different from, worse than."""
+    if comp.empty:
+        return "Chapter 05's table has no guided rule to compare."
+    out = []
+    for (_, rule), g in comp.groupby(["sigma", "rule"], sort=True):
+        parts = []
+        for w in WORDS.values():
+            names = g.loc[g["outcome"] == w, "against"].tolist()
+            if names:
+                parts.append(f"{w} {comparison.join_and(names)}")
+        text = parts[0] if len(parts) == 1 else "; ".join(parts[:-1]) + "; and " + parts[-1]
+        out.append(f"At {g['level'].iloc[0]} the {rule} rule is {text}.")
+    return " ".join(out)
