@@ -120,24 +120,27 @@ FINAL_SEEDS = {"DDPM-1000": 102, "DDIM-50": 103, "DDIM-100": 105, "DDIM-50, raw 
 def final_samples(cfg, schedule: str, unet, *, n: int, tcfg: dict) -> dict:
     """{sampler: dict(images, seconds, nfe)} of the trained model's final samples (``FINAL_SAMPLERS``), drawn
     once and stored beside the model (``samples.pt``, 8-bit like any image) for its training config; a
-    later call with the same config and n loads them instead of sampling again. Seconds are the wall
+    later call with the same config and n loads them instead of sampling again, and draws only the
+    samplers an interrupted call had not finished. Seconds are the wall
     clock of the sampler over all n images, CUDA-synchronised."""
     path = cfg.model_dir(schedule) / "samples.pt"
+    stored = {}
     if path.exists():
         saved = results.load_checkpoint(path)
         if saved.get("train_config") == tcfg and saved.get("n") == n:
-            return {k: dict(v, images=v["images"].float() / 127.5 - 1) for k, v in saved["samples"].items()}
+            stored = saved["samples"]  # complete, or the samplers a killed run had finished
     scheduler, T = schedules.make_scheduler(schedule), 1000
-    out = {}
     for name, kw in FINAL_SAMPLERS.items():
+        if name in stored:
+            continue
         with metrics.CudaTimer(cfg.torch_device) as t:
             images = ddpm.sample(unet, scheduler, n=n, resolution=cfg.resolution, device=cfg.torch_device,
                                  generator=cfg.generator(FINAL_SEEDS[name]), batch_size=cfg.sample_batch, **kw)
-        out[name] = dict(images=images, seconds=t.seconds, nfe=ddpm.network_evaluations(T, **kw))
-    stored = {k: dict(v, images=((v["images"] + 1) * 127.5).round().to(torch.uint8)) for k, v in out.items()}
-    results.save_checkpoint(path, dict(train_config=tcfg, n=n, samples=stored))
+        stored[name] = dict(images=((images + 1) * 127.5).round().to(torch.uint8), seconds=t.seconds,
+                            nfe=ddpm.network_evaluations(T, **kw))
+        # saved after every sampler, so an interrupted run keeps what it has drawn
+        results.save_checkpoint(path, dict(train_config=tcfg, n=n, samples=stored))
     return {k: dict(v, images=v["images"].float() / 127.5 - 1) for k, v in stored.items()}
-
 
 def load_grids(cfg, schedule: str, tcfg: dict) -> dict:
     """{step: (images, seconds)} of the grids saved while the model with this training config was trained."""

@@ -83,6 +83,31 @@ def test_final_samples_are_drawn_once_per_config(setup, monkeypatch):
         train.final_samples(cfg, "linear", unet, n=4, tcfg=monitor.tcfg)
 
 
+def test_interrupted_final_samples_keep_the_finished_samplers(setup, monkeypatch):
+    cfg, tr, held = setup
+    monitor, unet, _ = run(cfg, tr, held)
+    real, calls = ddpm.sample, []
+
+    def dies_on_third(*a, **k):
+        calls.append(k["num_steps"] if k.get("method") == "ddim" else 1000)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(ddpm, "sample", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        train.final_samples(cfg, "linear", unet, n=3, tcfg=monitor.tcfg)
+    calls.clear()
+    monkeypatch.setattr(ddpm, "sample", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    out = train.final_samples(cfg, "linear", unet, n=3, tcfg=monitor.tcfg)
+    assert len(calls) == len(train.FINAL_SAMPLERS) - 2 and set(out) == set(train.FINAL_SAMPLERS)
+    # the resumed samplers draw what an uninterrupted call draws: same seeds, same images
+    monkeypatch.setattr(ddpm, "sample", real)
+    (cfg.model_dir("linear") / "samples.pt").unlink()
+    fresh = train.final_samples(cfg, "linear", unet, n=3, tcfg=monitor.tcfg)
+    for k in out:
+        torch.testing.assert_close(out[k]["images"], fresh[k]["images"])
+
 def test_bad_periods_are_named(setup):
     cfg, tr, held = setup
     with pytest.raises(ValueError, match="eval_every=0"):
