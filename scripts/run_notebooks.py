@@ -67,7 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=NB_DIR, help="output folder (default: notebooks)")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (by stem)")
     ap.add_argument("--param", type=parse_param, action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--allow-cpu", action="store_true", help="run a GPU-only profile (paper) on the CPU anyway")
     args = ap.parse_args(argv)
+    if not args.allow_cpu:
+        from tdpmlib import config
+
+        try:
+            config.check_profile_device(args.profile, str(dict(args.param).get("device", "auto")))
+        except ValueError as e:
+            ap.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     notebooks = toc_notebooks()

@@ -98,6 +98,19 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+# Profiles that only make sense on a GPU, with what they cost there. The paper profile's figure is the FLOP-based
+# estimate for the current code (a 12.8-minute arithmetic floor on an H200); it has never been timed on a GPU.
+GPU_ONLY = {"paper": "the report's full configuration: about 70-80 min on an H200 and many hours on a T4, "
+                     "estimated from its FLOP count; days on a CPU"}
+
+
+def check_profile_device(profile: str, device: str = "auto") -> None:
+    """Refuse a GPU-only profile on a run whose device is not CUDA, in one line that says what to use."""
+    if profile in GPU_ONLY and resolve_device(device).type != "cuda":
+        _fail("profile", profile, f"it needs a CUDA GPU ({GPU_ONLY[profile]}) and this run's device is the CPU; "
+                                  "use profile='cpu' (about 90 min on 2 cores) or 'smoke', or allow the CPU explicitly")
+
+
 @dataclass
 class Config:
     """The validated configuration of one notebook run. ``extra`` holds notebook-specific parameters."""

@@ -29,7 +29,7 @@ from . import data, results, schedules
 
 # --- the fast path ----------------------------------------------------------------------------------------
 
-FAST_DEFAULT = True  # bf16 autocast + channels_last on CUDA; set False (or pass fast=False) to check in fp32
+FAST_DEFAULT = True  # bf16 (fp16 before Ampere) autocast + channels_last on CUDA; set False (or pass fast=False) to check in fp32
 FAST_DEVICES = ("cuda",)  # device types the fast path applies to (tests add "cpu" to run the bf16 branch there)
 
 
@@ -37,11 +37,25 @@ def use_fast(device, fast=None) -> bool:
     return torch.device(device).type in FAST_DEVICES and (FAST_DEFAULT if fast is None else fast)
 
 
-def autocast(device, fast=None):
-    """bf16 autocast on CUDA when the fast path is on; a no-op elsewhere."""
+def fast_dtype(device) -> torch.dtype:
+    """The fast path's autocast dtype: bf16 on GPUs with bf16 tensor cores (compute capability >= 8.0,
+    Ampere and later), fp16 on older ones (T4, V100), where ``torch.cuda.is_bf16_supported()`` is True
+    only by emulation and bf16 runs slower than fp32. Other device types (the tests' CPU branch): bf16."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+        return torch.float16
+    return torch.bfloat16
+
+
+def autocast(device, fast=None, *, training: bool = False):
+    """Autocast on CUDA when the fast path is on; a no-op elsewhere. ``training`` marks a context whose
+    loss is backpropagated: fp16 gradients would need loss scaling, so where the fast dtype is fp16 those
+    contexts stay in fp32 (inference still runs in fp16)."""
     device = torch.device(device)
     if use_fast(device, fast):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        dtype = fast_dtype(device)
+        if not (training and dtype == torch.float16):
+            return torch.autocast(device.type, dtype=dtype)
     return contextlib.nullcontext()
 
 
@@ -156,7 +170,7 @@ def train_ddpm(
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
         x0, noise, t = x0.to(device), noise.to(device), t.to(device)
         x_t = scheduler.add_noise(x0, noise, t)
-        with autocast(device, fast):
+        with autocast(device, fast, training=True):
             pred = unet(x_t, t).sample
         loss = F.mse_loss(pred.float(), noise)
         opt.zero_grad(set_to_none=True)

@@ -197,7 +197,7 @@ class DIPFitter:
     def forward(self, z: torch.Tensor | None = None) -> torch.Tensor:
         """The networks' raw outputs on [-1, 1] for input ``z`` (default: the fixed z, no jitter)."""
         z = self.z if z is None else z
-        with ddpm.autocast(self.device, self.fast):
+        with ddpm.autocast(self.device, self.fast, training=torch.is_grad_enabled()):
             if self.batched:
                 out = vmap(self._call)(self.params, self.buffers, z)
             else:

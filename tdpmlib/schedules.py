@@ -47,8 +47,12 @@ def make_ddim_scheduler(scheduler: DDPMScheduler) -> DDIMScheduler:
 
 def alpha_bar(scheduler, t: int | torch.Tensor) -> torch.Tensor:
     """abar at level t (0..T), with abar_0 = 1. Accepts an int or an integer tensor; returns float64."""
-    ac = torch.cat([torch.ones(1, dtype=torch.float64), scheduler.alphas_cumprod.to(torch.float64)])
-    t = torch.as_tensor(t)
+    # Rebuilt on the CPU from the betas, exactly as diffusers builds ``alphas_cumprod`` (cumprod of 1 - beta in
+    # float32): its ``add_noise`` moves ``alphas_cumprod`` to the images' device, and that copy must not
+    # meet a CPU index or a CPU table here (the CUDA crash after the first training step).
+    ac = torch.cumprod(1.0 - scheduler.betas.detach().cpu(), dim=0).to(torch.float64)
+    ac = torch.cat([torch.ones(1, dtype=torch.float64), ac])
+    t = torch.as_tensor(t).cpu()
     if t.min() < 0 or t.max() > len(ac) - 1:
         raise ValueError(f"t={t.tolist()!r} is out of range; allowed levels are 0..{len(ac) - 1}")
     return ac[t.long()]

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from . import ddpm, metrics, pipeline, plotting, results, schedules, tdpm
+from . import config, ddpm, metrics, pipeline, plotting, results, schedules, tdpm
 
 GRID_N, GRID_SEED, EVAL_SEED = 8, 101, 104  # grid size; generator offsets of the grids and of the evaluation
 EVAL_SIGMAS = (25, 50)  # the book's main denoising levels (0..255 scale), mapped to t(sigma)
@@ -172,8 +172,11 @@ def main(argv=None) -> int:
     p.add_argument("--eval-every", type=int, default=None, help="steps between quality rows (default: the profile's)")
     p.add_argument("--grid-every", type=int, default=None, help="steps between sample grids (default: the profile's)")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--allow-cpu", action="store_true", help="train a GPU-only profile (paper) on the CPU anyway")
     a = p.parse_args(argv)
     try:
+        if not a.allow_cpu:
+            config.check_profile_device(a.profile, a.device)
         cfg = pipeline.setup("train", show=False, profile=a.profile, schedule=a.schedule, data_source=a.data_source,
                              results_dir=a.results_dir, seed=a.seed, device=a.device, train_steps=a.train_steps,
                              checkpoint_every=a.checkpoint_every)
@@ -194,11 +197,9 @@ def main(argv=None) -> int:
 def make_monitor(cfg, schedule: str, *, train, held, eval_every: int | None = None,
                  grid_every: int | None = None) -> Monitor:
     """The profile's monitor: periods default to the profile's ``eval_every`` / ``grid_every`` (in steps)."""
-    from .config import check_int
-
     total = cfg.train_steps or cfg.train_epochs * -(-len(train) // cfg.batch_size)
-    eval_every = check_int("eval_every", eval_every if eval_every is not None else cfg.eval_every or max(1, total // 8), low=1)
-    grid_every = check_int("grid_every", grid_every if grid_every is not None else cfg.grid_every or max(1, total // 4), low=1)
+    eval_every = config.check_int("eval_every", eval_every if eval_every is not None else cfg.eval_every or max(1, total // 8), low=1)
+    grid_every = config.check_int("grid_every", grid_every if grid_every is not None else cfg.grid_every or max(1, total // 4), low=1)
     # smoke only checks that the code runs: DDIM-50 grids and few evaluation samples keep it fast
     sampler = dict(method="ddim", num_steps=50) if cfg.profile == "smoke" else dict(method="ddpm")
     return Monitor(cfg, schedule, train=train, held=held, eval_every=eval_every, grid_every=grid_every,

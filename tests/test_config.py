@@ -79,3 +79,30 @@ def test_extra_checks_validate_notebook_parameters():
     assert cfg.extra == {"t_trunc": 10}
     with pytest.raises(ValueError, match=r"t_trunc=1000\.5 is not allowed|t_trunc=-1 is not allowed"):
         Config.from_params(**dict(BASE, t_trunc=-1), extra_checks=checks)
+
+
+def test_gpu_only_profile_is_refused_without_cuda(monkeypatch, capsys):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tdpmlib import train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="profile='paper' is not allowed; it needs a CUDA GPU"):
+        config.check_profile_device("paper", "auto")
+    config.check_profile_device("cpu", "auto")  # the CPU profiles run anywhere
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    config.check_profile_device("paper", "auto")
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):  # an explicit CPU device on a CUDA machine
+        config.check_profile_device("paper", "cpu")
+    # the two entry points refuse before any work: the training CLI (exit 2, one line) and the book runner
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train.main(["--profile", "paper", "--results-dir", "/nonexistent/never-written"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs a CUDA GPU" in err[0]
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(repo / "scripts" / "run_notebooks.py"), "--profile", "paper",
+                          "--param", "device=cpu", "--out", "/nonexistent/never-written"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "needs a CUDA GPU" in out.stderr and not Path("/nonexistent").exists()

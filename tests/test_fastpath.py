@@ -217,3 +217,16 @@ def test_benchmark_partial_run_keeps_other_cases_and_the_peak(tmp_path):
     assert run["meta"]["peak"]["flops_per_s"] == 5e11  # the measured peak survives a run that did not measure it
     assert run["meta"]["case_runs"]["dip"]["date"] == "2026-01-02"
     assert run["meta"]["case_runs"]["e2e"]["date"] == "2026-01-01"
+
+
+@pytest.mark.parametrize("capability, dtype", [((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_fast_dtype_is_native_and_fp16_training_stays_fp32(monkeypatch, capability, dtype):
+    # a T4 (7.5) "supports" bf16 only by emulation: the fast path must pick fp16 there, and keep training
+    # and DIP fitting (whose fp16 gradients would need loss scaling) in fp32
+    monkeypatch.setattr(ddpm, "FAST_DEFAULT", True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert ddpm.fast_dtype("cuda") == dtype
+    infer = ddpm.autocast("cuda")
+    assert isinstance(infer, torch.autocast) and infer.fast_dtype == dtype
+    train = ddpm.autocast("cuda", training=True)
+    assert isinstance(train, torch.autocast) == (dtype == torch.bfloat16)

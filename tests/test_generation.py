@@ -93,3 +93,12 @@ def test_nearest_rows(generation):
     assert list(rows)[0] == "DDPM: generated" and all(len(v) == 3 for v in vals)
     _, idx = metrics.nearest_distances(g[:3], train)
     assert torch.equal(vals[1], train[idx])
+
+
+def test_generation_size_is_capped_by_the_training_set():
+    # the paper profile asks for 1000 samples; the shared parquet leaves 737 training images
+    n, note = G.generation_size(1000, 737)
+    assert n == 737 and "737 training images" in note
+    assert G.generation_size(48, 737) == (48, "")
+    with pytest.raises(ValueError, match="n_generate"):
+        G.generation_size(1, 737)

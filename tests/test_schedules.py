@@ -231,3 +231,21 @@ def test_unknown_schedule_names_allowed_values(bad):
 def test_bad_sigma(bad):
     with pytest.raises(ValueError, match="sigma="):
         schedules.t_for_sigma(SCHED["linear"], bad)
+
+
+def test_levels_survive_the_scheduler_table_moving_off_the_cpu():
+    # diffusers' add_noise moves alphas_cumprod to the images' device (CUDA after the first training step);
+    # "meta" stands in for that device here: the levels must not read the moved table.
+    s = schedules.make_scheduler("linear")
+    torch.testing.assert_close(schedules.alpha_bar(s, torch.arange(1, 1001)), s.alphas_cumprod.double(), rtol=0, atol=0)
+    g = torch.Generator().manual_seed(0)
+    x0, noise, eps = (torch.randn(2, 3, 4, 4, generator=g) for _ in range(3))
+
+    def outputs():
+        return (schedules.q_sample(x0, torch.tensor([300, 700]), noise, s), schedules.t_for_sigma(s, 25.0), schedules.sigma_at(s, 500),
+                schedules.ddim_step(x0, eps, 600, 500, s), schedules.posterior_step(x0, eps, 600, noise, s), schedules.predict_x0(x0, eps, 400, s))
+
+    before = outputs()
+    s.alphas_cumprod = s.alphas_cumprod.to("meta")
+    for a, b in zip(outputs(), before):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
