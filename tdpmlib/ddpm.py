@@ -130,7 +130,9 @@ def train_ddpm(
     unet = prepare(unet, device, fast).train()
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
     lr_sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=min(warmup_steps, total), num_training_steps=total)
-    ema = EMAModel(unet.parameters(), decay=ema_decay)
+    # foreach: one kernel per update for all tensors on CUDA (the per-tensor loop is launch-bound there);
+    # off on the CPU, where it would only change the last bits of the committed networks' averages.
+    ema = EMAModel(unet.parameters(), decay=ema_decay, foreach=device.type == "cuda")
     gen = torch.Generator().manual_seed(seed)
     log: list[dict] = []
     step = 0
@@ -148,7 +150,16 @@ def train_ddpm(
         log = [dict(zip(state["log_columns"], row)) for row in state["log"]]
         step = state["step"]
 
+    pending: list[dict] = []  # rows whose loss is still a device tensor: read back in one go, not every step
+
+    def flush():
+        if pending:
+            losses = torch.stack([r["loss"] for r in pending]).tolist()  # the only host sync of the loop
+            log.extend(dict(r, loss=v) for r, v in zip(pending, losses))
+            pending.clear()
+
     def checkpoint():
+        flush()
         cols = ["step", "epoch", "loss", "lr", "seconds"]
         results.save_checkpoint(ckpt_path, dict(
             model=unet.state_dict(), optimizer=opt.state_dict(), lr_scheduler=lr_sched.state_dict(),
@@ -180,15 +191,17 @@ def train_ddpm(
         lr_sched.step()
         ema.step(unet.parameters())
         step += 1
-        log.append(dict(step=step, epoch=epoch, loss=loss.item(), lr=lr_sched.get_last_lr()[0],
-                        seconds=elapsed0 + time.perf_counter() - t_start))
+        pending.append(dict(step=step, epoch=epoch, loss=loss.detach(), lr=lr_sched.get_last_lr()[0],
+                            seconds=elapsed0 + time.perf_counter() - t_start))
         bar.update(1)
         if callback is not None and callback_every and (step % callback_every == 0 or step == total):
+            flush()
             with ema_weights(ema, unet):
                 callback(step, unet)
         if step % checkpoint_every == 0 or step == total:
             checkpoint()
     bar.close()
+    flush()
 
     ema_unet = save_ema(unet, ema, out_dir / "unet_ema")
     return dict(ema_unet=ema_unet, log=pd.DataFrame(log), seconds=time.perf_counter() - t_start, steps=total)

@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,24 @@ def test_twenty_steps_lower_the_loss(tiny_images, tmp_path):
     assert len(out["log"]) == 20 and (tmp_path / "unet_ema" / "config.json").exists()
     assert list(out["log"].columns) == ["step", "epoch", "loss", "lr", "seconds"]
 
+
+
+def test_training_reads_the_loss_back_only_at_checkpoints(tiny_images, tmp_path, monkeypatch):
+    # a per-step loss.item() stalls a GPU every step; the loop reads the losses back in one go per checkpoint
+    s = schedules.make_scheduler("linear")
+    reads = []
+    real_item, real_tolist = torch.Tensor.item, torch.Tensor.tolist
+
+    def ours():  # a read-back written in tdpmlib (torch's CPU Adam reads its step counters, a CPU tensor)
+        return "tdpmlib" in sys._getframe(2).f_code.co_filename
+
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: (ours() and reads.append("item"), real_item(t))[1])
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: (ours() and reads.append(t.numel()), real_tolist(t))[1])
+    out = ddpm.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path, steps=8, batch_size=4, lr=1e-3,
+                          warmup_steps=0, progress=False, checkpoint_every=4)
+    monkeypatch.undo()
+    assert "item" not in reads and reads.count(4) == 2, reads
+    assert out["log"]["step"].tolist() == list(range(1, 9)) and out["log"]["loss"].map(type).eq(float).all()
 
 def test_resume_gives_bitwise_identical_weights(tiny_images, tmp_path):
     s = schedules.make_scheduler("linear")
