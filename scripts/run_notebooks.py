@@ -45,6 +45,19 @@ def toc_notebooks() -> list[Path]:
     return [NB_DIR / "drafts" / p.name if (NB_DIR / "drafts" / p.name).exists() else p for p in paths]
 
 
+def fold_injected(path: Path) -> None:
+    """Keep papermill's injected-parameters cell out of the book, as the parameters cell is: the chapter's
+    "Run details" already shows the values the run used."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, str(path))
+
+
 def parse_param(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -101,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             pm.execute_notebook(str(nb), str(dest), parameters=params, kernel_name="python3",
                                 cwd=str(NB_DIR), progress_bar=False, log_output=True)
+            fold_injected(dest)
             if in_place:
                 os.replace(dest, target)
         except Exception as exc:  # noqa: BLE001 - every failure is reported the same way

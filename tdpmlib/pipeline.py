@@ -8,6 +8,7 @@ it is missing.
 from __future__ import annotations
 
 import datetime
+import html
 import json
 import os
 
@@ -19,22 +20,43 @@ from .config import Config
 
 
 def setup(notebook: str, *, show: bool = True, **params) -> Config:
-    """Validate the parameters into a Config, seed torch, and print the provenance header."""
+    """Validate the parameters into a Config, seed torch, and show the folded "Run details" (the parameters
+    as given and the provenance of this run)."""
     cfg = Config.from_params(notebook=notebook, **params)
     torch.manual_seed(cfg.seed)
     if show:
         prov = results.provenance(cfg.profile, cfg.torch_device)
         prov["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        prov["data"] = data.resolve_source(cfg.data_source or None)
-        _show_markdown("| run | |\n|---|---|\n" + "\n".join(f"| {k} | `{v}` |" for k, v in prov.items()))
+        prov["data"] = data.fingerprint(cfg.data_source or None)  # by name and hash, never a machine path
+        _show_html(run_details(params, prov))
     return cfg
 
 
-def _show_markdown(text: str):
-    try:
-        from IPython.display import Markdown, display
+def run_details(params: dict, prov: dict) -> str:
+    """One collapsed HTML block with the run's parameters and provenance (the book folds it)."""
+    def rows(d):
+        return "".join(f"<tr><td>{html.escape(str(k))}</td><td><code>{html.escape(_short(v))}</code></td></tr>"
+                       for k, v in d.items())
 
-        display(Markdown(text))
+    return ("<details class='tdpm-run-details'><summary>Run details</summary>"
+            f"<table class='tdpm-table'><tr><th colspan='2'>Parameters</th></tr>{rows(params)}"
+            f"<tr><th colspan='2'>Provenance</th></tr>{rows(prov)}</table></details>")
+
+
+def _short(v) -> str:
+    """A parameter as shown: a path by its name under the repository (results/...), else its file name."""
+    text = str(v)
+    if os.sep in text and os.path.isabs(text):
+        parts = text.split(os.sep)
+        text = os.sep.join(parts[parts.index("results"):]) if "results" in parts else parts[-1]
+    return text
+
+
+def _show_html(text: str):
+    try:
+        from IPython.display import HTML, display
+
+        display(HTML(text))
     except ImportError:  # plain Python
         print(text)
 

@@ -57,7 +57,16 @@ def test_one_parameters_cell_first_with_flat_literals(path):
     assert set(papermill.inspect_notebook(str(path))) == names, f"{path.name}: papermill does not see every parameter"
     first = nb["cells"][0]
     assert first["cell_type"] == "markdown" and "".join(first["source"]).startswith("# ")
-    assert "colab-badge" in "".join(first["source"])
+    # no hand-written badge: the book's Colab launch button comes from _config.yml's repository.url
+    assert "colab-badge" not in "".join(first["source"])
+    assert "remove-cell" in tagged[0]["metadata"]["tags"], f"{path.name}: the parameters cell shows in the book"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + DRAFTS, ids=lambda p: ("draft " if p in DRAFTS else "") + p.stem)
+def test_install_cell_uses_the_configured_repository(path):
+    url = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]["url"]
+    text = path.read_text()
+    assert "git+https://" not in text.replace(f"git+{url}.git", ""), f"{path.name}: an install URL other than {url}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -65,6 +74,91 @@ def test_committed_notebooks_have_no_error_outputs(path):
     nb = json.loads(path.read_text())
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors, f"{path.name}: {len(errors)} error outputs"
+
+
+# Notebooks whose code is the point and stays visible in the book (00 derives the formulas in code).
+CODE_VISIBLE = {"00_theory"}
+HIDDEN_TAGS = {"remove-input", "remove-cell", "hide-input", "hide-cell"}
+
+
+def visible_code_cells(nb: dict) -> list[int]:
+    """Code cells the built book shows: jupyter-book removes every code source (nb_remove_code_source in
+    _config.yml) unless a notebook opts out in metadata.mystnb, and then shows those without a hiding tag."""
+    conf = yaml.safe_load((REPO / "_config.yml").read_text())["sphinx"]["config"]
+    removed = nb.get("metadata", {}).get("mystnb", {}).get("remove_code_source", conf.get("nb_remove_code_source", False))
+    if removed:
+        return []
+    return [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+            and not HIDDEN_TAGS & set(c.get("metadata", {}).get("tags", []))]
+
+
+def html_tables(nb: dict) -> list[str]:
+    return ["".join(o["data"]["text/html"]) for c in nb["cells"] if c["cell_type"] == "code"
+            for o in c.get("outputs", []) if "text/html" in o.get("data", {}) and "<table" in "".join(o["data"]["text/html"])]
+
+
+def table_rows(table_html: str) -> list[list[tuple[str, str]]]:
+    """The (tag, text) cells of every row of the HTML tables in a string (stdlib parser; no lxml here)."""
+    from html.parser import HTMLParser
+
+    class Rows(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.cell = [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th") and self.rows:
+                self.cell = [tag, ""]
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th") and self.cell is not None:
+                self.rows[-1].append((self.cell[0], self.cell[1].strip()))
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell[1] += data
+
+    parser = Rows()
+    parser.feed(table_html)
+    return [r for r in parser.rows if r]
+
+
+def empty_columns(table_html: str) -> list[str]:
+    """Headers of the columns of an HTML table whose every body cell is missing (None, NaN, empty, a dash)."""
+    rows = table_rows(table_html)
+    head = [r for r in rows if all(tag == "th" for tag, _ in r)]
+    body = [[text for tag, text in r if tag == "td"] for r in rows if any(tag == "td" for tag, _ in r)]
+    if not head or not body:
+        return []
+    names = [text for _, text in head[0]]
+    width = max(len(r) for r in body)
+    names = names[len(names) - width:] if len(names) >= width else names + [""] * (width - len(names))
+    missing = {"None", "NaN", "nan", "", "–", "<NA>"}
+    return [names[j] for j in range(width) if all((r[j] if j < len(r) else "") in missing for r in body)]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebooks_show_no_code_and_no_empty_column(path):
+    nb = json.loads(path.read_text())
+    if path.stem not in CODE_VISIBLE:
+        assert not visible_code_cells(nb), f"{path.name}: code cells {visible_code_cells(nb)} show in the book"
+    if (REPO / "notebooks" / "drafts" / path.name).exists():
+        pytest.skip("superseded by its draft; its outputs are replaced by the next reference run")
+    bad = [(i, cols) for i, t in enumerate(html_tables(nb)) if (cols := empty_columns(t))]
+    assert not bad, f"{path.name}: tables with all-missing columns {bad}"
+
+
+def test_the_checks_catch_what_they_look_for():
+    nb = {"metadata": {"mystnb": {"remove_code_source": False}},
+          "cells": [{"cell_type": "code", "metadata": {}, "source": "x = 1", "outputs": []},
+                    {"cell_type": "code", "metadata": {"tags": ["remove-input"]}, "source": "y", "outputs": []}]}
+    assert visible_code_cells(nb) == [0]
+    assert visible_code_cells({"metadata": {}, "cells": nb["cells"]}) == []  # the book's default removes code
+    table = "<table><thead><tr><th>method</th><th>fid</th></tr></thead><tbody><tr><td>DIP</td><td>None</td></tr></tbody></table>"
+    assert empty_columns(table) == ["fid"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
