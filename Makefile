@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 # CUDA GPU (about 70-80 min on an H200 by its FLOP count, many hours on a T4); on a CPU it is refused.
 PROFILE ?= cpu
 
-.PHONY: venv test report train book smoke bench clean
+.PHONY: venv test report train book pdf screenshots smoke bench clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,21 @@ train: venv
 book: venv
 	$(JB) build . -W
 	@echo "Book: $(CURDIR)/_build/html/index.html"
+
+# Optional: the whole book as one PDF (_build/pdf/book.pdf), printed by headless Chromium from the single-page
+# build with a local MathJax. Installs Debian's chromium and poppler-utils and MathJax 3 (npm) when missing.
+MATHJAX := _build/mathjax/node_modules/mathjax/es5
+pdf: venv
+	scripts/install_pdf_tools.sh
+	$(JB) build . --builder singlehtml -W
+	$(PY) scripts/book_browser.py pdf --mathjax $(MATHJAX)
+	pdftoppm -r 50 -png _build/pdf/book.pdf _build/pdf/page
+	@echo "PDF: $(CURDIR)/_build/pdf/book.pdf (pages as PNG: _build/pdf/page-*.png)"
+
+# A reader's check: every page of the built book, screenshotted (_build/screenshots/).
+screenshots: book
+	scripts/install_pdf_tools.sh
+	$(PY) scripts/book_browser.py screenshots --mathjax $(MATHJAX)
 
 # Executes every notebook into a scratch folder; notebooks/ is left untouched.
 smoke: venv

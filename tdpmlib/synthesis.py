@@ -232,3 +232,41 @@ def example2_text(comp: pd.DataFrame) -> str:
         text = parts[0] if len(parts) == 1 else "; ".join(parts[:-1]) + "; and " + parts[-1]
         out.append(f"At {g['level'].iloc[0]} the {rule} rule is {text}.")
     return " ".join(out)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The book's summary table (the intro and chapter 07): each approach once per noise level
+# ------------------------------------------------------------------------------------------------------
+
+# (row label, chapter 03 method_key); the DDPM-alone row is the family's best on the validation images
+SUMMARY_METHODS = (("DIP, official protocol", "dip_official"), ("DIP, report's protocol", "dip_plain"),
+                   ("TDPM-DIP, matched state", "tdpm_matched"), ("Example 1: DIP then SDEdit", "sdedit"))
+
+
+def summary_table(study_rows: pd.DataFrame, example2_rows: pd.DataFrame | None = None, *,
+                  sigmas=(25, 50)) -> pd.DataFrame:
+    """Per sigma (of ``sigmas`` that chapter 03 ran): the best DDPM alone (chosen on validation), both DIP
+    protocols, the matched TDPM-DIP, Example 1 and, from chapter 05's test rows, Example 2's DDPM-guided stop, with
+    mean test PSNR, SSIM, network evaluations, DIP iterations and seconds per image (DIP fitting included).
+    Chapter 05 scores its own test images (``n`` says how many). Columns: sigma, method, psnr, ssim, nfe,
+    dip_iterations, seconds, n."""
+    best = best_by_family(study_rows)
+    test = study_rows[study_rows["split"] == "test"]
+    rows = []
+    for sigma in [s for s in sigmas if s in set(test["sigma"])]:
+        t = test[test["sigma"] == sigma]
+        ddpm_key = best.loc[(best["sigma"] == sigma) & (best["family"] == "DDPM"), "method_key"]
+        entries = [(f"DDPM alone: {t.loc[t['method_key'] == k, 'method'].iloc[0]}", k) for k in ddpm_key]
+        for label, key in entries + [e for e in SUMMARY_METHODS if (t["method_key"] == e[1]).any()]:
+            r = t[t["method_key"] == key]
+            rows.append(dict(sigma=sigma, method=label, psnr=r["psnr"].mean(), ssim=r["ssim"].mean(),
+                             nfe=r["nfe"].mean(), dip_iterations=r["dip_iterations"].mean(),
+                             seconds=r["seconds"].mean(), n=len(r)))
+        if example2_rows is not None and len(example2_rows):
+            g = example2_rows[(example2_rows["rule_key"] == "guided")
+                              & (example2_rows["sigma255"].round() == sigma)]
+            if len(g):
+                rows.append(dict(sigma=sigma, method="Example 2: DIP stopped by the DDPM schedule", psnr=g["psnr"].mean(),
+                                 ssim=g["ssim"].mean(), nfe=0, dip_iterations=g["iterations"].mean(),
+                                 seconds=g["seconds"].mean(), n=len(g)))
+    return pd.DataFrame(rows, columns=["sigma", "method", "psnr", "ssim", "nfe", "dip_iterations", "seconds", "n"])

@@ -460,3 +460,19 @@ def test_example2_pairs_the_guided_rule_with_the_others():
                         for k, v in labels.items() for i in range(4)])
     c = synthesis.example2_paired(new)
     assert list(c["against"]) == ["fixed budget (chosen on validation)"] and c["level"].iloc[0] == "σ = 50"
+
+
+def test_summary_table_one_row_per_approach_and_level():
+    rows = fake_study_rows()
+    rows.loc[(rows["method_key"] == "ddpm") & (rows["split"] == "test"), "psnr"] += 10  # best on test only: not chosen
+    ex2 = pd.DataFrame([dict(sigma255=s + 0.3, rule_key=k, rule=k, image=i, psnr=20.0 + i, ssim=0.4, iterations=100 + 10 * i,
+                             seconds=2.0) for s in (25, 50) for k in ("guided", "fixed") for i in range(3)])
+    t = synthesis.summary_table(rows, ex2)
+    at25 = t[t["sigma"] == 25]
+    assert list(at25["method"]) == ["DDPM alone: DDPM posterior mean", "DIP, official protocol", "TDPM-DIP, matched state",
+                                    "Example 1: DIP then SDEdit", "Example 2: DIP stopped by the DDPM schedule"]
+    tdpm = at25.set_index("method").loc["TDPM-DIP, matched state"]
+    assert tdpm["psnr"] == pytest.approx(23.3 + 0.15 + 0.025) and tdpm["nfe"] == 7 and tdpm["n"] == 4  # test images only
+    g = at25.iloc[-1]
+    assert g["psnr"] == pytest.approx(21.0) and g["dip_iterations"] == pytest.approx(110) and g["nfe"] == 0 and g["n"] == 3
+    assert set(t["sigma"]) == {25, 50} and set(synthesis.summary_table(rows, None, sigmas=(15, 25))["sigma"]) == {25}
