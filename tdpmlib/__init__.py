@@ -3,7 +3,8 @@
 Modules, one concept each: ``data``, ``models``, ``schedules``, ``ddpm``, ``dip``, ``tdpm``, ``metrics``,
 ``plotting``, ``results``, ``config``, ``pipeline`` (notebook glue) and ``sweep`` (CLI); the notebooks' protocols
 ``generation`` and ``experiments`` (its methods in ``denoisers``), ``example1``, ``example2`` (its stopping rules
-in ``stopping``) and ``ablations``.
+in ``stopping``), ``ablate`` and ``ablate_paired`` (chapter 06), ``synthesis``, ``claims`` and ``assessment``
+(chapter 07).
 """
 
 import warnings

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -184,3 +186,20 @@ def provenance(profile: str, device) -> dict:
     return dict(profile=profile, hardware=hardware(device), device=str(device), git_commit=git_commit(),
                 python=platform.python_version(), torch=torch.__version__, diffusers=diffusers.__version__,
                 torchmetrics=torchmetrics.__version__)
+
+
+@contextlib.contextmanager
+def captured_output():
+    """Capture Python-level stdout/stderr and file descriptors 1 and 2 (a papermill kernel writes its start-up
+    warnings there); yields a function returning the captured text."""
+    buf = io.StringIO()
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        sys.stdout.flush(), sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(tmp.fileno(), 1), os.dup2(tmp.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+                yield lambda: buf.getvalue() + (tmp.seek(0) or tmp.read().decode(errors="replace"))
+        finally:
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])

@@ -38,7 +38,7 @@ def ensure_results(cfg, producer: str, name: str, *, notebooks_dir=".", run: boo
         raise FileNotFoundError(hint)
     import papermill as pm
 
-    from .ablations import captured_output  # keeps the kernel's start-up warnings out of the page
+    from .results import captured_output  # keeps the kernel's start-up warnings out of the page
 
     params = dict(profile=cfg.profile, data_source=cfg.data_source, seed=cfg.seed, device=cfg.device,
                   results_dir=str(Path(cfg.results_dir).resolve()))

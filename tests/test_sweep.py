@@ -57,12 +57,12 @@ def test_parse_value_types(text, expected):
 
 
 def test_build_grid_order_and_run_names():
-    points = sweep.build_grid("06_ablations", [("t_trunc", [0, 5]), ("schedule", ["linear", "a/b c"])])
+    points = sweep.build_grid("06_ablations", [("seed", [0, 5]), ("sigmas", ["25", "a/b c"])])
     assert [p.run_name for p in points] == [
-        "06_ablations__t_trunc-0__schedule-linear", "06_ablations__t_trunc-0__schedule-a_b_c",
-        "06_ablations__t_trunc-5__schedule-linear", "06_ablations__t_trunc-5__schedule-a_b_c",
+        "06_ablations__seed-0__sigmas-25", "06_ablations__seed-0__sigmas-a_b_c",
+        "06_ablations__seed-5__sigmas-25", "06_ablations__seed-5__sigmas-a_b_c",
     ]
-    assert points[1].params == {"t_trunc": 0, "schedule": "a/b c"}
+    assert points[1].params == {"seed": 0, "sigmas": "a/b c"}
     with pytest.raises(sweep.UsageError, match="share the run name"):
         sweep.build_grid("nb", [("b", ["a b", "a_b"])])
 
