@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from tdpmlib import results
+from tdpmlib.tables import typeset
 
 from . import CASES, COLUMNS
 from .common import fmt_mb
@@ -44,16 +45,16 @@ def display_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The table as people read it: one formatted string per cell."""
     out = pd.DataFrame({
         "case": df["case"],
-        "row": df["row"],
-        "variant": df["variant"].fillna(""),
+        "row": df["row"].map(typeset),
+        "variant": df["variant"].fillna("").map(typeset),
         "status": df["status"],
         "throughput": [f"{_num(t)} {u}" if _num(t) else "" for t, u in zip(df["throughput"], df["unit"])],
         "seconds": [f"{_num(s)} s / {p}" if _num(s) else "" for s, p in zip(df["seconds"], df["seconds_per"])],
         "peak memory": [fmt_mb(float(m)) if str(st) == "measured" and str(how) not in ("", "nan") else ""
                         for m, st, how in zip(df["peak_mem_mb"], df["status"], df["mem_method"])],
-        "ratio": [f"{_num(r, '{:.2f}')}x" if _num(r) else "" for r in df["ratio"]],
-        "target": df["target"].fillna(""),
-        "met": [{True: "yes", False: "NO"}.get(_bool(m), "") for m in df["target_met"]],
+        "ratio": [f"{_num(r, '{:.2f}')}×" if _num(r) else "" for r in df["ratio"]],
+        "target": df["target"].fillna("").map(typeset),
+        "met": [{True: "yes", False: "no"}.get(_bool(m), "") for m in df["target_met"]],
         "MFU": [f"{float(m):.1%}" if _num(m) else "" for m in df["mfu"]],
         "extrapolation": df["extrapolation"].fillna(""),
     })
@@ -167,12 +168,12 @@ def targets_table(runs: list[dict]) -> pd.DataFrame:
                 pick = sel.loc[sel[col].idxmax() if best == "max" else sel[col].idxmin()]
                 hits.append((r, pick))
         if not hits:
-            rows.append(dict(id=tid, what=what, target=target, hardware="", value="not measured", met="",
+            rows.append(dict(id=tid, what=typeset(what), target=typeset(target), hardware="", value="not measured", met="",
                              extrapolated=""))
         for r, pick in hits:
             v = float(pick[col])
-            value = (f"{v:.2f}x" if col == "ratio" else f"{v:.1f} s" if col == "seconds" else fmt_mb(v))
-            rows.append(dict(id=tid, what=what, target=target, hardware=r["meta"].get("hardware_name", r["slug"]),
+            value = (f"{v:.2f}×" if col == "ratio" else f"{v:.1f} s" if col == "seconds" else fmt_mb(v))
+            rows.append(dict(id=tid, what=typeset(what), target=typeset(target), hardware=r["meta"].get("hardware_name", r["slug"]),
                              value=value, met={True: "yes", False: "no"}.get(_bool(pick["target_met"]), ""),
                              extrapolated=pick["extrapolation"] if isinstance(pick["extrapolation"], str) else ""))
     return pd.DataFrame(rows, columns=["id", "what", "target", "hardware", "value", "met", "extrapolated"])
@@ -243,23 +244,24 @@ def speedup_figure(runs: list[dict]):
     data = speedups(runs)
     groups = list(dict.fromkeys(data["hardware"])) or ["no measurements"]
     heights = [max(1, (data["hardware"] == g).sum()) for g in groups]
-    fig, axes = plt.subplots(len(groups), 1, figsize=(9, 0.55 * sum(heights) + 1.2 * len(groups)),
+    fig, axes = plt.subplots(len(groups), 1, figsize=(8.2, 0.6 * sum(heights) + 1.3 * len(groups)),
                              gridspec_kw=dict(height_ratios=heights), squeeze=False)
     for ax, g in zip(axes[:, 0], groups):
         d = data[data["hardware"] == g].reset_index(drop=True)
         ax.barh(range(len(d)), d["ratio"] - 1, left=1, color=["C0" if c != "e2e" else "C2" for c in d["case"]])
         for i, (ratio, target) in enumerate(zip(d["ratio"], d["target"])):
-            ax.text(ratio, i, f" {ratio:.2f}x", va="center", fontsize=8)
+            ax.text(ratio, i, f" {ratio:.2f}×", va="center", fontsize=9, clip_on=True)
             if target == target:
                 ax.plot([target, target], [i - 0.45, i + 0.45], color="C3", lw=2.5,
                         label="target" if i == d["target"].first_valid_index() else None)
         ax.axvline(1.0, color="grey", lw=1, ls="--")
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.set_yticks(range(len(d)), [lab.replace("\n", "\n  ") for lab in d["label"]], fontsize=7)
+        ax.set_yticks(range(len(d)), [lab.replace("\n", "\n  ") for lab in d["label"]], fontsize=9)
         ax.invert_yaxis()
         ax.set_title(g, fontsize=10)
-        ax.set_xlabel("speed-up over the baseline measured in the same run (x, log scale; dashed: 1x)")
+        ax.set_xlabel("speed-up over the baseline measured in the same run (log scale; dashed: 1×)")
+        ax.set_xlim(right=max(2.0, float(d["ratio"].max()) * 1.8) if len(d) else None)  # room for the labels
         if d["target"].notna().any():
             ax.legend(loc="lower right", fontsize=8)
         if not len(d):
@@ -283,7 +285,7 @@ def sentences(runs: list[dict], bench_dir) -> dict[str, str]:
         s["source"] = ("Only a quick run (tiny settings) exists: its rows show that the suite runs and say nothing about "
                        "the targets, which are all reported as not measured. Run 'make bench' for real numbers.")
     else:
-        s["source"] = (f"{len(full)} full run(s) found ({', '.join(r['meta'].get('hardware_name', r['slug']) for r in full)}); "
+        s["source"] = (f"{len(full)} full run{'s' if len(full) != 1 else ''} found ({', '.join(r['meta'].get('hardware_name', r['slug']) for r in full)}); "
                        "targets that need other hardware are reported as not measured.")
 
     def say(hit, what, target, absent):
@@ -323,4 +325,4 @@ def sentences(runs: list[dict], bench_dir) -> dict[str, str]:
                     f"{e['tdpm_variant']}, {e['ddpm_s']:.3g} s with DDPM-1000{extrap} and {e['ddim_s']:.3g} s with "
                     f"DDIM-50: TDPM-DIP is {_x(e['tdpm_vs_ddpm'])} faster than DDPM-1000 and {_x(vs_ddim)} {faster} "
                     f"than DDIM-50. The report's claim of about 5x faster than DDPM {claim}.")
-    return s
+    return {k: typeset(v) for k, v in s.items()}

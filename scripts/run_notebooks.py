@@ -15,6 +15,7 @@ import argparse
 import ast
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -45,9 +46,10 @@ def toc_notebooks() -> list[Path]:
     return [NB_DIR / "drafts" / p.name if (NB_DIR / "drafts" / p.name).exists() else p for p in paths]
 
 
-def fold_injected(path: Path) -> None:
+def fold_injected(path: Path, profile: str | None = None) -> None:
     """Keep papermill's injected-parameters cell out of the book, as the parameters cell is: the chapter's
-    "Run details" already shows the values the run used."""
+    "Run details" already shows the values the run used. With ``profile``, also point the notes under the
+    figures and tables (markdown cells tagged ``source-note``) at this run's results folder and command."""
     import nbformat
 
     nb = nbformat.read(str(path), as_version=4)
@@ -55,6 +57,9 @@ def fold_injected(path: Path) -> None:
         tags = cell.metadata.get("tags", [])
         if "injected-parameters" in tags and "remove-cell" not in tags:
             cell.metadata["tags"] = [*tags, "remove-cell"]
+        if profile and "source-note" in tags:
+            cell.source = re.sub(r"--profile [\w-]+", f"--profile {profile}",
+                                 re.sub(r"results/[\w-]+/", f"results/{profile}/", cell.source))
     nbformat.write(nb, str(path))
 
 
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             pm.execute_notebook(str(nb), str(dest), parameters=params, kernel_name="python3",
                                 cwd=str(NB_DIR), progress_bar=False, log_output=True)
-            fold_injected(dest)
+            fold_injected(dest, args.profile)
             if in_place:
                 os.replace(dest, target)
         except Exception as exc:  # noqa: BLE001 - every failure is reported the same way

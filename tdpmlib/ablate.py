@@ -253,9 +253,11 @@ def dip_seconds(fit: dict, k: int) -> float:
 
 
 def t_trunc_rows(unet, scheduler, schedule: str, obs: Observed, fit: dict, k: int, fractions, *, seed: int,
-                 device) -> pd.DataFrame:
+                 device, keep: dict | None = None) -> pd.DataFrame:
     """The ``t_trunc`` ablation for one schedule on the validation and test images: the matched TDPM-DIP from the
-    DIP output at budget k, at each level of ``levels(t_s, fractions)`` with t_s the schedule's own t(sigma)."""
+    DIP output at budget k, at each level of ``levels(t_s, fractions)`` with t_s the schedule's own t(sigma).
+    ``keep`` (a dict), when given, receives ``(sigma, schedule, level) -> (test outputs, reverse seconds per
+    image)`` for every level > 0, so that ``chains_rows`` can reuse that draw as its first chain."""
     t_s, _ = schedule_level(scheduler, obs.v_obs)
     x_hat = fit["outputs"][k]
     rows = []
@@ -264,6 +266,8 @@ def t_trunc_rows(unet, scheduler, schedule: str, obs: Observed, fit: dict, k: in
         state = matched_state(x_hat, obs.y_scaled, obs.v_obs, level, scheduler, generator=g)
         x, sec = _timed(device, lambda: tdpm.reverse_from_state(unet, scheduler, state, level, generator=g))
         ratio = tdpm.noise_ratio(state, obs.clean, level, scheduler) if level > 0 else None
+        if keep is not None and level > 0:
+            keep[(obs.sigma, schedule, level)] = (x[obs.test].detach().cpu(), sec / len(obs.clean))
         rows += _rows(x, obs, slice(0, len(obs.clean)), ablation="t_trunc", sigma=obs.sigma, schedule=schedule, t=t_s,
                       method_key=f"t_trunc={level}", method="DIP alone" if level == 0 else f"TDPM-DIP, T_trunc = {level}",
                       value=frac, seconds=dip_seconds(fit, k) + sec / len(obs.clean), nfe=level, dip_iterations=k,
@@ -290,22 +294,38 @@ def ddpm_rows(unet, scheduler, schedule: str, obs: Observed, *, seed: int, devic
 
 
 def chains_rows(unet, scheduler, schedule: str, obs: Observed, fit: dict, k: int, level: int, chains, *, seed: int,
-                device) -> pd.DataFrame:
+                device, first: tuple | None = None) -> pd.DataFrame:
     """The ``chains`` ablation on the test images: max(chains) matched TDPM-DIP chains at ``level``, each from its own
-    topped-up state (one batch), and for each K the mean of the first K."""
+    topped-up state (one batch), and for each K the mean of the first K.
+
+    ``first``, when given, is ``(test outputs, reverse seconds per image)`` of one chain already drawn at this
+    level (``t_trunc_rows``'s ``keep``): it is the first chain, so K = 1 is exactly that row of the T_trunc
+    ablation, and only max(chains) - 1 chains are drawn here."""
     x_hat, kmax = fit["outputs"][k][obs.test], max(chains)
     n = len(x_hat)
     y_scaled = obs.y_scaled[obs.test]
     g = generator(seed, "chains", obs.sigma, schedule, level)
-    states = torch.stack([matched_state(x_hat, y_scaled, obs.v_obs, level, scheduler, generator=g) for _ in range(kmax)], 1)
-    out, sec = _timed(device, lambda: tdpm.reverse_from_state(unet, scheduler, states.flatten(0, 1), level, generator=g))
-    out = out.view(n, kmax, *x_hat.shape[1:])
+    n_new = kmax - (first is not None)
+    parts, per_chain = [], None
+    if first is not None:
+        x1, per_chain = first
+        if x1.shape != x_hat.shape:
+            raise ValueError(f"first chain has shape {tuple(x1.shape)}, the test images {tuple(x_hat.shape)}")
+        parts.append(x1.float().cpu().unsqueeze(1))
+    if n_new > 0:
+        states = torch.stack([matched_state(x_hat, y_scaled, obs.v_obs, level, scheduler, generator=g)
+                              for _ in range(n_new)], 1)
+        new, sec = _timed(device, lambda: tdpm.reverse_from_state(unet, scheduler, states.flatten(0, 1), level,
+                                                                   generator=g))
+        parts.append(new.float().cpu().view(n, n_new, *x_hat.shape[1:]))
+        per_chain = sec / (n_new * n)
+    out = torch.cat(parts, 1)
     t_s, _ = schedule_level(scheduler, obs.v_obs)
     rows = []
     for K in sorted(chains):
         rows += _rows(out[:, :K].mean(1), obs, obs.test, ablation="chains", sigma=obs.sigma, schedule=schedule, t=t_s,
                       method_key=f"K={K}", method=f"TDPM-DIP, mean of {K} chain{'s' if K > 1 else ''}", value=K,
-                      seconds=dip_seconds(fit, k) + K * sec / (kmax * n), nfe=K * level, dip_iterations=k)
+                      seconds=dip_seconds(fit, k) + K * per_chain, nfe=K * level, dip_iterations=k)
     return _frame(rows)
 
 

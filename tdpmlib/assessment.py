@@ -14,6 +14,8 @@ validated T_trunc).
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pandas as pd
 
@@ -222,6 +224,27 @@ def display_table(assessed: pd.DataFrame) -> pd.DataFrame:
                      "claimed": _cell(c, "claimed"), "report's protocol": _cell(c, "same"),
                      "corrected protocol": _cell(c, "corrected"), "verdict": c["verdict"], "reason": c["reason"]})
     return pd.DataFrame(rows)
+
+
+METRIC_NAMES = {"fid": "FID", "psnr": "PSNR (dB)", "ssim": "SSIM", "frac_copies_fit": "copies of the fitted images",
+                "seconds": "seconds", "steps": "steps"}
+
+
+def claims_html(assessed: pd.DataFrame, table: str, *, source=None, command: str | None = None) -> str:
+    """One of the report's tables as the book shows it: a numbered row per claim (method, setting, metric, the
+    claimed value, both protocols' measurements and the verdict) and, under it, each row's reason in full."""
+    from . import tables
+
+    t = display_table(assessed[assessed["table"] == table]).reset_index(drop=True)
+    t.insert(0, "#", range(1, len(t) + 1))
+    t["metric"] = [("Δ " if m.endswith(" (difference)") else "") + METRIC_NAMES.get(m.removesuffix(" (difference)"), m)
+                   for m in t["metric"]]
+    body = tables.html_table(t.drop(columns=["table", "claim", "reason"]), source=source, command=command,
+                             columns={"#": "#", "method": "Method", "setting": "Setting", "metric": "Metric",
+                                      "claimed": "Claimed", "report's protocol": "Report's protocol",
+                                      "corrected protocol": "Corrected protocol", "verdict": "Verdict"})
+    reasons = "".join(f"<li>{html.escape(str(r))}</li>" for r in t["reason"])
+    return f"{body}<ol class='tdpm-reasons'>{reasons}</ol>"
 
 
 def counts(assessed: pd.DataFrame) -> pd.DataFrame:

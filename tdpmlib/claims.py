@@ -283,7 +283,8 @@ def comparability(metric: str, *, profile: str, fid_status=None, n=None, n_refer
     needs FID to be available, at least 1000 samples and at least 1000 reference images."""
     if metric == "seconds":
         return False, "wall-clock times depend on the hardware, which the report does not state"
-    if None not in (dip_iterations, report_dip_iterations) and dip_iterations != report_dip_iterations:
+    if None not in (dip_iterations, report_dip_iterations) and report_dip_iterations > 0 \
+            and dip_iterations != report_dip_iterations:  # 0: the claim's method fits no DIP
         return False, (f"this run fits the DIP for {dip_iterations:.0f} iterations, the report for "
                        f"{report_dip_iterations:.0f}")
     if metric in ALWAYS_COMPARABLE:

@@ -79,6 +79,13 @@ def fmt_diff(r) -> str:
     return f"{r['mean_diff']:+.{d}f} dB [{r['ci_low']:+.{d}f}, {r['ci_high']:+.{d}f}]"
 
 
+def fmt_ratio(v) -> str:
+    """A time ratio at 3 significant digits: 551×, 17.8×, 1.10×, 0.994×."""
+    from .tables import number
+
+    return f"{number(float(v), digits=3)}×"
+
+
 def fmt_sigma(sigma) -> str:
     """25 for 25, 25.0 or "25" (values read back from CSV may be floats)."""
     return f"{float(sigma):g}"

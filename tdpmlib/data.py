@@ -231,7 +231,7 @@ def preprocess(img: Image.Image, *, resolution: int = 64) -> Image.Image:
 
 def _dataset_items(ds, where: str) -> list:
     """(label, opener) pairs for a ``datasets.Dataset`` with an ``image`` column."""
-    import datasets
+    datasets = _datasets()
 
     if "image" not in ds.column_names:
         raise ValueError(f"{where} has no `image` column; its columns are {ds.column_names}.")
@@ -263,8 +263,16 @@ def _open_cell(cell) -> Image.Image:
     return Image.open(cell["path"])
 
 
-def _parquet_items(path: str) -> list:
+def _datasets():
+    """HuggingFace ``datasets``, without its progress bars ("Generating train split ...": stderr in the book)."""
     import datasets
+
+    datasets.disable_progress_bars()
+    return datasets
+
+
+def _parquet_items(path: str) -> list:
+    datasets = _datasets()
     import pyarrow.parquet as pq
 
     try:
@@ -281,7 +289,7 @@ def _parquet_items(path: str) -> list:
 
 
 def _folder_items(path: str) -> list:
-    import datasets
+    datasets = _datasets()
 
     try:
         ds = datasets.load_dataset("imagefolder", data_dir=path, split="train")
@@ -309,7 +317,7 @@ def _npz_items(path: str) -> list:
 
 
 def _hub_items(source: str) -> list:
-    import datasets
+    datasets = _datasets()
 
     reason = _hub_unreachable_reason()
     if reason is None:
@@ -419,7 +427,7 @@ def write_synthetic_parquet(path: str | os.PathLike, *, n: int = 16, size: int =
     """Write ``n`` random coloured blobs on white (``size``×``size`` PNGs) as a parquet with the shared
     file's schema (``image``: ``datasets.Image``, ``name``: string). The outer eighth of each image is
     left white. Written atomically (temporary file, then ``os.replace``). Returns the path."""
-    import datasets
+    datasets = _datasets()
 
     if n < 0 or size < 8:
         raise ValueError(f"n={n!r} must be >= 0 and size={size!r} >= 8")

@@ -27,7 +27,7 @@ GENERATION_METHODS = {
     "ddim100": "DDIM (100 steps)",
     "tdpm_train": "TDPM-DIP, fit to training images (report)",
     "tdpm_held": "TDPM-DIP, fit to held-out images",
-    "real": "Real held-out images (reference floor)",
+    "real": "Real training images (reference floor)",
 }
 
 # Generator offsets, one per purpose (``generator_fn(offset)``).

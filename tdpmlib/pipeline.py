@@ -28,8 +28,16 @@ def setup(notebook: str, *, show: bool = True, **params) -> Config:
         prov = results.provenance(cfg.profile, cfg.torch_device)
         prov["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         prov["data"] = data.fingerprint(cfg.data_source or None)  # by name and hash, never a machine path
-        _show_html(run_details(params, prov))
+        shown = {k: v for k, v in params.items() if k != "extra_checks"}  # validators, not parameters
+        _show_html(run_details(shown, prov))
     return cfg
+
+
+def recompute(cfg: Config, notebook: str) -> str:
+    """The one command that recomputes a notebook's results for this run's profile and seed (the data source
+    comes from TDPM_DATA or the notebook's default, never a machine path)."""
+    seed = f" --param seed={cfg.seed}" if cfg.seed else ""
+    return f"python scripts/run_notebooks.py --profile {cfg.profile} --only {notebook}{seed}"
 
 
 def run_details(params: dict, prov: dict) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg") if not matplotlib.get_backend().lower().startswith(("module://matplotlib_inline", "nbagg")) else None
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
@@ -13,37 +16,66 @@ from torchvision.utils import make_grid  # noqa: E402
 sns.set_theme(style="whitegrid", context="notebook")
 
 
-def image_grid(images: torch.Tensor, *, nrow: int = 8, title: str | None = None, scale: float = 1.6):
-    """A grid of images in [-1, 1]."""
+# The book's text column is about 836 px; the inline backend draws at 100 dpi, so a figure wider than this is
+# scaled down on the page. Image figures keep each sample at >= 1 inch, i.e. >= 96 px on screen.
+PAGE_WIDTH_IN = 8.2
+MAX_COLS = 6
+
+
+def image_grid(images: torch.Tensor, *, nrow: int = MAX_COLS, title: str | None = None, scale: float = 1.4):
+    """A grid of images in [-1, 1], ``nrow`` per row, each at most ``scale`` inches and never wider than the page."""
+    nrow = max(1, min(nrow, len(images)))
     grid = make_grid(((images.detach().cpu().float() + 1) / 2).clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)
     rows = (len(images) + nrow - 1) // nrow
-    fig, ax = plt.subplots(figsize=(scale * min(nrow, len(images)), scale * rows))
+    side = min(scale, PAGE_WIDTH_IN / nrow)
+    fig, ax = plt.subplots(figsize=(side * nrow, side * rows))
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.axis("off")
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
     return fig
 
 
-def image_rows(rows: dict[str, torch.Tensor], *, scale: float = 1.4, col_titles=None):
-    """One row of images per label (same count per row), labels on the left."""
+def _show(ax, img):
+    ax.set_xticks([]), ax.set_yticks([])
+    if img is None:
+        ax.axis("off")
+    else:
+        ax.imshow(((img.detach().cpu().float() + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
+
+
+def image_rows(rows: dict[str, torch.Tensor], *, scale: float = 1.4, col_titles=None, max_cols: int = MAX_COLS):
+    """Images in [-1, 1] grouped by label, each image at most ``scale`` inches and the figure never wider than the page.
+
+    Without ``col_titles``: each label's images in lines of at most ``max_cols``, the label above its first line.
+    With ``col_titles`` (one title per column, e.g. one method each): one line per label, the label on the left."""
     labels = list(rows)
     n = max(len(v) for v in rows.values())
-    fig, axes = plt.subplots(len(labels), n, figsize=(scale * n, scale * len(labels)), squeeze=False)
-    for r, label in enumerate(labels):
-        for c in range(n):
-            ax = axes[r][c]
-            ax.set_xticks([]), ax.set_yticks([])
-            if c < len(rows[label]):
-                img = ((rows[label][c].detach().cpu().float() + 1) / 2).clamp(0, 1)
-                ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
-            else:
-                ax.axis("off")
-            if c == 0:
-                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-            if r == 0 and col_titles is not None and c < len(col_titles):
-                ax.set_title(col_titles[c], fontsize=9)
-    fig.tight_layout()
+    if col_titles is not None:
+        side = min(scale, (PAGE_WIDTH_IN - 0.8) / n)  # 0.8 in for the row labels on the left
+        fig, axes = plt.subplots(len(labels), n, figsize=(side * n + 0.8, side * len(labels) + 0.6), squeeze=False,
+                                 gridspec_kw=dict(wspace=0.04, hspace=0.04))
+        for r, label in enumerate(labels):
+            for c in range(n):
+                _show(axes[r][c], rows[label][c] if c < len(rows[label]) else None)
+            axes[r][0].set_ylabel("\n".join(textwrap.wrap(label, 12)), rotation=0, ha="right", va="center", fontsize=9)
+        for c, t in enumerate(list(col_titles)[:n]):
+            axes[0][c].set_title("\n".join(textwrap.wrap(str(t), max(8, int(side * 11)))), fontsize=9)
+        fig.subplots_adjust(left=0.8 / fig.get_figwidth(), right=0.995, bottom=0.01, top=1 - 0.55 / fig.get_figheight())
+        return fig
+    lines_per_label = -(-n // max_cols)  # balanced lines: 8 images in 2 lines of 4, not 6 and 2
+    cols = max(1, -(-n // lines_per_label))
+    lines = [(label, i) for label in labels for i in range(0, max(1, len(rows[label])), cols)]
+    side = min(scale, PAGE_WIDTH_IN / cols)
+    fig, axes = plt.subplots(len(lines), cols, figsize=(side * cols, (side + 0.32) * len(lines)), squeeze=False,
+                             gridspec_kw=dict(hspace=0.32 / side + 0.05, wspace=0.04))
+    for r, (label, start) in enumerate(lines):
+        for c in range(cols):
+            k = start + c
+            _show(axes[r][c], rows[label][k] if k < len(rows[label]) else None)
+        if start == 0:
+            axes[r][0].set_title(label, loc="left", fontsize=10)
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.3 / fig.get_figheight(), bottom=0.01)
     return fig
 
 
@@ -106,7 +138,7 @@ def training_quality(quality: dict, *, floor_col: str = "psnr_training_mean"):
     """Held-out quality against training steps, one colour per schedule (label -> ``train.quality`` rows):
     left, PSNR of the one-step posterior mean at each recorded level with the training-mean image's PSNR
     at t = 600 as a dashed floor; right, DDIM-50 SWD over the real-vs-real floor (1 = as good as real)."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(PAGE_WIDTH_IN, 4.6))
     levels = [("psnr_posterior_mean_sigma25", "-", "σ = 25"), ("psnr_posterior_mean_sigma50", "--", "σ = 50"),
               ("psnr_posterior_mean_t600", ":", "t = 600")]
     for i, (label, q) in enumerate(quality.items()):
@@ -120,7 +152,10 @@ def training_quality(quality: dict, *, floor_col: str = "psnr_training_mean"):
     right.axhline(1.0, color="grey", linestyle="-.", linewidth=1, label="real images (floor)")
     left.set(xlabel="training step", ylabel="PSNR (dB), held-out", title="one-step posterior mean")
     right.set(xlabel="training step", ylabel="SWD / real-vs-real SWD", title="DDIM-50 samples (raw ε step)", yscale="log")
-    left.legend(fontsize=7, ncol=2, loc="lower right")
-    right.legend(fontsize=8)
+    right.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    right.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    # legends under the panels, never over the curves
+    left.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     fig.tight_layout()
     return fig

@@ -65,7 +65,7 @@ METHOD_LABELS = {
     "dip_official_oracle": "DIP, official protocol, best iteration (upper bound)",
     "tdpm_matched": "TDPM-DIP, matched state",
     "sdedit": "DIP then SDEdit (Example 1)",
-    "dip_polish": "DIP + T_trunc polishing steps (earlier variant)",
+    "dip_polish": "TDPM-DIP, earlier variant: DIP then T_trunc polishing steps",
 }
 FAMILY = {"noisy": "floor", "train_mean": "floor", "nlm": "floor", "tweedie": "DDPM", "ddpm": "DDPM", "ddim": "DDPM",
           "mean_k": "DDPM", "dip_plain": "DIP", "dip_official": "DIP", "dip_plain_oracle": "upper bound",

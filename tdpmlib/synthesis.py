@@ -104,7 +104,7 @@ def answer_details(ans: pd.DataFrame, *, families: dict | None = None) -> str:
     per = []
     for sigma, g in ans.groupby("sigma", sort=True):
         parts = [f"{r['outcome']} the best {_family(r['against'], families)} alone, {r['against']} "
-                 f"({comparison.fmt_diff(r)}, wins {int(r['wins'])} of {int(r['n'])}, {r['time_ratio']:.2f}× its time per "
+                 f"({comparison.fmt_diff(r)}, wins {int(r['wins'])} of {int(r['n'])}, {comparison.fmt_ratio(r['time_ratio'])} its time per "
                  f"image)" for r in g.to_dict("records")]
         per.append(f"At σ = {comparison.fmt_sigma(sigma)} the best hybrid on the validation images, {g['hybrid'].iloc[0]}, is "
                    + " and ".join(parts) + ".")
@@ -224,13 +224,10 @@ def example2_text(comp: pd.DataFrame) -> str:
         return "Chapter 05's table has no guided rule to compare."
     out = []
     for (_, rule), g in comp.groupby(["sigma", "rule"], sort=True):
-        parts = []
-        for w in WORDS.values():
-            names = g.loc[g["outcome"] == w, "against"].tolist()
-            if names:
-                parts.append(f"{w} {comparison.join_and(names)}")
-        text = parts[0] if len(parts) == 1 else "; ".join(parts[:-1]) + "; and " + parts[-1]
-        out.append(f"At {g['level'].iloc[0]} the {rule} rule is {text}.")
+        parts = [f"{w} {comparison.join_and(g.loc[g['outcome'] == w, 'against'].tolist())}"
+                 for w in WORDS.values() if (g["outcome"] == w).any()]
+        name = "the DDPM-guided stop" if "guided" in rule.lower() else f"the rule “{rule}”"
+        out.append(f"At {g['level'].iloc[0]} {name} is {comparison.join_and(parts)}.")
     return " ".join(out)
 
 
@@ -240,7 +237,12 @@ def example2_text(comp: pd.DataFrame) -> str:
 
 # (row label, chapter 03 method_key); the DDPM-alone row is the family's best on the validation images
 SUMMARY_METHODS = (("DIP, official protocol", "dip_official"), ("DIP, report's protocol", "dip_plain"),
-                   ("TDPM-DIP, matched state", "tdpm_matched"), ("Example 1: DIP then SDEdit", "sdedit"))
+                   ("TDPM-DIP, matched state", "tdpm_matched"),
+                   ("TDPM-DIP, earlier variant: DIP then T_trunc polishing steps", "dip_polish"),
+                   ("Example 1: DIP then SDEdit", "sdedit"))
+# Rule 3 of the book: every denoising table carries the trivial floors.
+SUMMARY_FLOORS = (("Floor: non-local means", "nlm"), ("Floor: training-mean image", "train_mean"),
+                  ("Floor: noisy input", "noisy"))
 
 
 def summary_table(study_rows: pd.DataFrame, example2_rows: pd.DataFrame | None = None, *,
@@ -260,13 +262,125 @@ def summary_table(study_rows: pd.DataFrame, example2_rows: pd.DataFrame | None =
         for label, key in entries + [e for e in SUMMARY_METHODS if (t["method_key"] == e[1]).any()]:
             r = t[t["method_key"] == key]
             rows.append(dict(sigma=sigma, method=label, psnr=r["psnr"].mean(), ssim=r["ssim"].mean(),
-                             nfe=r["nfe"].mean(), dip_iterations=r["dip_iterations"].mean(),
+                             nfe=int(round(r["nfe"].mean())), dip_iterations=int(round(r["dip_iterations"].mean())),
                              seconds=r["seconds"].mean(), n=len(r)))
         if example2_rows is not None and len(example2_rows):
             g = example2_rows[(example2_rows["rule_key"] == "guided")
                               & (example2_rows["sigma255"].round() == sigma)]
             if len(g):
                 rows.append(dict(sigma=sigma, method="Example 2: DIP stopped by the DDPM schedule", psnr=g["psnr"].mean(),
-                                 ssim=g["ssim"].mean(), nfe=0, dip_iterations=g["iterations"].mean(),
+                                 ssim=g["ssim"].mean(), nfe=0, dip_iterations=int(round(g["iterations"].mean())),
                                  seconds=g["seconds"].mean(), n=len(g)))
+        for label, key in [e for e in SUMMARY_FLOORS if (t["method_key"] == e[1]).any()]:
+            r = t[t["method_key"] == key]
+            rows.append(dict(sigma=sigma, method=label, psnr=r["psnr"].mean(), ssim=r["ssim"].mean(), nfe=0,
+                             dip_iterations=0, seconds=r["seconds"].mean(), n=len(r)))
     return pd.DataFrame(rows, columns=["sigma", "method", "psnr", "ssim", "nfe", "dip_iterations", "seconds", "n"])
+
+
+# ------------------------------------------------------------------------------------------------------
+# The executive summary (the intro and the end of chapter 07): a few sentences with the measured numbers
+# ------------------------------------------------------------------------------------------------------
+
+def _span(values, fmt, *, key=None) -> str:
+    """"a" when all values format alike, else "a to b" (smallest to largest by ``key``)."""
+    values = sorted(values, key=key)
+    lo, hi = fmt(values[0]), fmt(values[-1])
+    return lo if lo == hi else f"{lo} to {hi}"
+
+
+def _db(v) -> str:
+    return f"{abs(v):.2f}"
+
+
+def _ratio(v) -> str:
+    return f"{v:.0f}" if v >= 10 else f"{v:.2f}"
+
+
+def _versus(g: pd.DataFrame, family: str) -> str:
+    """The best hybrid against the best method of ``family`` over the sigmas of ``g`` (one row per sigma):
+    outcome(s), the size of the difference, the wins and the time ratio."""
+    by = {o: gg for o, gg in g.groupby("outcome", sort=False)}
+    parts = []
+    for o, gg in by.items():
+        where = f"at {_sigmas_text(gg['sigma'])}"
+        size = "" if o == comparison.UNCLEAR else f" by {_span(gg['mean_diff'], _db, key=abs)} dB"
+        names = list(dict.fromkeys(gg["against"]))
+        which = f" ({names[0]})" if len(names) == 1 else ""
+        parts.append(f"{o} the best {family} alone{which} {where}{size}")
+    wins = _span(g["wins"], lambda v: f"{int(v)}")
+    return (comparison.join_and(parts) + f" (it wins on {wins} of {int(g['n'].max())} test images, and takes "
+            f"{_span(g['time_ratio'], _ratio)} times as long per image)")
+
+
+def _verdict(ans: pd.DataFrame) -> str:
+    """One sentence: the answer to the assignment's question, from where the intervals lie and the time ratios."""
+    quality = {fam: set(g["outcome"]) for fam, g in ans.groupby("family", sort=False)}
+    beats = [f for f, o in quality.items() if o == {BETTER}]
+    if len(beats) == len(quality):
+        head = "yes in quality: the best combination beats each method alone at every noise level tested"
+    elif beats:
+        head = (f"no: in quality the best combination beats the {comparison.join_and(beats)} alone but not the "
+                f"{comparison.join_and([f for f in quality if f not in beats])} alone")
+    else:
+        head = "no: in quality the best combination beats neither method alone at every noise level tested"
+    speed = []
+    for fam, g in ans.groupby("family", sort=False):
+        fast = g["time_ratio"] < 1
+        speed.append(f"faster than the {fam} alone" if fast.all() else f"slower than the {fam} alone" if not fast.any()
+                     else f"about as fast as the {fam} alone")
+    return (f"Does combining a DDPM with a DIP beat each alone? In this run the answer is {head}, and in speed it is "
+            f"{comparison.join_and(speed)}.")
+
+
+def executive_summary(comp: pd.DataFrame, *, best: dict, example2: pd.DataFrame | None = None, claims: str = "",
+                      context: str = "") -> str:
+    """The book's findings in a few sentences, every number read from the results: the verdict, the best hybrid
+    ``best`` ({sigma: its method_key}, chosen on the validation images by chapter 03) against the best DDPM alone and the best
+    DIP alone, the other hybrids, Example 2's stopping rule, the report audit (``claims``, a sentence) and the run's
+    scope (``context``, a sentence). ``comp``: ``hybrid_comparisons``; ``example2``: ``example2_paired``."""
+    b = comp[[best.get(sg) == k for sg, k in zip(comp["sigma"], comp["hybrid_key"])]]
+    if b.empty:
+        raise ValueError(f"executive_summary: the best hybrids {best} are not among {sorted(set(comp['hybrid_key']))}")
+    out = [_verdict(b)]
+    d, p = b[b["family"] == "DDPM"], b[b["family"] == "DIP"]
+    names = comparison.join_and(dict.fromkeys(b["hybrid"]))
+    out.append(f"The best combination on the validation images, {names}, is {_versus(d, 'DDPM')}.")
+    if len(p):
+        out.append(f"It is {_versus(p, 'DIP')}.")
+    others = []
+    for key in [k for k in dict.fromkeys(comp["hybrid_key"]) if k not in set(best.values())]:
+        g = comp[comp["hybrid_key"] == key]
+        parts = [f"{_span(gg['mean_diff'], lambda v: f'{v:+.2f}')} dB against the best {fam} alone"
+                 for fam, gg in g.groupby("family", sort=False)]
+        others.append(f"{g['hybrid'].iloc[0]}, {comparison.join_and(parts)}")
+    if others:
+        out.append("The other combinations score " + "; ".join(others) + ".")
+    if example2 is not None and len(example2):
+        per_rule = {rule: sorted(set(gg["outcome"])) for rule, gg in example2.groupby("against", sort=False)}
+        parts = [f"{o} {comparison.join_and([r for r, v in per_rule.items() if v == [o]])}"
+                 for o in WORDS.values() if any(v == [o] for v in per_rule.values())]
+        parts += [f"{' or '.join(v)} {r}, depending on σ" for r, v in per_rule.items() if len(v) > 1]
+        out.append(f"Example 2's DDPM-guided stop is {comparison.join_and(parts)}.")
+    out += [c for c in (claims, context) if c]
+    return " ".join(out)
+
+
+def generation_summary(gen: pd.DataFrame) -> str:
+    """One sentence on TDPM-DIP as a generator (chapter 03's generation.csv): its speed against DDPM-1000, and
+    what its samples are (the fraction that copy the images its DIPs were fit to, ``frac_copies_fit``), with the
+    SWD of both and of real images. Empty when the table lacks those rows."""
+    g = gen.set_index("method_key")
+    if not {"tdpm_train", "ddpm"} <= set(g.index):
+        return ""
+    t, d = g.loc["tdpm_train"], g.loc["ddpm"]
+    text = (f"As a generator, TDPM-DIP as the report runs it is {d['seconds_per_image'] / t['seconds_per_image']:.1f} "
+            f"times faster per sample than the DDPM with 1000 steps, but {t['frac_copies_fit']:.0%} of its samples are "
+            f"copies of the training images its DIPs were fit to (of the DDPM's samples, {d['frac_copies']:.0%} copy a "
+            f"training image)")
+    if "tdpm_held" in g.index:
+        text += f", and {g.loc['tdpm_held', 'frac_copies_fit']:.0%} when the DIPs are fit to held-out images instead"
+    swd = f"sliced Wasserstein distance to held-out images, lower is better: {t['swd']:.1f} against the DDPM's {d['swd']:.1f}"
+    if "real" in g.index:
+        swd += f" and real images' {g.loc['real', 'swd']:.1f}"
+    return f"{text} ({swd})."

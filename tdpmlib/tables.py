@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -25,7 +26,7 @@ HEADERS = {
     "wins": "Wins", "diff": "Δ PSNR (dB)", "outcome": "Outcome", "rule": "Rule", "budget": "Budget",
     "t_trunc": "T_trunc", "t0": "t₀", "k": "k", "lr": "Learning rate", "step": "Step", "steps": "Steps",
 }
-MAX_CHARS = 110  # about what fits the book's 836 px text column at the table font size
+MAX_CHARS = 120  # the 836 px text column at the table font (0.85 em, about 6.5 px per character, 128 characters)
 MISSING = "–"
 
 
@@ -52,6 +53,12 @@ def number(v, *, digits: int = 3) -> str:
         decimals = max(0, digits - 1 - math.floor(math.log10(abs(v))))
         return f"{v:.{decimals}f}"
     return str(v)
+
+
+def typeset(text) -> str:
+    """ASCII ratios and bounds as the book prints them: "3.37x" -> "3.37×", "x5" -> "×5", ">=" -> "≥"."""
+    text = re.sub(r"(\d)x\b", "\\1×", str(text))
+    return re.sub(r"\bx(\d)", "×\\1", text).replace(">=", "≥").replace("<=", "≤")
 
 
 def db(v) -> str:
@@ -97,13 +104,18 @@ def frame(df: pd.DataFrame, *, columns=None, digits: int = 3) -> pd.DataFrame:
     return out
 
 
-WRAP = 40  # text longer than this wraps inside its cell (the book's CSS), so it counts as this wide
+# Text with spaces wraps inside its cell (the book's CSS), so it needs only about this many characters; measured on
+# chapter 08's four-column tables of 40-60-character cells, which fit the 836 px column wrapped.
+WRAP = 16
 
 
 def width(shown: pd.DataFrame) -> int:
     """Characters of the widest row as shown (header or body), counting a gap between columns; long text
     wraps in its cell and counts as ``WRAP`` characters."""
-    cols = [min(WRAP, max([len(str(c))] + [len(str(v)) for v in shown[c]])) for c in shown.columns]
+    def need(text: str) -> int:
+        return min(WRAP, len(text)) if " " in text else len(text)  # one word cannot wrap
+
+    cols = [max([need(str(c))] + [need(str(v)) for v in shown[c]]) for c in shown.columns]
     return sum(cols) + 2 * max(0, len(cols) - 1)
 
 
@@ -117,6 +129,18 @@ def note(source=None, command: str | None = None) -> str:
     return " · ".join(parts)
 
 
+def figure_note(path, command: str | None = None):
+    """Display the line under a figure: the file it was saved to and the command that recomputes it."""
+    text = f"<p class='tdpm-source'>{note(path, command).replace('Data:', 'Figure:', 1)}</p>"
+    try:
+        from IPython.display import HTML, display
+    except ImportError:  # plain Python
+        print(text)
+        return None
+    display(HTML(text))
+    return None
+
+
 def _relative(path) -> str:
     """A results path relative to the repository (never a machine path)."""
     p = Path(path)
@@ -126,13 +150,29 @@ def _relative(path) -> str:
     return p.name
 
 
+_NUMERIC = re.compile(r"^[−+-]?[\d\u2009.,]+(?:\s?[%×x]|\s?dB)?(?: \[.*\])?$")
+
+
+def _is_number(text: str) -> bool:
+    return text == MISSING or bool(_NUMERIC.match(text))
+
+
+def _html(shown: pd.DataFrame) -> str:
+    """The shown table as HTML: numeric columns right-aligned (class ``num``), text left-aligned (``text``)."""
+    kinds = ["num" if all(_is_number(str(v)) for v in shown[c]) else "text" for c in shown.columns]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
+    rows = "".join("<tr>" + "".join(f"<td class='{k}'>{html.escape(str(v))}</td>" for k, v in zip(kinds, r)) + "</tr>"
+                   for r in shown.itertuples(index=False))
+    return f"<table class='tdpm-table'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
 def html_table(df: pd.DataFrame, *, columns=None, digits: int = 3, caption: str | None = None, source=None,
                command: str | None = None) -> str:
     """The HTML of a shown table (see ``show``)."""
     shown = frame(df, columns=columns, digits=digits)
     if width(shown) > MAX_CHARS:
         warnings.warn(f"table is {width(shown)} characters wide (more than {MAX_CHARS}); pivot or split it", stacklevel=3)
-    body = shown.to_html(index=False, escape=True, border=0, classes="tdpm-table", na_rep=MISSING)
+    body = _html(shown)
     cap = f"<p class='tdpm-caption'>{html.escape(caption)}</p>" if caption else ""
     foot = note(source, command)
     foot = f"<p class='tdpm-source'>{foot}</p>" if foot else ""

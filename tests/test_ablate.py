@@ -155,6 +155,29 @@ def test_ddpm_and_chain_rows_on_the_test_images(tiny, fit):
     assert sorted(c["image"].unique()) == [3, 4, 5, 6]  # the test images keep their index among val + test
 
 
+def test_the_first_chain_can_be_the_t_trunc_draw(tiny, fit):
+    """With ``first`` from ``t_trunc_rows(keep=...)``, K = 1 is exactly that T_trunc row on the test images, and
+    the mean of K chains includes it."""
+    models_, obs = tiny
+    keep = {}
+    rows = ablate.t_trunc_rows(*models_["linear"], "linear", obs, fit, 4, (0, 0.125), seed=0, device="cpu", keep=keep)
+    assert list(keep) == [(50, "linear", 14)]
+    x1, sec = keep[(50, "linear", 14)]
+    assert x1.shape == obs.clean[obs.test].shape and sec >= 0
+    c = ablate.chains_rows(*models_["linear"], "linear", obs, fit, 4, 14, (1, 3), seed=0, device="cpu", first=keep[(50, "linear", 14)])
+    one = c[c["value"] == 1].sort_values("image")
+    same = rows[(rows["nfe"] == 14) & (rows["split"] == "test")].sort_values("image")
+    np.testing.assert_array_equal(one["psnr"].to_numpy(), same["psnr"].to_numpy())
+    three = c[c["value"] == 3]
+    assert not np.allclose(three["psnr"].to_numpy(), one["psnr"].to_numpy())
+    assert list(c["nfe"].unique()) == [14, 42] and (c["seconds"] >= ablate.dip_seconds(fit, 4)).all()
+    c1 = ablate.chains_rows(*models_["linear"], "linear", obs, fit, 4, 14, (1,), seed=0, device="cpu", first=keep[(50, "linear", 14)])
+    np.testing.assert_array_equal(c1["psnr"].to_numpy(), one["psnr"].to_numpy())
+    with pytest.raises(ValueError, match="first chain"):
+        ablate.chains_rows(*models_["linear"], "linear", obs, fit, 4, 14, (1, 2), seed=0, device="cpu",
+                           first=(x1[:1], sec))
+
+
 def test_iteration_rows_and_report_table3(tiny, fit):
     models_, obs = tiny
     r = ablate.iteration_rows(fit, obs, schedule="linear")

@@ -197,7 +197,8 @@ def fake_study_rows():
     methods = (("ddpm", "DDPM ancestral from t", "DDPM", 25.0, 10.0, 57), ("tweedie", "DDPM posterior mean", "DDPM", 26.0, 0.1, 1),
                ("dip_official", "DIP, official protocol", "DIP", 23.0, 5.0, 0),
                ("tdpm_matched", "TDPM-DIP, matched state", "hybrid", 23.3, 5.5, 7),
-               ("sdedit", "DIP then SDEdit (Example 1)", "hybrid", 22.0, 6.0, 14))
+               ("sdedit", "DIP then SDEdit (Example 1)", "hybrid", 22.0, 6.0, 14),
+               ("nlm", "non-local means (floor)", "floor", 18.0, 0.2, 0))
     for sigma in (25, 50):
         for key, label, fam, p, sec, nfe in methods:
             for split, n in (("val", 2), ("test", 4)):
@@ -443,7 +444,7 @@ def test_example2_pairs_the_guided_rule_with_the_others():
     assert list(comp["against"]) == ["fixed 100", "ES-WMV", "discrepancy (single stage)"]  # no oracle
     assert list(comp["outcome"]) == ["better than", "better than", "worse than"]
     text = synthesis.example2_text(comp)
-    assert text == ("At σ = 25 the guided (4 stages) rule is better than fixed 100 and ES-WMV; and worse than "
+    assert text == ("At σ = 25 the DDPM-guided stop is better than fixed 100 and ES-WMV and worse than "
                     "discrepancy (single stage).")
     assert synthesis.example2_paired(per.assign(sigma_nominal=25.0))["level"].iloc[0] == "σ = 25"  # read back as float
     by_level = synthesis.example2_paired(per.drop(columns="sigma_nominal"))
@@ -470,9 +471,45 @@ def test_summary_table_one_row_per_approach_and_level():
     t = synthesis.summary_table(rows, ex2)
     at25 = t[t["sigma"] == 25]
     assert list(at25["method"]) == ["DDPM alone: DDPM posterior mean", "DIP, official protocol", "TDPM-DIP, matched state",
-                                    "Example 1: DIP then SDEdit", "Example 2: DIP stopped by the DDPM schedule"]
+                                    "Example 1: DIP then SDEdit", "Example 2: DIP stopped by the DDPM schedule",
+                                    "Floor: non-local means"]
+    assert at25.set_index("method").loc["Floor: non-local means", "psnr"] == pytest.approx(18.15)
     tdpm = at25.set_index("method").loc["TDPM-DIP, matched state"]
     assert tdpm["psnr"] == pytest.approx(23.3 + 0.15 + 0.025) and tdpm["nfe"] == 7 and tdpm["n"] == 4  # test images only
-    g = at25.iloc[-1]
+    g = at25.iloc[-2]
     assert g["psnr"] == pytest.approx(21.0) and g["dip_iterations"] == pytest.approx(110) and g["nfe"] == 0 and g["n"] == 3
     assert set(t["sigma"]) == {25, 50} and set(synthesis.summary_table(rows, None, sigmas=(15, 25))["sigma"]) == {25}
+
+
+def test_executive_summary_reads_outcomes_numbers_and_time_ratios():
+    rows = fake_study_rows()
+    comp = synthesis.hybrid_comparisons(rows)
+    text = synthesis.executive_summary(comp, best={25: "tdpm_matched", 50: "tdpm_matched"}, claims="Audit.",
+                                       context="Scope.")
+    assert ("the answer is no: in quality the best combination beats the DIP alone but not the DDPM alone, and in "
+            "speed it is slower than the DDPM alone and slower than the DIP alone.") in text
+    # the matched hybrid is 2.7 - 0.025 dB below the posterior mean (its validation choice) on every test image
+    assert "worse than the best DDPM alone (DDPM posterior mean) at σ = 25 and 50 by 2.67 dB" in text \
+        or "by 2.68 dB" in text
+    assert "wins on 0 of 4 test images, and takes 55 times as long" in text      # 5.5 s against 0.1 s
+    assert "better than the best DIP alone (DIP, official protocol)" in text and "1.10 times as long" in text
+    # the other hybrid gets its own sentence: 22.025 - 26 and 22.025 - 23 dB
+    assert ("The other combinations score DIP then SDEdit (Example 1), -3.97 dB against the best DDPM alone and "
+            "-0.97 dB against the best DIP alone.") in text
+    assert text.endswith("Audit. Scope.")
+    # when the hybrid is best on every image at every level, the verdict flips
+    rows.loc[rows["method_key"] == "tdpm_matched", "psnr"] += 5
+    yes = synthesis.executive_summary(synthesis.hybrid_comparisons(rows), best={25: "tdpm_matched", 50: "tdpm_matched"})
+    assert "the answer is yes in quality" in yes and "better than the best DDPM alone" in yes
+    with pytest.raises(ValueError, match="best hybrids"):
+        synthesis.executive_summary(comp, best={25: "nope"})
+
+
+def test_generation_summary_reads_speed_copies_and_swd():
+    gen = pd.DataFrame([dict(method_key="ddpm", seconds_per_image=10.0, frac_copies=0.0, frac_copies_fit=np.nan, swd=40.0),
+                        dict(method_key="tdpm_train", seconds_per_image=2.5, frac_copies=1.0, frac_copies_fit=0.75, swd=50.0),
+                        dict(method_key="real", seconds_per_image=0.0, frac_copies=1.0, frac_copies_fit=np.nan, swd=39.5)])
+    text = synthesis.generation_summary(gen)
+    assert "4.0 times faster per sample" in text and "75% of its samples are copies" in text
+    assert "50.0 against the DDPM's 40.0 and real images' 39.5" in text and "held-out images instead" not in text
+    assert synthesis.generation_summary(gen[gen["method_key"] != "ddpm"]) == ""

@@ -179,3 +179,55 @@ def test_summarise_gives_mean_and_std_per_group_without_nans():
     assert a.n_images == 2 and a.x_mean == 2.0 and a.x_std == pytest.approx(2 ** 0.5) and a.x == "2.0 ± 1.4"
     assert b.n_images == 2 and b.x_mean == 2.0 and b.x_std == 0.0  # the NaN is left out of the mean
     assert (t.y == "n/a").all() and t.y_mean.isna().all()
+
+
+def _trend_tables(d_fit_train, d_fit_held, ratio_train, t0s=(0, 25, 200)):
+    """generation_sweep-shaped tables: per start, one list of per-image values per t0."""
+    rows, summ = [], []
+    for start, d_fit, ratio in (("DIP fit to training", d_fit_train, ratio_train),
+                                ("DIP fit to held-out", d_fit_held, [[2.0] * len(v) for v in ratio_train])):
+        for t0, dv, rv in zip(t0s, d_fit, ratio):
+            rows += [dict(start=start, t0=t0, image=i, d_fit=a, mem_ratio=b) for i, (a, b) in enumerate(zip(dv, rv))]
+            summ.append(dict(start=start, t0=t0, d_fit_mean=float(np.mean(dv)), mem_ratio_median=float(np.median(rv)),
+                             frac_copies=float(np.mean(np.asarray(rv) < 0.5))))
+    rows += [dict(start="pure noise (DDPM)", t0=1000, image=i, d_fit=float("nan"), mem_ratio=0.9) for i in range(2)]
+    summ.append(dict(start="pure noise (DDPM)", t0=1000, d_fit_mean=float("nan"), mem_ratio_median=0.9, frac_copies=0.0))
+    return pd.DataFrame(rows), pd.DataFrame(summ)
+
+
+def test_generation_trend_follows_the_measured_direction():
+    """The chapter's case: the distance to the fitted image nearly doubles from the smallest to the largest t0,
+    though not monotonically for the held-out fits, and copies fall from all to a quarter. The old wording
+    (monotonic in every step, else "does not consistently move" / "does not clearly reduce") got this wrong."""
+    base = [0.13, 0.14, 0.12, 0.15, 0.14, 0.13, 0.16, 0.12]
+    per, summ = _trend_tables(
+        d_fit_train=[base, [v - 0.005 for v in base], [v + 0.11 for v in base]],
+        d_fit_held=[base, [v - 0.006 for v in base], [v + 0.12 for v in base]],  # dips at t0 = 25, then grows
+        ratio_train=[[0.3] * 8, [0.3] * 8, [0.6, 0.7, 0.3, 0.6, 0.8, 0.6, 0.7, 0.4]])
+    text = example1.generation_trend(per, summ)
+    assert text.startswith("Re-noising to larger t₀ moves the outputs away from the images the DIP fitted")
+    assert "does not" not in text
+    assert "grows from 0.136 to 0.246 for the training-image fits (×1.81" in text
+    assert "from t₀ = 0 to t₀ = 200" in text and "falls from 100% to 25% (6 of 8 images stop being copies" in text
+    assert text.endswith("re-noising to larger t₀ reduces memorisation.")
+
+
+def test_generation_trend_says_no_clear_change_only_when_there_is_none():
+    noisy = [0.10, 0.20, 0.15, 0.12, 0.18, 0.11, 0.19, 0.14]
+    per, summ = _trend_tables(d_fit_train=[noisy, noisy, noisy[::-1]], d_fit_held=[noisy, noisy, noisy[::-1]],
+                              ratio_train=[[0.3, 0.6] * 4, [0.3, 0.6] * 4, [0.6, 0.3] * 4])
+    text = example1.generation_trend(per, summ)
+    assert "does not clearly change how far the outputs are" in text
+    assert "median memorisation ratio does not clearly change" in text
+    assert "fraction of copies (d_train < d_held/2) does not clearly change from 50% to 50%" in text
+    assert text.endswith("re-noising to larger t₀ does not clearly change memorisation.")
+    # closer and more copies: the opposite direction is reported as such
+    per, summ = _trend_tables(d_fit_train=[[0.3] * 8, [0.2] * 8, [v - 0.1 for v in noisy]],
+                              d_fit_held=[[0.3] * 8, [0.2] * 8, [v - 0.1 for v in noisy]],
+                              ratio_train=[[0.8] * 8, [0.8] * 8, [0.3] * 8])
+    text = example1.generation_trend(per, summ)
+    assert text.startswith("Re-noising to larger t₀ brings the outputs closer to")
+    assert "shrinks from 0.300 to" in text and "rises from 0% to 100%" in text
+    assert text.endswith("re-noising to larger t₀ increases memorisation.")
+    with pytest.raises(ValueError, match="two re-noising levels"):
+        example1.generation_trend(per[per.t0 == 0], summ[summ.t0 == 0])

@@ -253,3 +253,40 @@ def test_example2_settings_per_profile():
     s = example2.example2_settings(cfg)
     assert (s["n_test"], s["budgets"], s["n_stages"], s["iters_per_stage_max"], s["eswmv_max_iterations"]) == \
         (24, [50, 70], 5, 14, 4000)
+
+
+def test_stopping_curves_fit_a_book_page(tmp_path):
+    """At most 2 panels a row, at most 8.3 in wide as saved (so the page does not scale it down), fonts of at
+    least 9 pt, titles naming σ and t (not "t_obs"), one legend outside the panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from tdpmlib import results
+
+    its = np.arange(0, 500, 5)
+    levels = {25: 57, 50: 115, 75: 170}
+    curve = lambda t, shift: pd.DataFrame(dict(t_obs=t, image=0, iteration=its, psnr_ref=20 + np.log1p(its) - shift,  # noqa: E731
+                                              split="test"))
+    hist = pd.concat([curve(t, 0) for t in levels.values()])
+    ghist = pd.concat([curve(t, 1) for t in levels.values()])
+    ehist = pd.concat([curve(t, 2) for t in levels.values()])
+    rows = pd.DataFrame([dict(t_obs=t, sigma=s, sigma255=s + 0.3, image=0, rule=lab, stop=200, psnr=24.0)
+                         for s, t in levels.items() for lab in example2.RULE_LABELS.values()])
+    fig = example2.plot_stopping_curves(hist, ghist, rows, image=0, eswmv_hist=ehist)
+    axes = [ax for ax in fig.axes if ax.get_visible() and ax.axison]
+    assert len(axes) == 3 and fig.axes[0].get_gridspec().ncols == 2
+    titles = [ax.get_title() for ax in axes]
+    assert all("σ = " in t and "t = " in t and "t_obs" not in t for t in titles), titles
+    assert titles[0].startswith("σ = 25 (t = 57)")
+    assert len(fig.legends) == 1 and not any(ax.get_legend() for ax in fig.axes)
+    texts = [t for ax in axes for t in (ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels())]
+    texts += list(fig.legends[0].get_texts())
+    assert min(t.get_fontsize() for t in texts) >= 9
+    path = results.save_figure(fig, tmp_path / "curves.png", dpi=100)
+    plt.close(fig)
+    assert Image.open(path).size[0] <= 8.3 * 100

@@ -199,3 +199,83 @@ def test_bad_parameter_fails_at_the_validation_cell(tmp_path):
 
 def test_every_draft_replaces_a_chapter():
     assert {p.name for p in DRAFTS} <= {p.name for p in NOTEBOOKS}
+
+
+def shown_cells(nb: dict):
+    """(index, cell) of the code cells whose outputs the book shows."""
+    return [(i, c) for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+            and not {"remove-cell", "remove-output"} & set(c.get("metadata", {}).get("tags", []))]
+
+
+def unsourced_outputs(nb: dict) -> list[int]:
+    """Shown cells with a figure or a table (not the folded run details) and no note naming the results file and
+    the recompute command: neither in their own output (tables.show, tables.figure_note) nor in a markdown cell
+    tagged ``source-note`` right after them."""
+    cells, bad = nb["cells"], []
+    for i, c in shown_cells(nb):
+        html = ["".join(o.get("data", {}).get("text/html", "")) for o in c.get("outputs", [])]
+        has = any("image/png" in o.get("data", {}) for o in c.get("outputs", [])) or any(
+            "<table" in h and "tdpm-run-details" not in h for h in html)
+        noted = any("tdpm-source" in h for h in html) or (
+            i + 1 < len(cells) and "source-note" in cells[i + 1].get("metadata", {}).get("tags", []))
+        if has and not noted:
+            bad.append(i)
+    return bad
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_figure_and_table_says_how_to_regenerate_it(path):
+    nb = json.loads(path.read_text())
+    assert not unsourced_outputs(nb), f"{path.name}: cells {unsourced_outputs(nb)} show results without a source note"
+    profile = next((ast.literal_eval(line.split("=", 1)[1].strip()) for c in nb["cells"]
+                    if "injected-parameters" in c.get("metadata", {}).get("tags", [])
+                    for line in "".join(c["source"]).splitlines() if line.startswith("profile")), "cpu")
+    import re
+
+    for c in nb["cells"]:
+        if "source-note" in c.get("metadata", {}).get("tags", []):
+            text = "".join(c["source"])
+            first = re.search(r"`(results/[^`]+)`", text).group(1)
+            assert first.startswith(f"results/{profile}/"), text
+            assert f"--profile {profile}" in text or "scripts/" in text.split("recompute:")[1], text
+            assert (REPO / first).exists(), f"{path.name}: the note names {first}, which is not committed"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_book_shows_no_warnings(path):
+    """A warning printed by a shown cell (stderr) lands on the page as raw text."""
+    nb = json.loads(path.read_text())
+    shown = [i for i, c in shown_cells(nb) for o in c.get("outputs", [])
+             if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+    assert not shown, f"{path.name}: cells {shown} print to stderr"
+
+
+def test_the_source_checks_catch_a_missing_note():
+    fig = {"output_type": "display_data", "data": {"image/png": "x"}, "metadata": {}}
+    nb = {"cells": [{"cell_type": "code", "metadata": {}, "outputs": [fig]},
+                    {"cell_type": "code", "metadata": {}, "outputs": [fig]},
+                    {"cell_type": "markdown", "metadata": {"tags": ["source-note"]}, "source": "Figure: `results/cpu/x`"}]}
+    assert unsourced_outputs(nb) == [0]
+
+
+def test_runner_points_source_notes_at_the_run_profile(tmp_path):
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location("run_notebooks", REPO / "scripts" / "run_notebooks.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    nb = nbformat.v4.new_notebook()
+    note = nbformat.v4.new_markdown_cell("Data: `results/cpu/03_tdpm_dip/x.csv` · recompute: "
+                                         "`python scripts/run_notebooks.py --profile cpu --only 03_tdpm_dip`")
+    note.metadata["tags"] = ["source-note"]
+    other = nbformat.v4.new_markdown_cell("results/cpu/ stays in prose")
+    nb.cells = [note, other]
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, str(path))
+    runner.fold_injected(path, "paper")
+    cells = nbformat.read(str(path), as_version=4).cells
+    assert cells[0].source == ("Data: `results/paper/03_tdpm_dip/x.csv` · recompute: "
+                               "`python scripts/run_notebooks.py --profile paper --only 03_tdpm_dip`")
+    assert cells[1].source == "results/cpu/ stays in prose"

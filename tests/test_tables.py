@@ -23,7 +23,7 @@ def test_shown_table_drops_missing_columns_and_renames():
     html = tables.html_table(df, source="/abs/machine/path/results/cpu/02/rows.csv", command="make report")
     assert "<th>Method</th>" in html and "results/cpu/02/rows.csv" in html and "/abs/machine" not in html
     assert "FID" not in html and "None" not in html and "nan" not in html.lower()
-    assert "<tbody>\n    <tr>\n      <td>DIP" in html  # no index column before the first value
+    assert "<tbody><tr><td class='text'>DIP</td><td class='num'>27.43</td>" in html  # no index; text left, numbers right
 
 
 def test_mean_ci_in_one_cell_and_wide_tables_warn():
@@ -34,3 +34,11 @@ def test_mean_ci_in_one_cell_and_wide_tables_warn():
         tables.html_table(wide)
     with pytest.raises(ValueError, match=r"columns \['nope'\] are not in the table"):
         tables.frame(wide, columns=["nope"])
+
+
+def test_width_counts_wrapping_text_at_wrap_and_single_words_in_full():
+    long_text = " ".join(["word"] * 30)  # 149 characters that wrap in their cell
+    shown = pd.DataFrame({"Text": [long_text], "Id": ["x" * 50]})
+    assert tables.width(shown) == tables.WRAP + 50 + 2
+    with pytest.warns(UserWarning, match="132 characters wide"):
+        tables.html_table(pd.DataFrame({"a": ["y" * 65], "b": ["z" * 65]}))
