@@ -25,7 +25,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from . import data, results, schedules
+from . import data, memory, results, schedules
 
 # --- the fast path ----------------------------------------------------------------------------------------
 
@@ -303,6 +303,7 @@ def sample(unet, scheduler, *, n: int, resolution: int, generator: torch.Generat
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r} is not allowed; use a positive integer")
     T = scheduler.config.num_train_timesteps
+    batch_size = memory.sample_batch_limit(unet, resolution=resolution, device=device, cap=batch_size)  # CUDA only
     out = []
     for start in tqdm(range(0, n, batch_size), disable=not progress, desc=f"sample {method}"):
         b = min(batch_size, n - start)

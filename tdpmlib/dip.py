@@ -55,7 +55,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor
 from torch.func import functional_call, stack_module_state, vmap
 
-from . import ddpm, metrics, models, skipnet
+from . import ddpm, memory, metrics, models, skipnet
 
 # vmap has no batching rule for CPU flash attention and falls back to a loop over the batch for that op
 # (correct, and measured in benchmarks/); the warning would otherwise print in every notebook.
@@ -321,7 +321,7 @@ def fit_dip(target: torch.Tensor, *, iterations: int = 100, z: torch.Tensor | No
             generator: torch.Generator | None = None, preset: str | None = None, lr: float | None = None,
             seed: int = 0, device="cpu", reference: torch.Tensor | None = None, record_every: int = 1, keep=(),
             monitors=(), batched: bool = True, fast: bool | None = None, protocol: str = "plain",
-            indices=None, jitter_generator: torch.Generator | None = None) -> DIPResult:
+            indices=None, jitter_generator: torch.Generator | None = None, max_batch: int | None = None) -> DIPResult:
     """Fit one DIP network per image of ``target`` (B x 3 x H x W, [-1, 1] scale) for ``iterations`` steps.
 
     ``protocol`` is "plain" or "official" (module docstring); ``preset`` and ``lr`` default to its own.
@@ -333,6 +333,11 @@ def fit_dip(target: torch.Tensor, *, iterations: int = 100, z: torch.Tensor | No
     ``loss_raw``, ``psnr_target_raw`` (and ``psnr_ref_raw``) and whether the step ``backtracked``. Its jitter
     comes from ``jitter_generator``, by default a generator on ``device`` seeded by one draw from
     ``generator`` after z (or with ``seed`` when there is no generator). ``indices``: see ``DIPFitter``.
+
+    ``max_batch``: at most this many networks are fitted at once (default: all on the CPU; on CUDA what the
+    memory model fits, ``memory.dip_batch_limit``). Larger batches are fitted in consecutive chunks with the same
+    z, the same per-image initial weights and one jitter generator, and merged; a fit with ``monitors`` is never
+    split (a monitor holds per-batch state), so its caller chunks.
     """
     p = check_protocol(protocol)
     check_positive_int("iterations", iterations, allow_zero=True)
@@ -345,6 +350,17 @@ def fit_dip(target: torch.Tensor, *, iterations: int = 100, z: torch.Tensor | No
     if p.jitter_std and jitter_generator is None:
         s = seed if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
         jitter_generator = torch.Generator(torch.device(device)).manual_seed(s)
+    B = len(target)
+    if max_batch is None:
+        max_batch = memory.dip_batch_limit(preset or p.preset, resolution=target.shape[-1], device=device, cap=B)
+    if max_batch < B and not monitors:
+        idx = list(range(B)) if indices is None else list(indices)
+        parts = [fit_dip(target[a:a + max_batch], iterations=iterations, z=z[a:a + max_batch], preset=preset, lr=lr,
+                         seed=seed, device=device, record_every=record_every, keep=keep, batched=batched, fast=fast,
+                         reference=None if reference is None else reference[a:a + max_batch], protocol=protocol,
+                         indices=idx[a:a + max_batch], jitter_generator=jitter_generator, max_batch=max_batch)
+                 for a in range(0, B, max_batch)]
+        return _merge(parts)
     fitter = DIPFitter(z, protocol=protocol, preset=preset, lr=lr, seed=seed, device=device, batched=batched,
                        fast=fast, indices=indices, jitter_generator=jitter_generator)
     extra = p.ema > 0 or p.backtrack_db is not None  # record the raw output beside the reported one
@@ -389,3 +405,23 @@ def fit_dip(target: torch.Tensor, *, iterations: int = 100, z: torch.Tensor | No
                      best_iteration=best.iteration if ref_d is not None else None, seconds=timer.seconds,
                      iterations=iterations, protocol=protocol, raw_output=fitter.raw.cpu() if extra else None,
                      raw_outputs=kept_raw, backtracks=fitter.backtracks.clone() if extra else None)
+
+
+def _merge(parts: list[DIPResult]) -> DIPResult:
+    """One DIPResult from the fits of consecutive chunks of a batch (images renumbered from 0)."""
+    def cat(xs):
+        return None if xs[0] is None else torch.cat(xs)
+
+    offsets = [0]
+    for r in parts[:-1]:
+        offsets.append(offsets[-1] + len(r.output))
+    history = pd.concat([r.history.assign(image=r.history["image"] + o) for r, o in zip(parts, offsets)],
+                        ignore_index=True).sort_values(["iteration", "image"], kind="stable", ignore_index=True)
+    first = parts[0]
+    return DIPResult(output=cat([r.output for r in parts]), history=history,
+                     outputs={k: cat([r.outputs[k] for r in parts]) for k in first.outputs},
+                     best_output=cat([r.best_output for r in parts]), best_iteration=cat([r.best_iteration for r in parts]),
+                     seconds=sum(r.seconds for r in parts), iterations=first.iterations, protocol=first.protocol,
+                     raw_output=cat([r.raw_output for r in parts]),
+                     raw_outputs={k: cat([r.raw_outputs[k] for r in parts]) for k in first.raw_outputs},
+                     backtracks=cat([r.backtracks for r in parts]))

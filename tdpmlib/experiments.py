@@ -21,7 +21,7 @@ import zlib
 import pandas as pd
 import torch
 
-from . import config, metrics, models, schedules, tdpm
+from . import config, memory, metrics, schedules, tdpm
 from .denoisers import METHODS, WITH_CLEAN, Context, Estimate, denoising_labels, generator
 
 # A setting's generator offsets: OFFSETS["setting"] + 10 * (crc32(setting name) % 100_000) + purpose index.
@@ -34,19 +34,12 @@ def chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def dip_batch_limit(preset: str, *, resolution: int, device, cap: int, bytes_per_param: int = 24,
-                    fraction: float = 0.5) -> int:
-    """How many DIP networks to fit at once. ``cap`` on the CPU; on CUDA, also at most what fits in
-    ``fraction`` of the free GPU memory at ``bytes_per_param`` bytes per network parameter (weights, gradients,
-    two Adam moments and an allowance for activations: a rough budget, not a measurement). The paper-size DIP
-    has about 62 M parameters, so 500 of them at once would not fit on any GPU."""
+def dip_batch_limit(preset: str, *, resolution: int, device, cap: int) -> int:
+    """How many DIP networks to fit at once: ``cap`` on the CPU; on CUDA also at most what the memory model
+    (``memory.dip_batch_limit``: parameters, gradients, Adam state and counted activations) fits in the free
+    GPU memory. The paper-size DIP holds about 1.1 GB per network, so a T4 fits about 11 at once."""
     config.check_int("cap", cap, low=1)
-    if torch.device(device).type != "cuda":
-        return cap
-    with torch.device("meta"):
-        n_params = models.count_parameters(models.make_unet(preset, resolution=resolution))
-    free, _ = torch.cuda.mem_get_info(torch.device(device))
-    return max(1, min(cap, int(fraction * free // (bytes_per_param * n_params))))
+    return memory.dip_batch_limit(preset, resolution=resolution, device=device, cap=cap)
 
 
 def check_sigmas(name: str, value) -> tuple[int, ...]:

@@ -15,7 +15,7 @@ import os
 import pandas as pd
 import torch
 
-from . import data, ddpm, models, results, schedules
+from . import data, ddpm, memory, models, results, schedules
 from .config import Config
 
 
@@ -28,6 +28,11 @@ def setup(notebook: str, *, show: bool = True, **params) -> Config:
         prov = results.provenance(cfg.profile, cfg.torch_device)
         prov["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         prov["data"] = data.fingerprint(cfg.data_source or None)  # by name and hash, never a machine path
+        budget = memory.device_budget(cfg.torch_device)
+        for name, preset in (("memory plan, official DIP", cfg.dip_preset_official), ("memory plan, report's DIP", cfg.dip_preset)):
+            prov[name] = memory.describe(memory.plan(dip_preset=preset, ddpm_preset=cfg.ddpm_preset, budget=budget,
+                                                     resolution=cfg.resolution, dip_cap=cfg.sample_batch,
+                                                     sample_cap=cfg.sample_batch))
         shown = {k: v for k, v in params.items() if k != "extra_checks"}  # validators, not parameters
         _show_html(run_details(shown, prov))
     return cfg
