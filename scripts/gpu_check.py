@@ -1,0 +1,183 @@
+"""One-shot check of the paper profile on a lent GPU: correctness of the CUDA paths, timings with peak memory,
+and each notebook's paper-profile time extrapolated from them. Written for the workplace's device machine (15
+minutes of device time in all, at most 10 per command, results back through $OUT), so it runs once, in under
+8 minutes, and writes one JSON and one log:
+
+    # here: carry the wheels the device image lacks (diffusers) and nothing else
+    bash scripts/gpu_check.sh                   # there: installs .whl/*.whl, then runs this file
+    python scripts/gpu_check.py --dry-run --out /tmp/gpu   # here, on the CPU, at tiny sizes (a CI test does this)
+
+Checks: (1) the crash fixes: level lookups, q_sample and t_for_sigma after diffusers' add_noise has moved the
+scheduler's tables to the GPU; (2) the fast path (bf16 autocast + channels_last) against fp32 on the report's
+DDPM, relative error at most FAST_TOL; (3) the batched paper-size DIP against the per-image loop.
+Timings (CUDA-synchronised, peak memory per case): 30 training steps at batch 32, 10 reverse steps at batch 500,
+the DIP at B = 16 and 64 for 5 iterations, each on the fast path and in fp32. The extrapolation multiplies each
+notebook's main workload (``WORKLOAD``: training steps, network evaluations per image, DIP network-iterations;
+the dominant terms only, by the paper profile's sizes) by the measured cost of one unit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tdpmlib import config, ddpm, dip, memory, models, schedules  # noqa: E402
+
+FAST_TOL = 2e-2  # bf16 operands: relative errors of 1e-3..1e-2 are expected (about 8 bits of mantissa)
+SIZES = {  # (DDPM preset, DIP preset, resolution, train batch, sample batch, DIP batches, iterations)
+    "full": ("ddpm-paper", "dip-paper", 64, 32, 500, (16, 64), dict(train=30, sample=10, dip=5)),
+    "dry": ("tiny", "tiny", 16, 4, 8, (2, 4), dict(train=2, sample=2, dip=2)),
+}
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device, fn):
+    """(seconds, peak bytes on CUDA or None) of ``fn()``, synchronised before and after."""
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0, (torch.cuda.max_memory_allocated(device) if cuda else None)
+
+
+def rel_err(a, b) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+
+
+def check_crash_fixes(device, res) -> dict:
+    sched = schedules.make_scheduler("linear")
+    x0 = torch.rand(2, 3, res, res, device=device) * 2 - 1
+    noise = torch.randn_like(x0)
+    sched.add_noise(x0, noise, torch.tensor([10, 20], device=device))  # moves alphas_cumprod to the device
+    ab = schedules.alpha_bar(sched, torch.tensor([10, 600]))
+    xt = schedules.q_sample(x0, 600, noise, sched)
+    return dict(ok=bool(torch.isfinite(ab).all() and torch.isfinite(xt).all()),
+                t_for_sigma_25=schedules.t_for_sigma(sched, 25))
+
+
+@torch.no_grad()
+def check_fast_path(unet, device, res) -> dict:
+    x = torch.randn(4, 3, res, res, device=device)
+    ref = ddpm.predict_eps(unet, x, 500, fast=False)
+    err = rel_err(ddpm.predict_eps(unet, x, 500, fast=True), ref)
+    return dict(rel_err=err, tol=FAST_TOL, ok=err <= FAST_TOL)
+
+
+def check_batched_dip(preset, device, res) -> dict:
+    target = torch.rand(2, 3, res, res) * 2 - 1
+    z = dip.draw_input("plain", (2, res, res), torch.Generator().manual_seed(0))  # the same input for both fits
+    kw = dict(iterations=2, z=z, preset=preset, seed=0, device=device, fast=False)
+    batched, looped = dip.fit_dip(target, **kw), dip.fit_dip(target, batched=False, **kw)
+    err = rel_err(batched.output, looped.output)
+    return dict(rel_err=err, ok=err <= 1e-4)
+
+
+def time_cases(unet, sched, size, device) -> list[dict]:
+    ddpm_preset, dip_preset, res, train_b, sample_b, dip_bs, its = size
+    rows = []
+    for fast in (True, False):
+        images = torch.rand(max(train_b, 8), 3, res, res) * 2 - 1
+        with tempfile.TemporaryDirectory() as tmp:
+            net = models.make_unet(ddpm_preset, resolution=res)
+            s, peak = timed(device, lambda: ddpm.train_ddpm(net, images, sched, out_dir=tmp, steps=its["train"],
+                                                            batch_size=train_b, warmup_steps=1, device=device,
+                                                            checkpoint_every=10 ** 6, fast=fast,
+                                                            progress=False))
+        rows.append(dict(case="train", fast=fast, seconds=s, per_unit=s / its["train"], unit="training step",
+                         batch=train_b, peak_bytes=peak))
+        x = torch.randn(sample_b, 3, res, res, device=device)
+        s, peak = timed(device, lambda: ddpm.reverse_chain(unet, sched, x, its["sample"], fast=fast))
+        rows.append(dict(case="sample", fast=fast, seconds=s, per_unit=s / (its["sample"] * sample_b),
+                         unit="network evaluation per image", batch=sample_b, peak_bytes=peak))
+        for b in dip_bs:
+            target = torch.rand(b, 3, res, res) * 2 - 1
+            s, peak = timed(device, lambda: dip.fit_dip(target, iterations=its["dip"], preset=dip_preset, seed=0,
+                                                        device=device, fast=fast, record_every=its["dip"]))
+            rows.append(dict(case=f"dip B={b}", fast=fast, seconds=s, per_unit=s / (its["dip"] * b),
+                             unit="DIP network-iteration", batch=b, peak_bytes=peak))
+    return rows
+
+
+def workload(profile: str = "paper", n_train: int = 737) -> dict:
+    """Each notebook's dominant work under ``profile``: DDPM training steps, network evaluations x images,
+    DIP network-iterations. ``n_train``: training images (737 in the local parquet, 6,621 on the hub)."""
+    p = config.PROFILES[profile]
+    steps = p["train_steps"] or p["train_epochs"] * math.ceil(n_train / p["batch_size"])
+    images = p["n_val"] + p["n_test"]
+    off = max(int(b) for b in p["dip_budgets_official"].split(","))
+    plain = max(int(b) for b in p["dip_budgets_plain"].split(","))
+    return {
+        "01_ddpm_training": dict(train=2 * steps, sample=2 * p["n_final_samples"] * (1000 + 2 * 50 + 2 * 100)),
+        "02_dip_fitting": dict(dip=images * (off + plain)),
+        "03_tdpm_dip": dict(sample=p["n_generate"] * (1000 + 50 + 100 + 2 * 10) + 3 * images * 2 * 1000,
+                            dip=2 * p["n_generate"] * p["dip_iterations"] + 3 * images * (off + plain)),
+        "04_example1_dip_init_ddpm": dict(dip=2 * images * off, sample=2 * images * 500),
+        "05_example2_guided_early_stopping": dict(dip=2 * images * (2 * off + p.get("eswmv_max_iterations", 5000))),
+        "06_ablations": dict(sample=2 * 2 * images * 4 * 100, dip=0),
+    }
+
+
+def extrapolate(rows: list[dict], work: dict) -> dict:
+    fast = {r["case"]: r["per_unit"] for r in rows if r["fast"]}
+    unit = dict(train=fast.get("train", 0.0), sample=fast.get("sample", 0.0),
+                dip=min((v for k, v in fast.items() if k.startswith("dip")), default=0.0))
+    minutes = {nb: sum(n * unit[k] for k, n in w.items()) / 60 for nb, w in work.items()}
+    return dict(per_notebook_min=minutes, total_min=sum(minutes.values()), unit_seconds=unit)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dry-run", action="store_true", help="tiny sizes on any device (a CPU test)")
+    ap.add_argument("--out", type=Path, default=None, help="folder for gpu_check.json (default: $OUT or .)")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args(argv)
+    import os
+
+    out = args.out or Path(os.environ.get("OUT", "."))
+    out.mkdir(parents=True, exist_ok=True)
+    device = config.resolve_device(args.device)
+    if device.type != "cuda" and not args.dry_run:
+        print("gpu_check: no CUDA device; use --dry-run to check the script on the CPU", file=sys.stderr)
+        return 2
+    size = SIZES["dry" if args.dry_run else "full"]
+    ddpm_preset, dip_preset, res = size[:3]
+    t0 = time.perf_counter()
+    unet = models.make_unet(ddpm_preset, resolution=res).to(device).eval()
+    sched = schedules.make_scheduler("linear")
+    report = dict(device=str(device), name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                  torch=torch.__version__, dry_run=args.dry_run, size=dict(ddpm=ddpm_preset, dip=dip_preset, res=res))
+    report["checks"] = dict(crash_fixes=check_crash_fixes(device, res), fast_path=check_fast_path(unet, device, res),
+                            batched_dip=check_batched_dip(dip_preset, device, res))
+    report["timings"] = time_cases(unet, sched, size, device)
+    report["extrapolation"] = extrapolate(report["timings"], workload())
+    report["memory_plan"] = memory.describe(memory.plan(
+        dip_preset=dip_preset, ddpm_preset=ddpm_preset, resolution=res, budget=memory.device_budget(device),
+        dip_cap=64, sample_cap=500))
+    report["seconds"] = time.perf_counter() - t0
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
+    ok = all(c["ok"] for c in report["checks"].values())
+    print(f"checks {'passed' if ok else 'FAILED'}: {json.dumps(report['checks'], default=str)}")
+    for r in report["timings"]:
+        peak = "" if r["peak_bytes"] is None else f", peak {r['peak_bytes'] / 2**30:.1f} GiB"
+        print(f"{r['case']:>9} fast={r['fast']!s:5} {r['seconds']:8.2f} s ({r['per_unit']:.3g} s per {r['unit']}{peak})")
+    print(f"paper profile extrapolated: {report['extrapolation']['total_min']:.0f} min in all")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
