@@ -4,8 +4,9 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 JB      := $(VENV)/bin/jupyter-book
 STAMP   := $(VENV)/.installed
-# cpu unless asked: `make report PROFILE=smoke|cpu|paper`. paper is the report's full configuration and needs a
-# CUDA GPU (about 70-80 min on an H200 by its FLOP count, many hours on a T4); on a CPU it is refused.
+# cpu unless asked: `make report PROFILE=smoke|cpu|colab|paper`. colab (the report's networks at 64 px, about an
+# hour on a T4) and paper (the report's full configuration, about 70-80 min on an H200, many hours on a T4) need a
+# CUDA GPU and are refused on a CPU. `python -m tdpmlib.budget --profile colab` prints the estimate per notebook.
 PROFILE ?= cpu
 
 .PHONY: venv test report train book pdf screenshots smoke bench clean

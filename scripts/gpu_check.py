@@ -11,16 +11,15 @@ Checks: (1) the crash fixes: level lookups, q_sample and t_for_sigma after diffu
 scheduler's tables to the GPU; (2) the fast path (bf16 autocast + channels_last) against fp32 on the report's
 DDPM, relative error at most FAST_TOL; (3) the batched paper-size DIP against the per-image loop.
 Timings (CUDA-synchronised, peak memory per case): 30 training steps at batch 32, 10 reverse steps at batch 500,
-the DIP at B = 16 and 64 for 5 iterations, each on the fast path and in fp32. The extrapolation multiplies each
-notebook's main workload (``WORKLOAD``: training steps, network evaluations per image, DIP network-iterations;
-the dominant terms only, by the paper profile's sizes) by the measured cost of one unit.
+the report's DIP at B = 16 and 64 and the official skip network at B = 64 for 5 iterations, each on the fast path
+and in fp32. The extrapolation multiplies each notebook's dominant work (``tdpmlib.budget.workload``: training
+steps, network evaluations, DIP network-iterations, by the paper profile's sizes) by the measured cost of a unit.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tdpmlib import config, ddpm, dip, memory, models, schedules  # noqa: E402
+from tdpmlib import budget, config, ddpm, dip, memory, models, schedules  # noqa: E402
 
 FAST_TOL = 2e-2  # bf16 operands: relative errors of 1e-3..1e-2 are expected (about 8 bits of mantissa)
 SIZES = {  # (DDPM preset, DIP preset, resolution, train batch, sample batch, DIP batches, iterations)
@@ -89,6 +88,7 @@ def check_batched_dip(preset, device, res) -> dict:
 
 def time_cases(unet, sched, size, device) -> list[dict]:
     ddpm_preset, dip_preset, res, train_b, sample_b, dip_bs, its = size
+    skip_preset = "skip-paper" if ddpm_preset == "ddpm-paper" else "skip-tiny"
     rows = []
     for fast in (True, False):
         images = torch.rand(max(train_b, 8), 3, res, res) * 2 - 1
@@ -104,38 +104,23 @@ def time_cases(unet, sched, size, device) -> list[dict]:
         s, peak = timed(device, lambda: ddpm.reverse_chain(unet, sched, x, its["sample"], fast=fast))
         rows.append(dict(case="sample", fast=fast, seconds=s, per_unit=s / (its["sample"] * sample_b),
                          unit="network evaluation per image", batch=sample_b, peak_bytes=peak))
-        for b in dip_bs:
+        for case, preset, protocol, b in [(f"dip B={b}", dip_preset, "plain", b) for b in dip_bs] + [
+                ("dip skip", skip_preset, "official", dip_bs[-1])]:
             target = torch.rand(b, 3, res, res) * 2 - 1
-            s, peak = timed(device, lambda: dip.fit_dip(target, iterations=its["dip"], preset=dip_preset, seed=0,
-                                                        device=device, fast=fast, record_every=its["dip"]))
-            rows.append(dict(case=f"dip B={b}", fast=fast, seconds=s, per_unit=s / (its["dip"] * b),
+            s, peak = timed(device, lambda: dip.fit_dip(target, iterations=its["dip"], preset=preset, seed=0,
+                                                        protocol=protocol, device=device, fast=fast,
+                                                        record_every=its["dip"]))
+            rows.append(dict(case=case, fast=fast, seconds=s, per_unit=s / (its["dip"] * b),
                              unit="DIP network-iteration", batch=b, peak_bytes=peak))
     return rows
 
 
-def workload(profile: str = "paper", n_train: int = 737) -> dict:
-    """Each notebook's dominant work under ``profile``: DDPM training steps, network evaluations x images,
-    DIP network-iterations. ``n_train``: training images (737 in the local parquet, 6,621 on the hub)."""
-    p = config.PROFILES[profile]
-    steps = p["train_steps"] or p["train_epochs"] * math.ceil(n_train / p["batch_size"])
-    images = p["n_val"] + p["n_test"]
-    off = max(int(b) for b in p["dip_budgets_official"].split(","))
-    plain = max(int(b) for b in p["dip_budgets_plain"].split(","))
-    return {
-        "01_ddpm_training": dict(train=2 * steps, sample=2 * p["n_final_samples"] * (1000 + 2 * 50 + 2 * 100)),
-        "02_dip_fitting": dict(dip=images * (off + plain)),
-        "03_tdpm_dip": dict(sample=p["n_generate"] * (1000 + 50 + 100 + 2 * 10) + 3 * images * 2 * 1000,
-                            dip=2 * p["n_generate"] * p["dip_iterations"] + 3 * images * (off + plain)),
-        "04_example1_dip_init_ddpm": dict(dip=2 * images * off, sample=2 * images * 500),
-        "05_example2_guided_early_stopping": dict(dip=2 * images * (2 * off + p.get("eswmv_max_iterations", 5000))),
-        "06_ablations": dict(sample=2 * 2 * images * 4 * 100, dip=0),
-    }
-
-
 def extrapolate(rows: list[dict], work: dict) -> dict:
+    """Minutes per notebook: ``budget.workload``'s counts times the fast path's measured seconds per unit."""
     fast = {r["case"]: r["per_unit"] for r in rows if r["fast"]}
-    unit = dict(train=fast.get("train", 0.0), sample=fast.get("sample", 0.0),
-                dip=min((v for k, v in fast.items() if k.startswith("dip")), default=0.0))
+    unit = dict(train=fast.get("train", 0.0), nfe=fast.get("sample", 0.0),
+                dip_plain=min((v for k, v in fast.items() if k.startswith("dip B=")), default=0.0),
+                dip_official=fast.get("dip skip", 0.0))
     minutes = {nb: sum(n * unit[k] for k, n in w.items()) / 60 for nb, w in work.items()}
     return dict(per_notebook_min=minutes, total_min=sum(minutes.values()), unit_seconds=unit)
 
@@ -164,7 +149,7 @@ def main(argv=None) -> int:
     report["checks"] = dict(crash_fixes=check_crash_fixes(device, res), fast_path=check_fast_path(unet, device, res),
                             batched_dip=check_batched_dip(dip_preset, device, res))
     report["timings"] = time_cases(unet, sched, size, device)
-    report["extrapolation"] = extrapolate(report["timings"], workload())
+    report["extrapolation"] = extrapolate(report["timings"], budget.workload("paper"))
     report["memory_plan"] = memory.describe(memory.plan(
         dip_preset=dip_preset, ddpm_preset=ddpm_preset, resolution=res, budget=memory.device_budget(device),
         dip_cap=64, sample_cap=500))

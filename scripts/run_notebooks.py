@@ -81,11 +81,11 @@ def last_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", required=True, choices=["smoke", "cpu", "paper"])
+    ap.add_argument("--profile", required=True, choices=["smoke", "cpu", "colab", "paper"])
     ap.add_argument("--out", type=Path, default=NB_DIR, help="output folder (default: notebooks)")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (by stem)")
     ap.add_argument("--param", type=parse_param, action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--allow-cpu", action="store_true", help="run a GPU-only profile (paper) on the CPU anyway")
+    ap.add_argument("--allow-cpu", action="store_true", help="run a GPU-only profile (colab, paper) on the CPU anyway")
     args = ap.parse_args(argv)
     if not args.allow_cpu:
         from tdpmlib import config

@@ -102,6 +102,26 @@ def dip_batch_limit(preset: str, *, resolution: int, device, cap: int, fraction:
     return fits(dip_network_bytes(preset, resolution=resolution), budget, cap=cap)
 
 
+def training_bytes(preset: str, *, resolution: int, batch: int, act_bytes: int = 4) -> int:
+    """Bytes of one DDPM training step at ``batch``: parameters with gradients and AdamW state, the EMA copy,
+    and a batch's activations kept for the backward pass."""
+    fixed, per_image = sampling_bytes(preset, resolution=resolution, act_bytes=act_bytes)
+    n = fixed // 4  # parameters
+    return n * ADAM_BYTES_PER_PARAM + n * 4 + batch * per_image
+
+
+def check_fits(preset: str, *, resolution: int, batch: int, budget: int | None, note: str = "") -> None:
+    """Raise one clear error when the profile's DDPM training step cannot fit ``budget`` (None: no check)."""
+    if budget is None:
+        return
+    need = training_bytes(preset, resolution=resolution, batch=batch)
+    if need > budget:
+        raise ValueError(f"device memory is too small for this profile: training {preset} at batch {batch} and "
+                         f"{resolution} px needs about {need / 2**30:.1f} GiB and this GPU offers "
+                         f"{budget / 2**30:.1f} GiB" + (f" (the profile's cost: {note})" if note else "")
+                         + "; use a GPU with more memory or profile='cpu'")
+
+
 def plan(*, dip_preset: str, ddpm_preset: str, resolution: int, budget: int | None, dip_cap: int,
          sample_cap: int, act_bytes: int = 4) -> dict:
     """Batch sizes for one run: DIP networks fitted at once and images sampled at once, with the peak each is

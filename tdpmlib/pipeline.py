@@ -15,6 +15,7 @@ import os
 import pandas as pd
 import torch
 
+from . import budget as budget_mod
 from . import data, ddpm, memory, models, results, schedules
 from .config import Config
 
@@ -22,13 +23,23 @@ from .config import Config
 def setup(notebook: str, *, show: bool = True, **params) -> Config:
     """Validate the parameters into a Config, seed torch, and show the folded "Run details" (the parameters
     as given and the provenance of this run)."""
+    chosen = ""
+    if params.get("profile") == "cpu" and on_colab() and torch.cuda.is_available():
+        params = {**params, "profile": "colab"}  # the book's default, cpu, would leave Colab's GPU idle
+        chosen = "colab: the default on Colab with a GPU (set profile to another one to override)"
     cfg = Config.from_params(notebook=notebook, **params)
     torch.manual_seed(cfg.seed)
+    estimate = budget_mod.describe(cfg.profile, notebook)
+    budget = memory.device_budget(cfg.torch_device)
+    # refuse up front, with the estimate, on a GPU too small for the profile's DDPM training step
+    memory.check_fits(cfg.ddpm_preset, resolution=cfg.resolution, batch=cfg.batch_size, budget=budget, note=estimate)
     if show:
         prov = results.provenance(cfg.profile, cfg.torch_device)
         prov["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         prov["data"] = data.fingerprint(cfg.data_source or None)  # by name and hash, never a machine path
-        budget = memory.device_budget(cfg.torch_device)
+        prov["estimate"] = estimate
+        if chosen:
+            prov["profile chosen"] = chosen
         for name, preset in (("memory plan, official DIP", cfg.dip_preset_official), ("memory plan, report's DIP", cfg.dip_preset)):
             prov[name] = memory.describe(memory.plan(dip_preset=preset, ddpm_preset=cfg.ddpm_preset, budget=budget,
                                                      resolution=cfg.resolution, dip_cap=cfg.sample_batch,
@@ -36,6 +47,13 @@ def setup(notebook: str, *, show: bool = True, **params) -> Config:
         shown = {k: v for k, v in params.items() if k != "extra_checks"}  # validators, not parameters
         _show_html(run_details(shown, prov))
     return cfg
+
+
+def on_colab() -> bool:
+    """Whether this kernel runs on Google Colab."""
+    import importlib.util
+
+    return importlib.util.find_spec("google") is not None and importlib.util.find_spec("google.colab") is not None
 
 
 def recompute(cfg: Config, notebook: str) -> str:

@@ -36,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 import papermill as pm
 
-PROFILES = ("smoke", "cpu", "paper")
+PROFILES = ("smoke", "cpu", "colab", "paper")
 # Set by the sweep itself, never through -p; the notebook must declare all three.
 RESERVED = ("profile", "results_dir", "run_name")
 DONE, SKIP_DONE, SKIP_RUNNING, FAILED, PENDING = "done", "skip (done)", "skip (running elsewhere)", "failed", "run"

@@ -9,7 +9,7 @@ from tdpmlib.config import Config
 BASE = dict(notebook="t", profile="smoke", results_dir="/tmp/tdpm-test-results")
 
 BAD = [
-    (dict(profile="fast"), r"profile='fast' is not allowed; use one of \['smoke', 'cpu', 'paper'\]"),
+    (dict(profile="fast"), r"profile='fast' is not allowed; use one of \['smoke', 'cpu', 'colab', 'paper'\]"),
     (dict(schedule="quadratic"), r"schedule='quadratic' is not allowed; use one of \['cosine', 'linear'\]"),
     (dict(seed=1.5), r"seed=1.5 is not allowed; use an integer"),
     (dict(seed="0"), r"seed='0' is not allowed; use an integer"),

@@ -1,4 +1,4 @@
-"""The paper profile's configuration end to end on the CPU at tiny cost: its own presets at 64 px, 2 training
+"""The GPU profiles' configurations (paper, colab) end to end on the CPU at tiny cost: its own presets at 64 px, 2 training
 steps, 3 reverse steps, one batched DIP step at B = 2, through the code paths the notebooks call
 (pipeline.train_or_load, ddpm.sample, dip.fit_dip under both protocols, tdpm.tdpm_dip, the memory plan)."""
 
@@ -9,8 +9,9 @@ from tdpmlib import config, ddpm, dip, memory, models, pipeline, tdpm
 
 
 @pytest.mark.slow
-def test_paper_configuration_runs_end_to_end_on_the_cpu(tmp_path):
-    cfg = config.Config.from_params(profile="paper", notebook="paper_tiny", device="cpu", results_dir=str(tmp_path),
+@pytest.mark.parametrize("profile", ["paper", "colab"])
+def test_gpu_profile_runs_end_to_end_on_the_cpu(tmp_path, profile):
+    cfg = config.Config.from_params(profile=profile, notebook="gpu_tiny", device="cpu", results_dir=str(tmp_path),
                                     train_steps=2, train_epochs=0, batch_size=2, warmup_steps=1, checkpoint_every=1)
     assert (cfg.resolution, cfg.ddpm_preset, cfg.dip_preset, cfg.dip_preset_official) == (
         64, "ddpm-paper", "dip-paper", "skip-paper")

@@ -1,0 +1,115 @@
+"""What a profile costs: each notebook's dominant work, its FLOP count, and the minutes that gives per GPU class.
+
+The work of a notebook is counted in three units, by the profile's sizes (``workload``): DDPM training steps,
+DDPM network evaluations (one image through the network once) and DIP network-iterations (one network, one
+optimiser step), split by network, since the official protocol's skip network is about 15 times cheaper than
+the report's UNet. Only the dominant terms are counted (training, sampling, DIP fits); metrics, data loading and
+Python overhead are not, so the estimate is a floor for the arithmetic, not a timing.
+
+FLOPs per unit come from counting one forward pass on the meta device (``torch.utils.flop_counter``): a network
+evaluation is one forward, a training step or a DIP iteration three (forward and backward) per image. At 64 px
+the report's DDPM is 31.0 GFLOP per forward and its DIP UNet 35.5, as the issues state. Minutes = FLOPs over an
+effective rate per GPU class (``EFFECTIVE_TFLOPS``), which is the measured or stated sustained rate, not the
+datasheet peak. ``scripts/gpu_check.py`` measures the real per-unit times on a lent GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import config, models, skipnet
+
+# Sustained rates (TFLOP/s) the book sizes its profiles with: a T4 at about 20 in fp16 (the colab-profile issue's
+# figure) and an H200 at about 400 in bf16 (half the ~790 TFLOP/s measured on large matrix products there, for
+# convolutions and attention at these sizes). Neither has been timed with this code yet.
+EFFECTIVE_TFLOPS = {"T4": 20.0, "H200": 400.0}
+DDIM_STEPS = (50, 100)
+REPORT_T600 = 600
+
+
+@functools.lru_cache(maxsize=None)
+def forward_gflop(preset: str, resolution: int) -> float:
+    """GFLOP of one forward pass of one image through the network of ``preset`` (counted on the meta device)."""
+    with torch.device("meta"), FlopCounterMode(display=False) as counter:
+        if preset in skipnet.PRESETS:
+            skipnet.make_skipnet(preset, resolution=resolution, in_channels=32)(torch.empty(1, 32, resolution, resolution))
+        else:
+            models.make_unet(preset, resolution=resolution)(torch.empty(1, 3, resolution, resolution),
+                                                             torch.zeros(1, dtype=torch.long))
+    return counter.get_total_flops() / 1e9
+
+
+def workload(profile: str, *, n_train: int = 737) -> dict:
+    """{notebook: {unit: count}} for ``profile``. Units: "train" (DDPM steps, both schedules), "nfe" (network
+    evaluations), "dip_official" and "dip_plain" (network-iterations). ``n_train``: training images (737 in the
+    local parquet, 6,621 on the hub dataset), which sets the steps of an epoch-based budget."""
+    p = config.PROFILES[profile]
+    steps = p["train_steps"] or p["train_epochs"] * math.ceil(n_train / p["batch_size"])
+    images = p["n_val"] + p["n_test"]
+    off = max(int(b) for b in p["dip_budgets_official"].split(","))
+    plain = max(int(b) for b in p["dip_budgets_plain"].split(","))
+    sigmas = 3  # the study's noise levels
+    chain = 1000 + sum(DDIM_STEPS)  # DDPM-1000 and the two DDIM samplers, per image
+    return {
+        "01_ddpm_training": dict(train=2 * steps, nfe=2 * p["n_final_samples"] * (chain + sum(DDIM_STEPS))),
+        "02_dip_fitting": dict(dip_official=images * off, dip_plain=images * plain),
+        "03_tdpm_dip": dict(nfe=p["n_generate"] * (chain + 2 * 10) + sigmas * images * 2 * 200
+                            + 2 * p["n_denoise"] * REPORT_T600,
+                            dip_official=sigmas * images * off, dip_plain=2 * p["n_generate"] * p["dip_iterations"]),
+        "04_example1_dip_init_ddpm": dict(dip_official=2 * images * off, nfe=2 * images * 4 * 100),
+        "05_example2_guided_early_stopping": dict(dip_official=2 * images * (2 * off + 1500)),
+        "06_ablations": dict(nfe=2 * 2 * images * 4 * 100 + 2 * p["n_denoise"] * REPORT_T600),
+    }
+
+
+def notebook_tflop(profile: str, *, n_train: int = 737) -> dict:
+    """{notebook: TFLOP} of ``workload`` at the profile's networks and resolution."""
+    p = config.PROFILES[profile]
+    res = p["resolution"]
+    per = dict(train=3 * p["batch_size"] * forward_gflop(p["ddpm_preset"], res),
+               nfe=forward_gflop(p["ddpm_preset"], res),
+               dip_official=3 * forward_gflop(p["dip_preset_official"], res),
+               dip_plain=3 * forward_gflop(p["dip_preset"], res))
+    return {nb: sum(n * per[u] for u, n in w.items()) / 1e3 for nb, w in workload(profile, n_train=n_train).items()}
+
+
+def minutes(profile: str, gpu: str, *, n_train: int = 737) -> dict:
+    """{notebook: minutes} of the profile's arithmetic on ``gpu`` (a key of ``EFFECTIVE_TFLOPS``), and "total"."""
+    if gpu not in EFFECTIVE_TFLOPS:
+        raise ValueError(f"gpu={gpu!r} is not allowed; use one of {sorted(EFFECTIVE_TFLOPS)}")
+    m = {nb: tf / EFFECTIVE_TFLOPS[gpu] / 60 for nb, tf in notebook_tflop(profile, n_train=n_train).items()}
+    return m | {"total": sum(m.values())}
+
+
+def describe(profile: str, notebook: str, *, n_train: int = 737) -> str:
+    """One line for a notebook's run details: its TFLOP and the minutes they take per GPU class."""
+    tf = notebook_tflop(profile, n_train=n_train).get(notebook)
+    if tf is None:
+        return "no network training, sampling or DIP fitting of its own"
+    per = ", ".join(f"{tf / r / 60:.1f} min on {g}" for g, r in EFFECTIVE_TFLOPS.items())
+    return f"{tf:,.0f} TFLOP of network arithmetic (FLOP count): about {per}"
+
+
+def main(argv=None) -> int:
+    """``python -m tdpmlib.budget --profile paper``: each notebook's TFLOP and minutes per GPU class."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--profile", default="paper", choices=list(config.PROFILES))
+    ap.add_argument("--n-train", type=int, default=737, help="training images (737 local, 6621 on the hub)")
+    a = ap.parse_args(argv)
+    tf = notebook_tflop(a.profile, n_train=a.n_train)
+    per_gpu = {g: minutes(a.profile, g, n_train=a.n_train) for g in EFFECTIVE_TFLOPS}
+    print(f"{'notebook':<36}{'TFLOP':>10}" + "".join(f"{g + ' min':>11}" for g in EFFECTIVE_TFLOPS))
+    for nb, t in tf.items():
+        print(f"{nb:<36}{t:>10.0f}" + "".join(f"{per_gpu[g][nb]:>11.1f}" for g in EFFECTIVE_TFLOPS))
+    print(f"{'total':<36}{sum(tf.values()):>10.0f}" + "".join(f"{per_gpu[g]['total']:>11.1f}" for g in EFFECTIVE_TFLOPS))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
