@@ -366,16 +366,19 @@ def executive_summary(comp: pd.DataFrame, *, best: dict, example2: pd.DataFrame 
     return " ".join(out)
 
 
-def generation_summary(gen: pd.DataFrame) -> str:
+def generation_summary(gen: pd.DataFrame, *, speedup: float | None = None, speed_source: str = "") -> str:
     """One sentence on TDPM-DIP as a generator (chapter 03's generation.csv): its speed against DDPM-1000, and
     what its samples are (the fraction that copy the images its DIPs were fit to, ``frac_copies_fit``), with the
-    SWD of both and of real images. Empty when the table lacks those rows."""
+    SWD of both and of real images. ``speedup`` (with ``speed_source``, e.g. "in chapter 08's benchmark")
+    replaces the ratio of chapter 03's own timings. Empty when the table lacks those rows."""
     g = gen.set_index("method_key")
     if not {"tdpm_train", "ddpm"} <= set(g.index):
         return ""
     t, d = g.loc["tdpm_train"], g.loc["ddpm"]
-    text = (f"As a generator, TDPM-DIP as the report runs it is {d['seconds_per_image'] / t['seconds_per_image']:.1f} "
-            f"times faster per sample than the DDPM with 1000 steps, but {t['frac_copies_fit']:.0%} of its samples are "
+    ratio = d["seconds_per_image"] / t["seconds_per_image"] if speedup is None else speedup
+    where = f" {speed_source}" if speed_source else ""
+    text = (f"As a generator, TDPM-DIP as the report runs it is {ratio:.1f} times faster per sample than the DDPM with "
+            f"1000 steps{where}, but {t['frac_copies_fit']:.0%} of its samples are "
             f"copies of the training images its DIPs were fit to (of the DDPM's samples, {d['frac_copies']:.0%} copy a "
             f"training image)")
     if "tdpm_held" in g.index:

@@ -513,3 +513,5 @@ def test_generation_summary_reads_speed_copies_and_swd():
     assert "4.0 times faster per sample" in text and "75% of its samples are copies" in text
     assert "50.0 against the DDPM's 40.0 and real images' 39.5" in text and "held-out images instead" not in text
     assert synthesis.generation_summary(gen[gen["method_key"] != "ddpm"]) == ""
+    bench = synthesis.generation_summary(gen, speedup=3.37, speed_source="in chapter 08's benchmark")
+    assert "3.4 times faster per sample than the DDPM with 1000 steps in chapter 08's benchmark" in bench
