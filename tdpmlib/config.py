@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import models, schedules, skipnet
+from . import data, models, schedules, skipnet
 
 # What each profile runs. "paper" is the report's configuration (64x64, the 113.7 M DDPM, the 4-level DIP);
 # "cpu" is a reduced one that runs the whole book on 2 CPU cores; "smoke" only checks that cells run.
@@ -131,6 +131,8 @@ class Config:
 
     profile: str = "cpu"
     data_source: str = ""
+    image_column: str = ""  # the image column ("" = $TDPM_IMAGE_COLUMN, else auto: image, img, the Image column)
+    class_filter: str = ""  # "COLUMN=V1,V2" keeps those classes ("" = $TDPM_CLASS_FILTER, else every image)
     seed: int = 0
     device: str = "auto"
     results_dir: str = "../results"
@@ -193,6 +195,9 @@ class Config:
             looks_local = p.suffix in (".parquet", ".npz") or self.data_source.startswith((".", "/"))
             if looks_local and not p.exists():
                 _fail("data_source", self.data_source, "the path does not exist; give an existing parquet, folder or .npz")
+        if not isinstance(self.image_column, str):
+            _fail("image_column", self.image_column, "use a column name ('' = TDPM_IMAGE_COLUMN or auto-detect)")
+        data.resolve_class_filter(self.class_filter)  # syntax (of the parameter, else of TDPM_CLASS_FILTER)
         check_int("seed", self.seed, low=0)
         resolve_device(self.device)
         schedules.check_schedule(self.schedule)

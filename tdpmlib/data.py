@@ -4,9 +4,9 @@ Where the images come from (``data_source``)
 --------------------------------------------
 ``resolve_source`` picks the source: the argument if one is given, else the environment variable
 ``TDPM_DATA``, else ``DEFAULT_SOURCE`` (``"huggan/pokemon"``, the hub dataset the reproduced report
-used). ``load_images`` accepts four kinds of source:
+used). ``load_images`` accepts four kinds of source (read by ``tdpmlib.sources``):
 
-* ``path/to/file.parquet``: a parquet file with an ``image`` column in the HuggingFace ``datasets.Image``
+* ``path/to/file.parquet``: a parquet file with an image column in the HuggingFace ``datasets.Image``
   layout (a struct of PNG/JPEG ``bytes`` and ``path``) and optionally a ``name`` column, such as the
   shared ``train-128px.parquet`` (819 Pokémon artworks) or what ``write_synthetic_parquet`` writes;
 * an existing directory: an image folder, read with ``datasets.load_dataset("imagefolder", ...)``;
@@ -19,6 +19,15 @@ or has more than one ``/``, which no hub id has) but does not exist raises ``Val
 that cannot be loaded raises ``DataSourceError`` (a ``ValueError``) with one message that says how to
 point at local data instead.
 
+Which column, which classes (``image_column``, ``class_filter``)
+-----------------------------------------------------------------
+Any image dataset works, not only the Pokémon one. ``image_column`` names the image column (``""``:
+``image``, else ``img`` as in CIFAR-10, else the only ``datasets.Image`` column); ``class_filter``
+(``"label=3"``, ``"label=0,1"``; ``""``: every image) keeps the rows of some classes, before
+``max_images`` and before decoding. Where a call passes ``""``, the environment variables
+``TDPM_IMAGE_COLUMN`` and ``TDPM_CLASS_FILTER`` give the value, as ``TDPM_DATA`` does for the source.
+``tdpmlib.sources`` describes both options.
+
 Offline, ``datasets`` retries an unreachable hub for about 25 s before giving up. To fail within
 seconds, ``load_images`` first opens one TCP connection to the hub endpoint (``HUB_PROBE_TIMEOUT_S``)
 and reports the hub as unreachable if that fails. The probe is skipped when the hub's offline mode is
@@ -29,7 +38,10 @@ dataset already in the local cache is therefore read offline by setting ``HF_HUB
 Preprocessing (every image, every source)
 -----------------------------------------
 1. Convert to RGB. Images with transparency (RGBA, LA, palette images with a transparent colour)
-   are composited onto white, because the artworks sit on white backgrounds.
+   are composited onto white, because the artworks sit on white backgrounds. Grey images (MNIST's
+   ``L``, ``1``) get their one channel copied into all three; 16-bit grey (``I;16``, and ``I``) is
+   first scaled to 8 bits (``x / 257``), and floating-point grey (``F``) is taken to lie in [0, 1]
+   (``x * 255``), both rounded and clipped to 0..255.
 2. Centre-crop to a square (the shorter side), rather than pad. The Pokémon artworks are already
    square, so nothing is cut from them.
 3. Resize to ``resolution``×``resolution`` with Pillow's antialiased Lanczos filter
@@ -53,14 +65,14 @@ from __future__ import annotations
 import functools
 import io
 import os
-import socket
-import threading
-import urllib.parse
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from . import sources
+from .sources import HUB_PROBE_TIMEOUT_S, DataSourceError, _datasets  # noqa: F401  (part of this module's API)
 
 DEFAULT_SOURCE = "huggan/pokemon"
 """The hub dataset the reproduced report trained on (7,357 images; offline here)."""
@@ -68,21 +80,15 @@ DEFAULT_SOURCE = "huggan/pokemon"
 ENV_VAR = "TDPM_DATA"
 """Environment variable naming the data source when none is passed."""
 
-HUB_PROBE_TIMEOUT_S = 5.0
-"""Seconds to wait for a TCP connection to the hub before calling it unreachable."""
+IMAGE_COLUMN_ENV = "TDPM_IMAGE_COLUMN"
+"""Environment variable naming the image column when ``image_column`` is ``""``."""
 
-_LOCAL_HINT = (
-    'Point at local data: pass data_source="path/to/images.parquet" (a parquet with an image column, '
-    "an image folder, or an .npz with a uint8 `images` array), or set TDPM_DATA=path/to/images.parquet."
-)
-
-
-class DataSourceError(ValueError):
-    """A hub dataset could not be loaded (offline, unknown id, ...); the message says what to do instead."""
+CLASS_FILTER_ENV = "TDPM_CLASS_FILTER"
+"""Environment variable giving the class filter when ``class_filter`` is ``""``."""
 
 
 # --------------------------------------------------------------------------------------------------
-# Which source
+# Which source, which column, which classes
 # --------------------------------------------------------------------------------------------------
 
 
@@ -97,23 +103,52 @@ def resolve_source(source: str | os.PathLike | None = None) -> str:
     return DEFAULT_SOURCE
 
 
-def fingerprint(source: str | os.PathLike | None = None) -> str:
+def resolve_image_column(image_column: str = "") -> str:
+    """``image_column`` if non-empty, else ``$TDPM_IMAGE_COLUMN``, else ``""`` (auto-detect)."""
+    if not isinstance(image_column, str):
+        raise ValueError(f"image_column={image_column!r} is not allowed; use a column name ('' = auto-detect)")
+    return image_column or os.environ.get(IMAGE_COLUMN_ENV, "")
+
+
+def resolve_class_filter(class_filter: str = "") -> str:
+    """``class_filter`` if non-empty, else ``$TDPM_CLASS_FILTER``, else ``""`` (every image), in its
+    canonical spelling (``sources.canonical_class_filter``); a bad filter raises ``ValueError``."""
+    if not isinstance(class_filter, str):
+        raise ValueError(f"class_filter={class_filter!r} is not allowed; {sources.CLASS_FILTER_HELP}")
+    text = class_filter or os.environ.get(CLASS_FILTER_ENV, "")
+    try:
+        return sources.canonical_class_filter(text)
+    except ValueError:
+        if class_filter:
+            raise
+        raise ValueError(f"class_filter={text!r} (from {CLASS_FILTER_ENV}) is not allowed; "
+                         f"{sources.CLASS_FILTER_HELP}") from None
+
+
+def fingerprint(source: str | os.PathLike | None = None, *, image_column: str = "", class_filter: str = "") -> str:
     """An identity of the data that does not depend on where it lies: a local file is named by its file
     name and the first 12 hex digits of its SHA-256, a folder by its name, a hub dataset by its id. Trained
-    models record it, so a clone in another folder still recognises the committed networks."""
+    models record it, so a clone in another folder still recognises the committed networks.
+
+    A non-empty ``image_column`` or ``class_filter`` (after ``resolve_image_column`` /
+    ``resolve_class_filter``) is appended, e.g. ``"ylecun/mnist [class_filter=label=3]"``; with neither,
+    the string is what it has always been."""
     import hashlib
 
     src = resolve_source(source)
+    options = [f"image_column={c}" for c in [resolve_image_column(image_column)] if c]
+    options += [f"class_filter={f}" for f in [resolve_class_filter(class_filter)] if f]
+    suffix = f" [{', '.join(options)}]" if options else ""
     path = Path(src).expanduser()
     if path.is_file():
         h = hashlib.sha256()
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-        return f"{path.name}:sha256:{h.hexdigest()[:12]}"
+        return f"{path.name}:sha256:{h.hexdigest()[:12]}{suffix}"
     if path.is_dir():
-        return f"{path.name}/"
-    return src
+        return f"{path.name}/{suffix}"
+    return f"{src}{suffix}"
 
 
 def _looks_like_path(source: str) -> bool:
@@ -137,25 +172,32 @@ def load_images(
     *,
     resolution: int = 64,
     max_images: int | None = None,
+    image_column: str = "",
+    class_filter: str = "",
 ) -> torch.Tensor:
     """Load a data source as a float32 tensor N×3×resolution×resolution with values in [-1, 1].
 
     ``source`` is resolved with ``resolve_source`` (argument, else ``$TDPM_DATA``, else the hub
     dataset ``DEFAULT_SOURCE``); see the module docstring for the source kinds and preprocessing.
-    ``max_images`` keeps the first ``max_images`` images (file / row order, deterministic), selected
-    before decoding so that a small run stays fast.
+    ``image_column`` names the image column (``""``: ``$TDPM_IMAGE_COLUMN``, else auto-detected) and
+    ``class_filter`` (``"label=3"``, ``"label=0,1"``; ``""``: ``$TDPM_CLASS_FILTER``, else every image)
+    keeps the rows of some classes; see ``tdpmlib.sources``. ``max_images`` then keeps the first
+    ``max_images`` images (file / row order, deterministic). Both select rows before decoding, so
+    that a small run stays fast.
 
-    Raises ``ValueError`` for a missing path, a parquet / dataset without an ``image`` column, a
-    source with no images, or an image that cannot be decoded (named in the message; images are
-    never skipped). Raises ``DataSourceError`` (a ``ValueError``) when a hub dataset can't be loaded.
+    Raises ``ValueError`` for a missing path, a source without an image column (or without the one
+    named), a bad or empty class filter, a source with no images, or an image that cannot be decoded
+    (named in the message; images are never skipped). Raises ``DataSourceError`` (a ``ValueError``)
+    when a hub dataset can't be loaded.
 
     Results are memoised within the process on (source, file size and modification time for local
-    sources, resolution, max_images); each call returns a fresh copy.
+    sources, resolution, max_images, image_column, class_filter); each call returns a fresh copy.
     """
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise ValueError(f"resolution={resolution!r} must be a positive int")
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 0):
         raise ValueError(f"max_images={max_images!r} must be None (all images) or an int >= 0")
+    column, selection = resolve_image_column(image_column), resolve_class_filter(class_filter)
     resolved = resolve_source(source)
     local = os.path.expanduser(resolved)
     if os.path.exists(local):
@@ -169,20 +211,22 @@ def load_images(
         )
     else:
         key = (resolved, None, None)
-    return _load_cached(key, resolution, max_images).clone()
+    return _load_cached(key, resolution, max_images, column, selection).clone()
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(key: tuple, resolution: int, max_images: int | None) -> torch.Tensor:
+def _load_cached(key: tuple, resolution: int, max_images: int | None, image_column: str,
+                 class_filter: str) -> torch.Tensor:
     source, _size, mtime = key
+    options = dict(image_column=image_column, class_filter=class_filter)
     if mtime is None:
-        items = _hub_items(source)
+        items = sources._hub_items(source, **options)
     elif os.path.isdir(source):
-        items = _folder_items(source)
+        items = sources._folder_items(source, **options)
     elif source.lower().endswith(".parquet"):
-        items = _parquet_items(source)
+        items = sources._parquet_items(source, **options)
     elif source.lower().endswith(".npz"):
-        items = _npz_items(source)
+        items = sources._npz_items(source, **options)
     else:
         raise ValueError(
             f"data_source={source!r} is a file of an unsupported kind; use a .parquet file, "
@@ -210,12 +254,18 @@ def _load_cached(key: tuple, resolution: int, max_images: int | None) -> torch.T
 
 
 def preprocess(img: Image.Image, *, resolution: int = 64) -> Image.Image:
-    """RGB (transparency composited onto white), centre-cropped to a square, Lanczos-resized."""
+    """RGB (transparency composited onto white, grey copied into all three channels), centre-cropped to a
+    square, Lanczos-resized."""
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode in ("P", "L", "RGB") and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba)
-    img = img.convert("RGB")
+    elif img.mode == "I" or img.mode.startswith("I;16") or img.mode == "F":
+        # Pillow's own conversion clips these to 0..255 instead of scaling (65535 -> 255, but 1000 -> 255 too)
+        scale = 255.0 if img.mode == "F" else 1.0 / 257.0
+        grey = np.clip(np.rint(np.asarray(img, dtype=np.float64) * scale), 0, 255).astype(np.uint8)
+        img = Image.fromarray(grey)  # a 2-D uint8 array is mode "L"
+    img = img.convert("RGB")  # L and 1: the grey value in all three channels
     w, h = img.size
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2
@@ -223,145 +273,6 @@ def preprocess(img: Image.Image, *, resolution: int = 64) -> Image.Image:
     if img.size != (resolution, resolution):
         img = img.resize((resolution, resolution), Image.Resampling.LANCZOS, reducing_gap=None)
     return img
-
-
-# Each reader returns a list of (label, opener) pairs: `label` names the image in error messages,
-# `opener()` returns a PIL image. Nothing is decoded until the opener is called.
-
-
-def _dataset_items(ds, where: str) -> list:
-    """(label, opener) pairs for a ``datasets.Dataset`` with an ``image`` column."""
-    datasets = _datasets()
-
-    if "image" not in ds.column_names:
-        raise ValueError(f"{where} has no `image` column; its columns are {ds.column_names}.")
-    try:
-        ds = ds.cast_column("image", datasets.Image(decode=False))
-    except Exception as err:
-        raise ValueError(
-            f"{where}: column `image` (type {ds.features['image']}) is not an image column ({err})."
-        ) from None
-    cells = list(ds["image"])
-    names = list(ds["name"]) if "name" in ds.column_names else [None] * len(cells)
-    folder = where.startswith("image folder")
-    items = []
-    for i, (cell, name) in enumerate(zip(cells, names)):
-        path = cell.get("path") if isinstance(cell, dict) else None
-        if folder and path:
-            label = f"file {path!r}"
-        else:
-            label = f"row {i}" + (f" (name={name!r})" if name is not None else "")
-        items.append((label, functools.partial(_open_cell, cell)))
-    return items
-
-
-def _open_cell(cell) -> Image.Image:
-    if not isinstance(cell, dict) or (cell.get("bytes") is None and cell.get("path") is None):
-        raise ValueError("the cell holds no image")
-    if cell.get("bytes") is not None:
-        return Image.open(io.BytesIO(cell["bytes"]))
-    return Image.open(cell["path"])
-
-
-def _datasets():
-    """HuggingFace ``datasets``, without its progress bars ("Generating train split ...": stderr in the book)."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    return datasets
-
-
-def _parquet_items(path: str) -> list:
-    datasets = _datasets()
-    import pyarrow.parquet as pq
-
-    try:
-        meta = pq.read_metadata(path)
-    except Exception as err:
-        raise ValueError(f"data_source={path!r} is not a readable parquet file ({err}).") from None
-    columns = meta.schema.to_arrow_schema().names
-    if "image" not in columns:
-        raise ValueError(f"parquet file {path!r} has no `image` column; its columns are {columns}.")
-    if meta.num_rows == 0:
-        raise ValueError(f"data_source={path!r} holds no images (the parquet file has 0 rows).")
-    ds = datasets.load_dataset("parquet", data_files=path, split="train")
-    return _dataset_items(ds, f"parquet file {path!r}")
-
-
-def _folder_items(path: str) -> list:
-    datasets = _datasets()
-
-    try:
-        ds = datasets.load_dataset("imagefolder", data_dir=path, split="train")
-    except Exception as err:  # e.g. EmptyDatasetError for a folder without image files
-        raise ValueError(f"data_source={path!r} holds no images readable as an image folder ({err}).") from None
-    return _dataset_items(ds, f"image folder {path!r}")
-
-
-def _npz_items(path: str) -> list:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "images" not in archive.files:
-                raise ValueError(f".npz file {path!r} has no `images` array; it has {archive.files}.")
-            arr = archive["images"]
-    except ValueError:
-        raise
-    except Exception as err:
-        raise ValueError(f"data_source={path!r} is not a readable .npz file ({err}).") from None
-    if arr.dtype != np.uint8 or not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] in (3, 4))):
-        raise ValueError(
-            f".npz file {path!r}: `images` must be uint8 N×H×W×3, N×H×W×4 or N×H×W; "
-            f"got {arr.dtype} with shape {arr.shape}."
-        )
-    return [(f"images[{i}]", functools.partial(Image.fromarray, arr[i])) for i in range(len(arr))]
-
-
-def _hub_items(source: str) -> list:
-    datasets = _datasets()
-
-    reason = _hub_unreachable_reason()
-    if reason is None:
-        try:
-            ds = datasets.load_dataset(source, split="train")
-        except Exception as err:
-            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
-            if len(reason) > 200:
-                reason = reason[:197] + "..."
-        else:
-            return _dataset_items(ds, f"hub dataset {source!r}")
-    raise DataSourceError(
-        f"could not load dataset {source!r} from the HuggingFace hub ({reason}). {_LOCAL_HINT}"
-    ) from None
-
-
-def _hub_unreachable_reason(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
-    """Why the hub can't be reached, or None if it can (or if we shouldn't probe; see module docs)."""
-    from huggingface_hub import constants
-
-    if constants.is_offline_mode():
-        return None
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    url = urllib.parse.urlsplit(constants.ENDPOINT)
-    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
-    if not host:
-        return None
-    result: list[BaseException] = []
-
-    def probe():  # in a thread, since name resolution itself has no timeout
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-        except BaseException as err:
-            result.append(err)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 1.0)
-    if thread.is_alive():
-        return f"no answer from {host}:{port} within {timeout:g} s"
-    if result:
-        return f"{host} unreachable: {result[0]}"
-    return None
 
 
 # --------------------------------------------------------------------------------------------------

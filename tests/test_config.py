@@ -31,6 +31,10 @@ BAD = [
     (dict(run_name="a/b"), r"run_name='a/b' is not allowed; use a plain folder name"),
     (dict(bogus=1), r"unknown parameter\(s\) \['bogus'\]"),
     (dict(train_steps=0), r"train_steps=0 is not allowed; set exactly one of train_steps and train_epochs"),
+    (dict(image_column=3), r"image_column=3 is not allowed; use a column name"),
+    (dict(class_filter="label"), r"class_filter='label' is not allowed; use '' \(every image\) or 'COLUMN=V1,V2'"),
+    (dict(class_filter="=3"), r"class_filter='=3' is not allowed; use ''"),
+    (dict(class_filter=["label=3"]), r"class_filter=\['label=3'\] is not allowed; use ''"),
 ]
 
 
@@ -106,3 +110,43 @@ def test_gpu_only_profile_is_refused_without_cuda(monkeypatch, capsys):
                           "--param", "device=cpu", "--out", "/nonexistent/never-written"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "needs a CUDA GPU" in out.stderr and not Path("/nonexistent").exists()
+
+
+def test_image_column_and_class_filter_reach_the_loader_and_the_model_identity(tmp_path, monkeypatch):
+    import datasets
+    import io
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from tdpmlib import pipeline
+
+    monkeypatch.delenv("TDPM_IMAGE_COLUMN", raising=False)
+    monkeypatch.delenv("TDPM_CLASS_FILTER", raising=False)
+    cells = []
+    for v in range(6):
+        buf = io.BytesIO()
+        Image.new("L", (16, 16), 40 * v).save(buf, format="PNG")
+        cells.append({"bytes": buf.getvalue(), "path": None})
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")})
+    path = tmp_path / "grey.parquet"
+    datasets.Dataset.from_dict({"img": cells, "label": [0, 1, 0, 1, 0, 1]}, features=features).to_parquet(str(path))
+    cfg = Config.from_params(**dict(BASE, data_source=str(path), class_filter="label=1"))
+    assert (cfg.image_column, cfg.class_filter) == ("", "label=1")
+    train, held = pipeline.load_split(cfg)
+    values = sorted(torch.cat([train, held])[:, 0, 0, 0].tolist())
+    assert values == pytest.approx([40 / 127.5 - 1, 120 / 127.5 - 1, 200 / 127.5 - 1], abs=1e-6)
+    plain = pipeline.train_config(Config.from_params(**dict(BASE, data_source=str(path))), "linear", 5)
+    filtered = pipeline.train_config(cfg, "linear", 5)
+    assert filtered.keys() == plain.keys() and filtered["data"] == plain["data"] + " [class_filter=label=1]"
+    monkeypatch.setenv("TDPM_CLASS_FILTER", "label=x,")
+    with pytest.raises(ValueError, match=r"class_filter='label=x,' \(from TDPM_CLASS_FILTER\) is not allowed"):
+        Config.from_params(**BASE)
+    monkeypatch.delenv("TDPM_CLASS_FILTER")
+    # the default options leave a committed model's identity byte for byte as it was
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "pokemon" / "train-128px.parquet"
+    committed = Path(__file__).resolve().parents[1] / "results" / "cpu" / "models" / "ddpm-linear" / "train_config.json"
+    if shared.is_file() and committed.is_file():
+        cpu = Config.from_params(notebook="t", profile="cpu", device="cpu", results_dir=str(tmp_path), data_source=str(shared))
+        assert pipeline.train_config(cpu, "linear", 737) == json.loads(committed.read_text())

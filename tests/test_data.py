@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tdpmlib import data
+from tdpmlib import data, sources
 
 SHARED_PARQUET = Path(__file__).resolve().parents[2] / "shared" / "data" / "pokemon" / "train-128px.parquet"
 SHARED_ROWS = 819
@@ -305,7 +305,7 @@ def test_hub_errors_from_load_dataset_are_wrapped(monkeypatch):
     def boom(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'x/y' on the Hub (LocalEntryNotFoundError)\nsecond line")
 
-    monkeypatch.setattr(data, "_hub_unreachable_reason", lambda *a, **k: None)
+    monkeypatch.setattr(sources, "_hub_unreachable_reason", lambda *a, **k: None)
     monkeypatch.setattr(datasets, "load_dataset", boom)
     with pytest.raises(data.DataSourceError) as info:
         data.load_images("x/y")
@@ -318,7 +318,7 @@ def test_unreachable_probe_short_circuits_load_dataset(monkeypatch):
     def must_not_be_called(*args, **kwargs):
         raise AssertionError("load_dataset called although the hub is unreachable")
 
-    monkeypatch.setattr(data, "_hub_unreachable_reason", lambda *a, **k: "probe says no")
+    monkeypatch.setattr(sources, "_hub_unreachable_reason", lambda *a, **k: "probe says no")
     monkeypatch.setattr(datasets, "load_dataset", must_not_be_called)
     with pytest.raises(data.DataSourceError, match=r"\(probe says no\)"):
         data.load_images("huggan/pokemon")
@@ -329,6 +329,213 @@ def test_bad_arguments():
         data.load_images("x.parquet", resolution=0)
     with pytest.raises(ValueError, match="max_images"):
         data.load_images("x.parquet", max_images=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Other datasets: CIFAR-10, MNIST and CelebA-HQ schemas, the image column and the class filter
+# --------------------------------------------------------------------------------------------------
+
+CIFAR_NAMES = ["airplane", "automobile", "bird"]
+CIFAR_COLOURS = [(10 * i, 255 - 20 * i, 7 * i + 3) for i in range(9)]
+CIFAR_LABELS = [i % 3 for i in range(9)]
+
+
+def _unit(colour) -> torch.Tensor:
+    return torch.tensor(colour, dtype=torch.float32) / 127.5 - 1
+
+
+@pytest.fixture
+def cifar_parquet(tmp_path):
+    """CIFAR-10's hub schema: ``img`` (32x32 RGB PNG, here solid colours) and a ClassLabel ``label``."""
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=CIFAR_NAMES)})
+    cells = [{"bytes": _png(Image.new("RGB", (32, 32), c)), "path": None} for c in CIFAR_COLOURS]
+    path = tmp_path / "cifar.parquet"
+    datasets.Dataset.from_dict({"img": cells, "label": CIFAR_LABELS}, features=features).to_parquet(str(path))
+    return path
+
+
+def test_cifar_schema_img_column_is_detected(cifar_parquet):
+    x = data.load_images(cifar_parquet, resolution=16)
+    assert x.shape == (9, 3, 16, 16) and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1
+    # a solid colour stays exactly that colour through crop, resize and scaling
+    expected = torch.stack([_unit(c) for c in CIFAR_COLOURS]).view(9, 3, 1, 1).expand(9, 3, 16, 16)
+    torch.testing.assert_close(x, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(data.load_images(cifar_parquet, resolution=16, image_column="img"), x, atol=0, rtol=0)
+
+
+def test_class_filter_keeps_exactly_those_rows_in_order(cifar_parquet):
+    full = data.load_images(cifar_parquet, resolution=8)
+    one = data.load_images(cifar_parquet, resolution=8, class_filter="label=1")
+    torch.testing.assert_close(one, full[[1, 4, 7]], atol=0, rtol=0)
+    # ClassLabel names and indices are interchangeable; order and spaces in the filter do not matter
+    two = data.load_images(cifar_parquet, resolution=8, class_filter="label= bird, automobile")
+    torch.testing.assert_close(two, full[[1, 2, 4, 5, 7, 8]], atol=0, rtol=0)
+    torch.testing.assert_close(data.load_images(cifar_parquet, resolution=8, class_filter="label=1,2"), two, atol=0, rtol=0)
+    # the filter comes before max_images, and the memo does not confuse filtered and unfiltered loads
+    head = data.load_images(cifar_parquet, resolution=8, class_filter="label=1", max_images=2)
+    torch.testing.assert_close(head, full[[1, 4]], atol=0, rtol=0)
+    assert data.load_images(cifar_parquet, resolution=8).shape[0] == 9
+
+
+def test_class_filter_selects_before_decoding(tmp_path):
+    good = _png(Image.new("RGB", (8, 8), (0, 0, 255)))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    rows = {"image": [{"bytes": b, "path": None} for b in (good, b"not an image", good)], "label": [0, 1, 0]}
+    path = tmp_path / "one-bad.parquet"
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    with pytest.raises(ValueError, match="row 1"):
+        data.load_images(str(path), resolution=4)
+    x = data.load_images(str(path), resolution=4, class_filter="label=0")  # the broken row is never opened
+    torch.testing.assert_close(x, _unit((0, 0, 255)).view(1, 3, 1, 1).expand(2, 3, 4, 4), atol=1e-6, rtol=0)
+
+
+def test_errors_name_the_option_and_what_is_allowed(cifar_parquet):
+    with pytest.raises(ValueError, match=r"image_column='image' is not allowed") as info:
+        data.load_images(cifar_parquet, resolution=8, image_column="image")
+    assert "['img', 'label']" in str(info.value) and "cifar.parquet" in str(info.value)
+    with pytest.raises(ValueError, match=r"class_filter='label=7' keeps no image") as info:
+        data.load_images(cifar_parquet, resolution=8, class_filter="label=7")
+    assert "0, 1, 2" in str(info.value) and "airplane, automobile, bird" in str(info.value)
+    with pytest.raises(ValueError, match=r"class_filter='colour=1' is not allowed") as info:
+        data.load_images(cifar_parquet, resolution=8, class_filter="colour=1")
+    assert "no column 'colour'" in str(info.value) and "['label']" in str(info.value)
+    for bad in ("label", "=3", "label=", "label=1,,2"):
+        with pytest.raises(ValueError, match=rf"class_filter={bad!r} is not allowed; use '' \(every image\) or 'COLUMN=V1,V2'"):
+            data.load_images(cifar_parquet, resolution=8, class_filter=bad)
+    with pytest.raises(ValueError, match=r"image_column=3 is not allowed"):
+        data.load_images(cifar_parquet, resolution=8, image_column=3)
+
+
+def test_env_variables_give_the_defaults(cifar_parquet, monkeypatch):
+    monkeypatch.setenv("TDPM_CLASS_FILTER", "label=2")
+    x = data.load_images(cifar_parquet, resolution=4)
+    torch.testing.assert_close(x.mean(dim=(2, 3)), torch.stack([_unit(CIFAR_COLOURS[i]) for i in (2, 5, 8)]),
+                               atol=1e-6, rtol=0)
+    assert data.load_images(cifar_parquet, resolution=4, class_filter="label=0").shape[0] == 3  # the argument wins
+    monkeypatch.setenv("TDPM_IMAGE_COLUMN", "label")
+    with pytest.raises(ValueError, match=r"image_column='label'"):
+        data.load_images(cifar_parquet, resolution=4)
+    monkeypatch.setenv("TDPM_CLASS_FILTER", "label")
+    with pytest.raises(ValueError, match=r"class_filter='label' \(from TDPM_CLASS_FILTER\) is not allowed"):
+        data.load_images(cifar_parquet, resolution=4, image_column="img")
+
+
+def test_mnist_schema_grey_becomes_rgb(tmp_path):
+    rng = np.random.default_rng(0)
+    greys = [rng.integers(0, 256, (28, 28), dtype=np.uint8) for _ in range(6)]
+    labels = [3, 1, 3, 0, 2, 3]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    cells = [{"bytes": _png(Image.fromarray(g)), "path": None} for g in greys]
+    assert Image.open(io.BytesIO(cells[0]["bytes"])).mode == "L"
+    path = tmp_path / "mnist.parquet"
+    datasets.Dataset.from_dict({"image": cells, "label": labels}, features=features).to_parquet(str(path))
+    x = data.load_images(str(path), resolution=28)  # the native size: no resampling
+    assert x.shape == (6, 3, 28, 28)
+    torch.testing.assert_close(x[:, 0], torch.from_numpy(np.stack(greys)).float() / 127.5 - 1, atol=1e-6, rtol=0)
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
+    threes = data.load_images(str(path), resolution=28, class_filter="label=3")
+    torch.testing.assert_close(threes, x[[0, 2, 5]], atol=0, rtol=0)
+    up = data.load_images(str(path), resolution=32, class_filter="label=3")  # MNIST upscaled to the cpu profile
+    assert up.shape == (3, 3, 32, 32) and up.min() >= -1 and up.max() <= 1
+    assert torch.equal(up[:, 0], up[:, 2]) and up.std() > 0.3
+
+
+@pytest.mark.parametrize("mode, values, expected", [
+    ("L", np.array([[0, 100, 255]], np.uint8), [0, 100, 255]),
+    ("1", np.array([[True, False, True]]), [255, 0, 255]),
+    ("I;16", np.array([[0, 257 * 100, 65535]], np.uint16), [0, 100, 255]),
+    ("I", np.array([[0, 1000, 65535]], np.int32), [0, 4, 255]),  # 1000 / 257 = 3.9; Pillow alone clips to 255
+    ("F", np.array([[0.0, 0.5, 1.0]], np.float32), [0, 128, 255]),
+])
+def test_preprocess_scales_every_grey_mode(mode, values, expected):
+    img = Image.fromarray(values)
+    assert img.mode == mode
+    out = np.asarray(data.preprocess(img.resize((3, 3), Image.Resampling.NEAREST), resolution=3))
+    assert out.shape == (3, 3, 3)
+    assert out[0, :, 0].tolist() == expected and (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+
+def test_sixteen_bit_png_in_a_parquet(tmp_path):
+    grey = np.full((8, 8), 257 * 200, np.uint16)
+    path = _write_parquet(tmp_path / "g16.parquet", [_png(Image.fromarray(grey))], ["g16"])
+    x = data.load_images(str(path), resolution=8)
+    torch.testing.assert_close(x, torch.full((1, 3, 8, 8), 200 / 127.5 - 1), atol=1e-6, rtol=0)
+
+
+def test_celeba_hq_schema_with_extra_columns(tmp_path):
+    def face(colour):  # a wide JPEG: the centre square is `colour`, the sides are black
+        arr = np.zeros((64, 96, 3), np.uint8)
+        arr[:, 16:80] = colour
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=95)
+        return {"bytes": buf.getvalue(), "path": None}
+
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["female", "male"]),
+                                  "celeb_id": datasets.Value("int64"), "caption": datasets.Value("string")})
+    rows = {"image": [face(c) for c in colours], "label": [1, 0, 1, 0], "celeb_id": [7, 3, 11, 3],
+            "caption": ["a", "b", "c", "d"]}
+    path = tmp_path / "celeba.parquet"
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    x = data.load_images(str(path), resolution=16)
+    assert x.shape == (4, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
+    centre = x[:, :, 4:12, 4:12].mean(dim=(2, 3))  # JPEG is lossy: close to the colour, not equal
+    torch.testing.assert_close(centre, torch.stack([_unit(c) for c in colours]), atol=0.05, rtol=0)
+    assert x[:, :, :, 0].mean() > -0.5  # the black sides were cropped away, not squashed in
+    males = data.load_images(str(path), resolution=16, class_filter="label=male")
+    torch.testing.assert_close(males, x[[0, 2]], atol=0, rtol=0)
+    ids = data.load_images(str(path), resolution=16, class_filter="celeb_id=11,3")
+    torch.testing.assert_close(ids, x[[1, 2, 3]], atol=0, rtol=0)
+
+
+def test_image_column_auto_detection_by_type(tmp_path):
+    red = {"bytes": _png(Image.new("RGB", (4, 4), (255, 0, 0))), "path": None}
+    green = {"bytes": _png(Image.new("RGB", (4, 4), (0, 255, 0))), "path": None}
+    one = datasets.Features({"picture": datasets.Image(), "id": datasets.Value("int64")})
+    datasets.Dataset.from_dict({"picture": [red], "id": [0]}, features=one).to_parquet(str(tmp_path / "one.parquet"))
+    torch.testing.assert_close(data.load_images(str(tmp_path / "one.parquet"), resolution=4)[0], RED.expand(3, 4, 4))
+    two = datasets.Features({"face": datasets.Image(), "mask": datasets.Image()})
+    datasets.Dataset.from_dict({"face": [red], "mask": [green]}, features=two).to_parquet(str(tmp_path / "two.parquet"))
+    with pytest.raises(ValueError, match=r"image_column='' \(auto\) found several columns") as info:
+        data.load_images(str(tmp_path / "two.parquet"), resolution=4)
+    assert "['face', 'mask']" in str(info.value) and "two.parquet" in str(info.value)
+    mask = data.load_images(str(tmp_path / "two.parquet"), resolution=4, image_column="mask")
+    torch.testing.assert_close(mask[0], GREEN.expand(3, 4, 4))
+
+
+def test_class_filter_on_an_image_folder_and_an_npz(tmp_path):
+    for cls, colour in (("cat", (255, 0, 0)), ("dog", (0, 255, 0))):
+        (tmp_path / "pets" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (6, 6), colour).save(tmp_path / "pets" / cls / f"{i}.png")
+    dogs = data.load_images(str(tmp_path / "pets"), resolution=4, class_filter="label=dog")
+    torch.testing.assert_close(dogs, GREEN.expand(2, 3, 4, 4), atol=1e-6, rtol=0)
+    images = np.stack([np.full((4, 4, 3), v, np.uint8) for v in (0, 50, 100, 150)])
+    np.savez(tmp_path / "a.npz", images=images, label=np.array([5, 6, 5, 6]))
+    fives = data.load_images(str(tmp_path / "a.npz"), resolution=4, class_filter="label=5")
+    torch.testing.assert_close(fives[:, 0, 0, 0], torch.tensor([0, 100]) / 127.5 - 1, atol=1e-6, rtol=0)
+
+
+def test_fingerprint_names_the_options_and_is_unchanged_without_them(cifar_parquet, monkeypatch):
+    import hashlib
+
+    monkeypatch.delenv("TDPM_IMAGE_COLUMN", raising=False)
+    monkeypatch.delenv("TDPM_CLASS_FILTER", raising=False)
+    plain = f"cifar.parquet:sha256:{hashlib.sha256(cifar_parquet.read_bytes()).hexdigest()[:12]}"
+    assert data.fingerprint(cifar_parquet) == plain
+    assert data.fingerprint(cifar_parquet, image_column="", class_filter="") == plain
+    assert data.fingerprint(cifar_parquet, image_column="img") == plain + " [image_column=img]"
+    assert data.fingerprint(cifar_parquet, class_filter="label=3, 1") == plain + " [class_filter=label=1,3]"
+    assert data.fingerprint("ylecun/mnist", image_column="image", class_filter="label=3") == (
+        "ylecun/mnist [image_column=image, class_filter=label=3]")
+    assert data.fingerprint("ylecun/mnist") == "ylecun/mnist"
+    monkeypatch.setenv("TDPM_CLASS_FILTER", "label=3")
+    assert data.fingerprint("ylecun/mnist") == "ylecun/mnist [class_filter=label=3]"
+    if SHARED_PARQUET.is_file():  # committed results embed this string
+        assert data.fingerprint(SHARED_PARQUET, class_filter="") != data.fingerprint(SHARED_PARQUET, class_filter="a=1")
+        monkeypatch.delenv("TDPM_CLASS_FILTER")
+        assert data.fingerprint(SHARED_PARQUET) == "train-128px.parquet:sha256:e76d645c3225"
 
 
 # --------------------------------------------------------------------------------------------------
