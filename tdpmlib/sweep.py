@@ -2,6 +2,8 @@
 
     python -m tdpmlib.sweep notebooks/06_ablations.ipynb -p t_trunc 0 5 10 50 -p schedule linear cosine --profile cpu
     tdpm-sweep notebooks/06_ablations.ipynb -p seed 0 1 2 --profile smoke --dry-run
+    tdpm-sweep notebooks/06_ablations.ipynb -p seed 0 1 2 3 --jobs 4 --devices 0,1,2,3
+    tdpm-sweep notebooks/06_ablations.ipynb -p seed 0 1 2 --executor slurm --partition gpu --gpus-per-point 1 --wait
 
 Every point of the grid (the Cartesian product of the -p values, in the order the flags were given)
 is one run of the notebook with the run name ``<stem>__<k1>-<v1>__<k2>-<v2>``. The notebook gets the
@@ -11,12 +13,18 @@ grid values plus ``profile``, ``results_dir`` (absolute) and ``run_name``, and w
 
 * Values are Python literals, else strings ("5" -> 5, "1e-3" -> 0.001, "True" -> True, "cosine" ->
   "cosine"). Names are checked against the notebook's ``parameters`` cell and values against the
-  type of the default before anything runs (exit code 2 on bad input).
+  type of the default, and every option is checked, before anything runs (exit code 2, one line).
 * A point whose results.csv exists is skipped ("skip (done)") unless --force.
 * A failed point is recorded and the sweep goes on; the exit code is 1 if any point failed.
-* Sweeps may run side by side into the same results folder: each point is guarded by a lock file
-  ``<results-dir>/<profile>/<run_name>/.lock`` holding the owner's pid. A point locked by a live
-  process is skipped ("skip (running elsewhere)"); a lock left by a dead process is taken over.
+* Sweeps may run side by side into the same results folder, on one machine or on several sharing
+  the filesystem: each point is guarded by a lock file ``<results-dir>/<profile>/<run_name>/.lock``
+  (tdpmlib.sweep_point). A point locked by a live run is skipped ("skip (running elsewhere)"); a
+  stale lock is taken over.
+* Where the points run: one after another here (the default); up to --jobs at once here, each with
+  one of --devices as its CUDA_VISIBLE_DEVICES (tdpmlib.sweep_exec); or as cluster jobs with
+  --executor slurm|local|debug (tdpmlib.sweep_cluster: without --wait the command returns once the
+  jobs are submitted, and rerunning it merges what has finished and submits only the points that
+  are neither done nor queued nor running).
 * At the end the results of every grid point that has them are merged, with one column per grid
   parameter and ``run_name``, into ``<results-dir>/<profile>/sweeps/<stem>.csv``.
 """
@@ -29,30 +37,72 @@ import itertools
 import os
 import re
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import papermill as pm
 
+from .sweep_cluster import EXECUTORS, SKIP_QUEUED, SUBMITTED, ClusterOptions, import_submitit, run_cluster
+from .sweep_exec import run_pool, run_sequential
+# Point, Outcome, run_point and the lock functions are part of this module's API since before the split.
+from .sweep_point import (DONE, FAILED, PENDING, SKIP_DONE, SKIP_RUNNING, Outcome, Point, RunSettings,  # noqa: F401
+                          UsageError, acquire_lock, has_results, one_line, release_lock, run_dir, run_point)
+
 PROFILES = ("smoke", "cpu", "colab", "paper")
 # Set by the sweep itself, never through -p; the notebook must declare all three.
 RESERVED = ("profile", "results_dir", "run_name")
-DONE, SKIP_DONE, SKIP_RUNNING, FAILED, PENDING = "done", "skip (done)", "skip (running elsewhere)", "failed", "run"
-# A lock file with no pid in it yet is taken to be held for this long (its owner is between
-# creating it and writing its pid); after that it counts as stale.
-EMPTY_LOCK_GRACE_S = 30.0
-
-
-class UsageError(Exception):
-    """Bad command-line input: reported on stderr as one line, exit code 2."""
+# Options that only mean something for cluster jobs.
+CLUSTER_ONLY = ("partition", "gpus_per_point", "cpus_per_point", "mem", "time", "slurm_arg", "wait")
 
 
 # ---------------------------------------------------------------------------------------- arguments
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is a UsageError (one line on stderr, exit code 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see tdpm-sweep --help)")
+
+
+def count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed; give a whole number, {minimum} or more")
+        return value
+    return parse
+
+
+def device_list(text: str) -> list[str]:
+    devices = [d.strip() for d in text.split(",")]
+    if not all(devices) or any(re.search(r"\s", d) for d in devices):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; give device ids separated by commas, e.g. 0,1,2,3")
+    if len(set(devices)) < len(devices):
+        raise argparse.ArgumentTypeError(f"{text!r} names a device twice")
+    return devices
+
+
+def memory_gb(text: str) -> float:
+    """ "32G" -> 32, "500M" -> 0.48828125, "1.5T" -> 1536, "16" -> 16 (GB)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([MGT]?)B?", text.strip(), flags=re.IGNORECASE)
+    if not match or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; give a size such as 32G or 500M")
+    return float(match[1]) * {"m": 1 / 1024, "g": 1, "": 1, "t": 1024}[match[2].lower()]
+
+
+def slurm_arg(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; give KEY=VALUE (an sbatch option without --), "
+                                         "e.g. account=myproject, or KEY alone for a flag")
+    return key.replace("-", "_"), (value if sep else True)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="tdpm-sweep",
         description="Run a notebook over a parameter grid with papermill and merge the results.",
         epilog="example: tdpm-sweep notebooks/06_ablations.ipynb -p t_trunc 0 5 10 50 -p schedule linear cosine --profile cpu",
@@ -71,7 +121,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
     ap.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                     help="time limit per cell (default: none)")
+    here = ap.add_argument_group("several points at once on this machine")
+    here.add_argument("--jobs", type=count(1), default=None, metavar="N",
+                      help="run up to N points at once, each in a process of its own with OMP_NUM_THREADS = "
+                           "cores // N (default: 1; with --devices, one per device). With --executor slurm: "
+                           "at most N array tasks at once")
+    here.add_argument("--devices", type=device_list, default=None, metavar="0,1,...",
+                      help="GPUs to use: each running point gets one to itself as CUDA_VISIBLE_DEVICES, in turn; "
+                           "--jobs may not exceed their number")
+    cluster = ap.add_argument_group("cluster jobs (submitit; pip install -e \".[cluster]\")")
+    cluster.add_argument("--executor", choices=EXECUTORS, default=None,
+                         help="run each point as a job: slurm (a SLURM job array), local (job processes on this "
+                              "machine) or debug (in this process, one after another)")
+    cluster.add_argument("--wait", action="store_true",
+                         help="wait for the jobs, then merge (without it: return once submitted; rerun the command "
+                              "to merge what has finished and submit what is neither done nor queued)")
+    cluster.add_argument("--partition", default=None, help="SLURM partition")
+    cluster.add_argument("--gpus-per-point", type=count(0), default=None, metavar="N", help="GPUs per job")
+    cluster.add_argument("--cpus-per-point", type=count(1), default=None, metavar="N",
+                         help="CPU cores per job (also its OMP_NUM_THREADS)")
+    cluster.add_argument("--mem", type=memory_gb, default=None, metavar="SIZE", help="memory per job, e.g. 32G")
+    cluster.add_argument("--time", type=count(1), default=None, metavar="MINUTES",
+                         help="time limit per job (default: 60); a job that reaches it is requeued (3 times at most)")
+    cluster.add_argument("--slurm-arg", type=slurm_arg, action="append", default=[], metavar="KEY=VALUE",
+                         help="another sbatch option, e.g. account=myproject, qos=long, constraint=a100; repeatable")
     return ap.parse_args(argv)
+
+
+def check_run_options(args: argparse.Namespace) -> tuple[int, list[str] | None, ClusterOptions | None]:
+    """(jobs, devices, cluster options) from the arguments; a UsageError names the option that does not fit."""
+    given = [name for name in CLUSTER_ONLY if getattr(args, name) not in (None, False, [])]
+    if args.executor is None:
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UsageError(f"{flag}: only for cluster jobs; add --executor slurm (or local, debug)")
+        devices = args.devices
+        jobs = args.jobs if args.jobs is not None else (len(devices) if devices else 1)
+        if devices and jobs > len(devices):
+            raise UsageError(f"--jobs {jobs}: more than the {len(devices)} device(s) in --devices "
+                             f"{','.join(devices)}; each running point gets a device to itself")
+        return jobs, devices, None
+    if args.devices is not None:
+        raise UsageError(f"--devices: only for runs on this machine, not with --executor {args.executor}; "
+                         "ask for GPUs with --gpus-per-point")
+    if args.executor != "slurm":
+        if args.jobs is not None:
+            raise UsageError(f"--jobs: not with --executor {args.executor}, which "
+                             + ("starts every point at once" if args.executor == "local" else "runs them one by one"))
+        if slurm_only := [n for n in ("partition", "slurm_arg") if getattr(args, n)]:
+            raise UsageError(f"--{slurm_only[0].replace('_', '-')}: only with --executor slurm")
+    opts = ClusterOptions(args.executor, time_min=args.time or 60, partition=args.partition,
+                          gpus_per_point=args.gpus_per_point, cpus_per_point=args.cpus_per_point, mem_gb=args.mem,
+                          parallel=args.jobs, slurm_args=dict(args.slurm_arg), wait=args.wait)
+    return 1, None, opts
 
 
 def parse_value(text: str) -> object:
@@ -136,12 +238,6 @@ def parse_grid_axes(raw: list[list[str]], declared: dict[str, str]) -> list[tupl
 
 # ---------------------------------------------------------------------------------------------- grid
 
-@dataclass
-class Point:
-    run_name: str
-    params: dict[str, object]
-
-
 def safe(value: object) -> str:
     """A value as a piece of a file name: characters outside [A-Za-z0-9._-] become `_`."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", str(value))
@@ -161,158 +257,6 @@ def build_grid(stem: str, axes: list[tuple[str, list[object]]]) -> list[Point]:
                              f"{point.run_name!r} (repeated values, or values equal once made file-name safe)")
         seen[point.run_name] = point
     return points
-
-
-def run_dir(results_dir: Path, profile: str, run_name: str) -> Path:
-    return results_dir / profile / run_name
-
-
-def has_results(results_dir: Path, profile: str, run_name: str) -> bool:
-    return (run_dir(results_dir, profile, run_name) / "results.csv").is_file()
-
-
-# --------------------------------------------------------------------------------------------- locks
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def read_lock(lock: Path) -> int | None:
-    """The pid in a lock file; None if it has none (yet). Raises FileNotFoundError if it is gone."""
-    text = lock.read_text().strip()
-    return int(text) if text.isdigit() else None
-
-
-def lock_is_live(lock: Path, pid: int | None) -> bool:
-    if pid is None:  # just created by its owner, or left empty by a crash long ago
-        try:
-            return time.time() - lock.stat().st_mtime < EMPTY_LOCK_GRACE_S
-        except FileNotFoundError:
-            return False
-    return pid_alive(pid)
-
-
-def break_stale_lock(lock: Path, stale_pid: int | None) -> None:
-    """Remove `lock` if it still is the stale one we looked at.
-
-    It is renamed away first (atomic: of two sweeps breaking it at once only one succeeds), and if
-    what was renamed turns out to be a fresh lock that another sweep took in the meantime, it is
-    linked back (os.link never overwrites).
-    """
-    aside = lock.with_name(f"{lock.name}.stale.{os.getpid()}")
-    try:
-        os.rename(lock, aside)
-    except FileNotFoundError:
-        return  # someone else broke it
-    try:
-        if read_lock(aside) != stale_pid:
-            try:
-                os.link(aside, lock)
-            except FileExistsError:
-                pass
-    finally:
-        aside.unlink(missing_ok=True)
-
-
-def acquire_lock(lock: Path) -> bool:
-    """Take the lock (a file created with O_EXCL, holding our pid); False if a live process holds it."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(5):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = read_lock(lock)
-            except FileNotFoundError:
-                continue  # released in between: try again
-            if lock_is_live(lock, holder):
-                return False
-            break_stale_lock(lock, holder)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        return True
-    return False  # lost every race: let the other sweep have it
-
-
-def release_lock(lock: Path) -> None:
-    try:
-        if read_lock(lock) == os.getpid():
-            lock.unlink()
-    except FileNotFoundError:
-        pass
-
-
-# ----------------------------------------------------------------------------------------------- run
-
-@dataclass
-class Outcome:
-    point: Point
-    status: str
-    error: str = ""
-    seconds: float = 0.0
-    path: Path | None = None  # the executed notebook; for a point locked elsewhere, the lock file
-
-
-def one_line(exc: BaseException) -> str:
-    """`ename: evalue` on one line, for a papermill error or any other exception."""
-    if isinstance(exc, pm.PapermillExecutionError):
-        text = f"{exc.ename}: {exc.evalue}"
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    return " ".join(text.split())
-
-
-def file_version(path: Path) -> tuple[int, int] | None:
-    """(inode, mtime) of a file, None if there is none: changes when the file is rewritten."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns
-
-
-def run_point(notebook: Path, point: Point, *, profile: str, results_dir: Path, out_dir: Path,
-              kernel: str = "python3", timeout: float | None = None, force: bool = False) -> Outcome:
-    """Run one grid point (unless it is done or locked elsewhere); never raises for a failed run."""
-    if not force and has_results(results_dir, profile, point.run_name):
-        return Outcome(point, SKIP_DONE)
-    lock = run_dir(results_dir, profile, point.run_name) / ".lock"
-    if not acquire_lock(lock):
-        return Outcome(point, SKIP_RUNNING, path=lock)
-    csv = run_dir(results_dir, profile, point.run_name) / "results.csv"
-    executed = out_dir / f"{point.run_name}.ipynb"
-    tmp = out_dir / f".{point.run_name}.{os.getpid()}.tmp.ipynb"  # papermill wants the .ipynb suffix
-    t0 = time.monotonic()
-    try:
-        # Another sweep may have finished it between our check and our lock.
-        if not force and has_results(results_dir, profile, point.run_name):
-            return Outcome(point, SKIP_DONE)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        before = file_version(csv)  # under --force, results of an earlier run are there already
-        parameters = {**point.params, "profile": profile, "results_dir": str(results_dir), "run_name": point.run_name}
-        try:
-            pm.execute_notebook(str(notebook), str(tmp), parameters=parameters, kernel_name=kernel,
-                                cwd=str(notebook.parent), progress_bar=False, execution_timeout=timeout)
-            if file_version(csv) in (None, before):
-                raise RuntimeError(f"the notebook finished but wrote no {csv} (does it use run_name?)")
-        except Exception as exc:  # PapermillExecutionError, a dead kernel, a timeout, ...
-            return Outcome(point, FAILED, one_line(exc), time.monotonic() - t0, executed)
-        finally:
-            if tmp.exists():  # keep the executed copy, failed or not, for inspection
-                os.replace(tmp, executed)
-        return Outcome(point, DONE, "", time.monotonic() - t0, executed)
-    finally:
-        tmp.unlink(missing_ok=True)
-        release_lock(lock)
 
 
 # --------------------------------------------------------------------------------------------- merge
@@ -351,15 +295,20 @@ def merge_results(points: list[Point], *, results_dir: Path, profile: str, dest:
 # ---------------------------------------------------------------------------------------------- main
 
 def print_summary(outcomes: list[Outcome]) -> None:
-    count = {s: sum(o.status == s for o in outcomes) for s in (DONE, SKIP_DONE, SKIP_RUNNING, FAILED)}
+    count = {s: sum(o.status == s for o in outcomes)
+             for s in (DONE, SKIP_DONE, SKIP_RUNNING, SKIP_QUEUED, FAILED, SUBMITTED)}
     print("\nsummary")
     print(f"  {'done':<10}{count[DONE]:>4}")
-    print(f"  {'skipped':<10}{count[SKIP_DONE] + count[SKIP_RUNNING]:>4}"
-          f"   ({count[SKIP_DONE]} done before, {count[SKIP_RUNNING]} running elsewhere)")
+    queued = f", {count[SKIP_QUEUED]} queued or running as jobs" if count[SKIP_QUEUED] else ""
+    print(f"  {'skipped':<10}{count[SKIP_DONE] + count[SKIP_RUNNING] + count[SKIP_QUEUED]:>4}"
+          f"   ({count[SKIP_DONE]} done before, {count[SKIP_RUNNING]} running elsewhere{queued})")
     print(f"  {'failed':<10}{count[FAILED]:>4}")
+    if count[SUBMITTED]:
+        print(f"  {'submitted':<10}{count[SUBMITTED]:>4}   (rerun this command to merge them once they have "
+              "finished, or add --wait)")
     elsewhere = [o for o in outcomes if o.status == SKIP_RUNNING]
     if elsewhere:
-        print("running elsewhere (delete the lock if its pid is not really a sweep)")
+        print("running elsewhere (delete the lock if it names no live sweep)")
         for o in elsewhere:
             print(f"  {o.point.run_name}: {o.path}")
     failures = [o for o in outcomes if o.status == FAILED]
@@ -367,15 +316,15 @@ def print_summary(outcomes: list[Outcome]) -> None:
         print("failures")
         for o in failures:
             print(f"  {o.point.run_name}: {o.error}")
-            print(f"    notebook: {o.path}")
+            if o.path is not None:
+                print(f"    {'notebook' if o.path.suffix == '.ipynb' else 'log'}: {o.path}")
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
-    except SystemExit as exc:  # argparse has printed its message (or --help)
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
+        jobs, devices, cluster = check_run_options(args)
+        submitit = import_submitit(cluster.executor, need_cluster=not args.dry_run) if cluster else None
         notebook = args.notebook.expanduser().resolve()
         if notebook.suffix != ".ipynb" or not notebook.is_file():
             raise UsageError(f"no such notebook: {args.notebook}")
@@ -385,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"the sweep sets {', '.join(RESERVED)}")
         axes = parse_grid_axes(args.param, declared)
         points = build_grid(notebook.stem, axes)
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 2
     except UsageError as exc:
         print(f"tdpm-sweep: error: {exc}", file=sys.stderr)
         return 2
@@ -392,27 +343,28 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = args.results_dir.expanduser().resolve()
     sweeps_dir = results_dir / args.profile / "sweeps"
     out_dir = (args.out_dir.expanduser().resolve() if args.out_dir else sweeps_dir / notebook.stem)
-    print(f"sweep {notebook.name}: {len(points)} point(s), profile={args.profile}\n"
+    settings = RunSettings(notebook, args.profile, results_dir, out_dir, args.kernel, args.timeout, args.force)
+    where = (f"--executor {cluster.executor}" if cluster else f"{jobs} at once" if jobs > 1 or devices
+             else "one after another")
+    print(f"sweep {notebook.name}: {len(points)} point(s), profile={args.profile}, {where}\n"
           f"  results  {results_dir / args.profile}\n  notebooks {out_dir}", flush=True)
 
     if args.dry_run:
         for i, point in enumerate(points, 1):
-            would = SKIP_DONE if not args.force and has_results(results_dir, args.profile, point.run_name) else PENDING
+            would = SKIP_DONE if settings.is_done(point) else PENDING
             print(f"[{i}/{len(points)}] {point.run_name}  {point.params}  -> {would}")
         return 0
 
-    outcomes = []
-    for i, point in enumerate(points, 1):
-        print(f"[{i}/{len(points)}] {point.run_name} ...", end=" ", flush=True)
-        outcome = run_point(notebook, point, profile=args.profile, results_dir=results_dir, out_dir=out_dir,
-                            kernel=args.kernel, timeout=args.timeout, force=args.force)
-        if outcome.status == DONE:
-            print(f"done ({outcome.seconds:.1f}s)", flush=True)
-        elif outcome.status == FAILED:
-            print(f"FAILED ({outcome.seconds:.1f}s): {outcome.error}", flush=True)
+    try:
+        if cluster:
+            outcomes = run_cluster(points, settings, cluster, sweeps_dir / notebook.stem, submitit)
+        elif jobs > 1 or devices:
+            outcomes = run_pool(points, settings, jobs=jobs, devices=devices)
         else:
-            print(outcome.status, flush=True)
-        outcomes.append(outcome)
+            outcomes = run_sequential(points, settings)
+    except UsageError as exc:  # the cluster refused the executor's settings
+        print(f"tdpm-sweep: error: {exc}", file=sys.stderr)
+        return 2
 
     dest = sweeps_dir / f"{notebook.stem}.csv"
     rows = merge_results(points, results_dir=results_dir, profile=args.profile, dest=dest)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -188,7 +189,7 @@ def test_stale_lock_is_taken_over(nb, tmp_path, capsys):
 def test_acquire_and_release_lock(tmp_path):
     lock = tmp_path / "run" / ".lock"
     assert sweep.acquire_lock(lock)
-    assert lock.read_text().strip() == str(os.getpid())
+    assert lock.read_text().split()[:2] == [str(os.getpid()), socket.gethostname()]  # pid host job
     assert not sweep.acquire_lock(lock)  # held by a live process (this one)
     sweep.release_lock(lock)
     assert not lock.exists()
