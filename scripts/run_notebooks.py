@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown := set(args.only) - {p.stem for p in notebooks}:
             ap.error(f"not in _toc.yml: {', '.join(sorted(unknown))}")
         notebooks = [p for p in notebooks if p.stem in args.only]
-    if os.environ.get("TDPM_DATA"):  # kernels run in notebooks/, so make a relative path absolute
+    if os.environ.get("TDPM_DATA") and Path(os.environ["TDPM_DATA"]).expanduser().exists():
+        # kernels run in notebooks/, so make a relative path absolute (a hub id such as uoft-cs/cifar10 stays as it is)
         os.environ["TDPM_DATA"] = str(Path(os.environ["TDPM_DATA"]).expanduser().resolve())
     out_dir = args.out.expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,23 @@ def minutes(profile: str, gpu: str, *, n_train: int = 737) -> dict:
     return m | {"total": sum(m.values())}
 
 
+# Measured on this project's 2-core CPU machine: the cpu profile's training (ddpm-cpu, 32 px, batch 32) ran at 1.46 to
+# 1.6 s per step on one thread, i.e. 46-50 GFLOP/s; the 1.1 M preset at batch 16 at about 40.
+CPU_TFLOPS_PER_THREAD = 0.045
+
+
+def training_estimate(preset: str, *, resolution: int, batch_size: int, steps: int, device) -> str:
+    """An up-front estimate of a DDPM training run from its FLOP count (3 forward passes per image and step): on
+    the CPU at the measured throughput per thread, on CUDA for the GPU classes of ``EFFECTIVE_TFLOPS``."""
+    tf = 3 * batch_size * steps * forward_gflop(preset, resolution) / 1e3
+    if torch.device(device).type == "cuda":
+        per = ", ".join(f"{tf / r / 60:.1f} min on {g}" for g, r in EFFECTIVE_TFLOPS.items())
+        return f"{steps:,} steps, {tf:,.0f} TFLOP: about {per}"
+    threads = torch.get_num_threads()
+    return (f"{steps:,} steps, {tf:,.0f} TFLOP: about {tf / (CPU_TFLOPS_PER_THREAD * threads) / 60:.0f} min on "
+            f"{threads} CPU thread(s)")
+
+
 def describe(profile: str, notebook: str, *, n_train: int = 737) -> str:
     """One line for a notebook's run details: its TFLOP and the minutes they take per GPU class."""
     tf = notebook_tflop(profile, n_train=n_train).get(notebook)

@@ -11,6 +11,8 @@ import datetime
 import html
 import json
 import os
+import shutil
+import warnings
 
 import pandas as pd
 import torch
@@ -24,10 +26,18 @@ def setup(notebook: str, *, show: bool = True, **params) -> Config:
     """Validate the parameters into a Config, seed torch, and show the folded "Run details" (the parameters
     as given and the provenance of this run)."""
     chosen = ""
-    if params.get("profile") == "cpu" and on_colab() and torch.cuda.is_available():
+    colab = on_colab()
+    if params.get("profile") == "cpu" and colab and torch.cuda.is_available():
         params = {**params, "profile": "colab"}  # the book's default, cpu, would leave Colab's GPU idle
         chosen = "colab: the default on Colab with a GPU (set profile to another one to override)"
+    if colab and params.get("results_dir") == DEFAULT_RESULTS:
+        # a notebook opened from GitHub runs in /content, where "../results" would be /results, outside the session's
+        # files; on Colab the default folder is /content/results
+        params = {**params, "results_dir": COLAB_RESULTS}
     cfg = Config.from_params(notebook=notebook, **params)
+    fallback = gpu_fallback_reason() if cfg.device == "auto" and cfg.torch_device.type == "cpu" else ""
+    if fallback:
+        warnings.warn(fallback, stacklevel=2)
     torch.manual_seed(cfg.seed)
     estimate = budget_mod.describe(cfg.profile, notebook)
     budget = memory.device_budget(cfg.torch_device)
@@ -40,6 +50,8 @@ def setup(notebook: str, *, show: bool = True, **params) -> Config:
         prov["estimate"] = estimate
         if chosen:
             prov["profile chosen"] = chosen
+        if fallback:
+            prov["device warning"] = fallback
         for name, preset in (("memory plan, official DIP", cfg.dip_preset_official), ("memory plan, report's DIP", cfg.dip_preset)):
             prov[name] = memory.describe(memory.plan(dip_preset=preset, ddpm_preset=cfg.ddpm_preset, budget=budget,
                                                      resolution=cfg.resolution, dip_cap=cfg.sample_batch,
@@ -47,6 +59,21 @@ def setup(notebook: str, *, show: bool = True, **params) -> Config:
         shown = {k: v for k, v in params.items() if k != "extra_checks"}  # validators, not parameters
         _show_html(run_details(shown, prov))
     return cfg
+
+
+DEFAULT_RESULTS = "../results"      # the notebooks' default results_dir (beside notebooks/)
+COLAB_RESULTS = "/content/results"  # what it becomes on Colab
+
+
+def gpu_fallback_reason() -> str:
+    """Why ``device="auto"`` runs on the CPU although this machine has an NVIDIA GPU ("" when it has none, or
+    when torch can use it): typically a driver older than the CUDA runtime of the installed torch wheel."""
+    if torch.cuda.is_available() or not (os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi")):
+        return ""
+    built = torch.version.cuda or "none (a CPU-only build)"
+    return (f"this machine has an NVIDIA GPU but torch {torch.__version__} cannot use it (its CUDA runtime: {built}; "
+            "usually the NVIDIA driver is older than that runtime needs), so device='auto' runs on the CPU, many times "
+            "slower; update the driver or install a torch wheel built for an older CUDA")
 
 
 def on_colab() -> bool:
@@ -93,25 +120,32 @@ def _show_html(text: str):
 
 
 def load_split(cfg: Config):
-    """(train, held_out) images at the profile's resolution, split deterministically by the seed."""
-    images = data.load_images(cfg.data_source or None, resolution=cfg.resolution, max_images=cfg.max_images)
+    """(train, held_out) images at the profile's resolution, split deterministically by the seed. The image
+    column and class filter are the config's, else ``$TDPM_IMAGE_COLUMN`` / ``$TDPM_CLASS_FILTER``."""
+    images = data.load_images(cfg.data_source or None, resolution=cfg.resolution, max_images=cfg.max_images,
+                              image_column=cfg.image_column, class_filter=cfg.class_filter)
     held = cfg.held_out if cfg.held_out < 1 else int(cfg.held_out)
     return data.split(images, held_out=held, seed=cfg.seed)
 
 
 def train_config(cfg: Config, schedule: str, n_train: int) -> dict:
-    """The configuration that identifies a trained DDPM; a saved model with another one is not reused."""
+    """The configuration that identifies a trained DDPM; a saved model with another one is not reused. An image
+    column or class filter shows in ``data`` (``data.fingerprint``) only when set, so the dict of a default run
+    is what it always was."""
     return dict(schedule=schedule, preset=cfg.ddpm_preset, channels=list(models.PRESETS[cfg.ddpm_preset]["block_out_channels"]),
                 resolution=cfg.resolution, steps=cfg.train_steps,
                 epochs=cfg.train_epochs, batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, lr=cfg.train_lr,
-                seed=cfg.seed, n_train=n_train, data=data.fingerprint(cfg.data_source or None))
+                seed=cfg.seed, n_train=n_train, data=data.fingerprint(cfg.data_source or None, image_column=cfg.image_column,
+                                                                      class_filter=cfg.class_filter))
 
 
 def train_or_load(cfg: Config, train_images: torch.Tensor, *, schedule: str | None = None, callback=None,
-                  callback_every: int = 0, progress: bool = False):
+                  callback_every: int = 0, progress: bool = True):
     """Return (ema_unet, scheduler, info) for a schedule, training (or resuming) when no matching model exists.
 
-    ``info`` holds the loss log, the training wall time and whether the model was loaded.
+    ``info`` holds the loss log, the training wall time and whether the model was loaded. Before training it
+    prints what it is about to do and an estimate of how long that takes (``budget.training_estimate``), and
+    shows a progress bar unless ``progress`` is False.
     """
     schedule = schedule or cfg.schedule
     scheduler = schedules.make_scheduler(schedule)
@@ -128,6 +162,11 @@ def train_or_load(cfg: Config, train_images: torch.Tensor, *, schedule: str | No
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         unet = models.make_unet(cfg.ddpm_preset, resolution=cfg.resolution)
+    steps = cfg.train_steps or cfg.train_epochs * -(-len(train_images) // cfg.batch_size)
+    print(f"no trained {schedule} DDPM for this configuration in {mdir}: training it "
+          f"({'resuming its checkpoint; ' if (mdir / 'checkpoint.pt').exists() else ''}"
+          f"{budget_mod.training_estimate(cfg.ddpm_preset, resolution=cfg.resolution, batch_size=cfg.batch_size, steps=steps, device=cfg.torch_device)})",
+          flush=True)
     out = ddpm.train_ddpm(
         unet, train_images, scheduler, out_dir=mdir, steps=cfg.train_steps or None, epochs=cfg.train_epochs or None,
         batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, lr=cfg.train_lr, seed=cfg.seed,

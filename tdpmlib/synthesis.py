@@ -12,6 +12,8 @@ missing, ``optional_results`` reads an optional table if it is there.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -34,8 +36,10 @@ def ensure_results(cfg, producer: str, name: str, *, notebooks_dir=".", run: boo
         return path
     nb = Path(notebooks_dir) / f"{producer}.ipynb"
     hint = f"{path} is missing: run notebooks/{producer}.ipynb with profile={cfg.profile!r} first"
-    if not run or not nb.is_file():
+    if not run:
         raise FileNotFoundError(hint)
+    if not nb.is_file():  # a notebook opened alone (on Colab): fetch its sibling from the book's repository
+        nb = fetch_notebook(producer, cfg.out_dir() / "producers", hint=hint)
     import papermill as pm
 
     from .results import captured_output  # keeps the kernel's start-up warnings out of the page
@@ -48,6 +52,39 @@ def ensure_results(cfg, producer: str, name: str, *, notebooks_dir=".", run: boo
     if not path.is_file():
         raise FileNotFoundError(hint + f" ({nb} ran but did not write it)")
     return path
+
+
+REPOSITORY = "https://github.com/tdpm-dip/tdpm-dip"  # _config.yml's repository.url (tests/test_notebooks.py keeps them equal)
+BRANCH = "main"
+
+
+def notebook_url(producer: str) -> str:
+    """Where a chapter's notebook lives in the book's repository ($TDPM_NOTEBOOKS_URL overrides the folder)."""
+    base = os.environ.get("TDPM_NOTEBOOKS_URL") or (
+        REPOSITORY.replace("https://github.com/", "https://raw.githubusercontent.com/") + f"/{BRANCH}/notebooks")
+    return f"{base.rstrip('/')}/{producer}.ipynb"
+
+
+def fetch_notebook(producer: str, dest: Path, *, hint: str, timeout: float = 20.0) -> Path:
+    """Download a producing notebook next to this run's results; one FileNotFoundError saying what to do if it
+    cannot be had (offline, or no such notebook). A partial download is never left behind."""
+    import urllib.request
+
+    from .results import atomic_path
+
+    url = notebook_url(producer)
+    out = Path(dest) / f"{producer}.ipynb"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            body = r.read()
+        json.loads(body)  # a notebook, not an error page
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"{hint}; it is not beside this notebook and could not be fetched from {url} "
+                                f"({type(e).__name__})") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_bytes(body)
+    return out
 
 
 def optional_results(cfg, producer: str, name: str) -> tuple[pd.DataFrame | None, str]:

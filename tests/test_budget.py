@@ -63,3 +63,15 @@ def test_the_readme_shows_the_current_colab_estimate():
     t4, h200 = (float(x) for x in total.split()[-2:])
     assert t4 == pytest.approx(budget.minutes("colab", "T4")["total"], abs=0.05)
     assert h200 == pytest.approx(budget.minutes("colab", "H200")["total"], abs=0.05)
+
+
+def test_training_estimate_follows_the_flop_count():
+    import torch
+
+    g = budget.forward_gflop("tiny", 16)
+    cpu = budget.training_estimate("tiny", resolution=16, batch_size=8, steps=1000, device="cpu")
+    tf = 3 * 8 * 1000 * g / 1e3
+    assert f"{tf / (budget.CPU_TFLOPS_PER_THREAD * torch.get_num_threads()) / 60:.0f} min" in cpu
+    gpu = budget.training_estimate("ddpm-paper", resolution=64, batch_size=32, steps=2000, device="cuda")
+    tf = 3 * 32 * 2000 * budget.forward_gflop("ddpm-paper", 64) / 1e3
+    assert f"{tf / 20.0 / 60:.1f} min on T4" in gpu and f"{tf / 400.0 / 60:.1f} min on H200" in gpu
