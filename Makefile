@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 # CUDA GPU and are refused on a CPU. `python -m tdpmlib.budget --profile colab` prints the estimate per notebook.
 PROFILE ?= cpu
 
-.PHONY: venv test report train book pdf screenshots smoke bench clean
+.PHONY: venv test report train train-reading book pdf screenshots smoke bench clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,15 @@ train: venv
 	for s in linear cosine; do \
 	  OMP_NUM_THREADS=1 $(PY) -m tdpmlib.train --profile $(PROFILE) --schedule $$s \
 	    > results/$(PROFILE)/models/train-$$s.log 2>&1 & \
+	done; wait
+
+# Trains the variants of Example 1's training reading (chapter 04b) on two workers, one thread each, resuming or
+# skipping each; logs in results/<profile>/models/reading-<worker>.log. About 75 min for the cpu profile.
+train-reading: venv
+	mkdir -p results/$(PROFILE)/models
+	for w in 0 1; do \
+	  OMP_NUM_THREADS=1 $(PY) -m tdpmlib.convergence --profile $(PROFILE) --worker $$w \
+	    > results/$(PROFILE)/models/reading-$$w.log 2>&1 & \
 	done; wait
 
 book: venv

@@ -100,6 +100,10 @@ def train_ddpm(
     callback_every: int = 0,
     progress: bool = True,
     config: dict | None = None,
+    max_level: int | None = None,
+    x0_noise_std: float = 0.0,
+    early_images: torch.Tensor | None = None,
+    early_steps: int = 0,
 ) -> dict:
     """Train ``unet`` in place; resume from ``out_dir/checkpoint.pt`` when it exists.
 
@@ -107,6 +111,13 @@ def train_ddpm(
     ``callback_every`` steps with the EMA weights swapped in (for sample grids). Returns a dict with the
     EMA network (``ema_unet``), the loss log (DataFrame), and the wall-clock seconds of this call.
     The EMA network is saved with ``save_pretrained`` to ``out_dir/unet_ema``.
+
+    Variants of the training reading of Example 1 (``tdpmlib.convergence``), all recorded in the checkpoint:
+    ``max_level`` (T_trunc) draws levels from {1, ..., max_level} only, as the reproduced report's Algorithm 1
+    does (its sampler starts at T_trunc, so higher levels are never used; default: all T levels).
+    ``x0_noise_std`` adds fresh N(0, std^2) noise to every clean training image (the std of the noise the MNIST
+    report adds to its DIP outputs). ``early_images`` (same shape as ``images``, image i standing for image i)
+    replaces the images for the first ``early_steps`` steps: a curriculum that starts on DIP-smoothed images.
     """
     if (steps is None) == (epochs is None):
         raise ValueError(f"give exactly one of steps={steps!r} and epochs={epochs!r}")
@@ -117,15 +128,29 @@ def train_ddpm(
         raise ValueError(f"batch_size={batch_size!r} is not allowed; use a positive integer")
     if len(images) == 0:
         raise ValueError("images is empty; training needs at least one image")
+    T = scheduler.config.num_train_timesteps
+    if max_level is not None and (isinstance(max_level, bool) or not isinstance(max_level, int) or not 1 <= max_level <= T):
+        raise ValueError(f"max_level={max_level!r} is not allowed; use None (all levels) or an integer in 1..{T}")
+    if isinstance(x0_noise_std, bool) or not isinstance(x0_noise_std, (int, float)) or not 0 <= x0_noise_std < 10:
+        raise ValueError(f"x0_noise_std={x0_noise_std!r} is not allowed; use a number in [0, 10)")
+    if early_images is not None and early_images.shape != images.shape:
+        raise ValueError(f"early_images has shape {tuple(early_images.shape)}; use the shape of images, "
+                         f"{tuple(images.shape)} (image i of both is the same picture)")
+    if isinstance(early_steps, bool) or not isinstance(early_steps, int) or early_steps < 0 or (early_steps and early_images is None):
+        raise ValueError(f"early_steps={early_steps!r} is not allowed; use an integer >= 0, and give early_images with it")
     device = torch.device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(images)
     per_epoch = math.ceil(n / batch_size)
     total = steps if steps is not None else epochs * per_epoch
+    levels = T if max_level is None else max_level
     config = dict(config or {}, total_steps=total, batch_size=batch_size, lr=lr, betas=list(betas),
                   weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip,
                   ema_decay=ema_decay, hflip=hflip, seed=seed, n_images=n)
+    # the reading's options join the checkpoint's config only when set, so default runs resume as before
+    config.update({k: v for k, v in dict(max_level=max_level, x0_noise_std=float(x0_noise_std) or None,
+                                         early_steps=early_steps or None).items() if v is not None})
 
     unet = prepare(unet, device, fast).train()
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
@@ -174,11 +199,13 @@ def train_ddpm(
     while step < total:
         epoch, i = divmod(step, per_epoch)
         idx = data.batches(n, batch_size, seed=seed, epoch=epoch)[i]
-        x0 = images[idx]
+        x0 = (early_images if step < early_steps else images)[idx]
         if hflip:
             x0 = data.random_hflip(x0, gen)
+        if x0_noise_std:
+            x0 = x0 + x0_noise_std * torch.randn(x0.shape, generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
+        t = torch.randint(0, levels, (len(x0),), generator=gen)  # diffusers timestep level - 1
         x0, noise, t = x0.to(device), noise.to(device), t.to(device)
         x_t = scheduler.add_noise(x0, noise, t)
         with autocast(device, fast, training=True):

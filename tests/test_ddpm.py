@@ -157,3 +157,61 @@ def test_bad_sampling_arguments(kw, match):
     kw = dict(dict(t=10), **kw)
     with pytest.raises(ValueError, match=match):
         ddpm.reverse_chain(tiny_unet(), s, torch.zeros(1, 3, 8, 8), kw.pop("t"), **kw)
+
+
+# --- the training reading's options (tdpmlib.convergence) ---------------------------------------------------
+
+def _seen_timesteps(unet):
+    seen = []
+    unet.register_forward_pre_hook(lambda m, args: seen.append(args[1].clone()) if m.training else None)
+    return seen
+
+
+def test_max_level_draws_only_levels_up_to_it(tiny_images, tmp_path):
+    s = schedules.make_scheduler("linear")
+    unet = tiny_unet()
+    seen = _seen_timesteps(unet)
+    ddpm.train_ddpm(unet, tiny_images, s, out_dir=tmp_path, steps=30, batch_size=16, warmup_steps=0,
+                    progress=False, max_level=5)
+    ts = torch.cat(seen)
+    assert ts.min() == 0 and ts.max() == 4 and len(ts.unique()) == 5  # diffusers timesteps 0..4 = levels 1..5
+
+
+def test_default_levels_are_unchanged_and_max_level_is_in_the_checkpoint(tiny_images, tmp_path):
+    s = schedules.make_scheduler("linear")
+    kw = dict(steps=2, batch_size=8, warmup_steps=0, progress=False, checkpoint_every=1)
+    a, b = tiny_unet(), tiny_unet()
+    ra = ddpm.train_ddpm(a, tiny_images, s, out_dir=tmp_path / "a", **kw)
+    rb = ddpm.train_ddpm(b, tiny_images, s, out_dir=tmp_path / "b", max_level=1000, **kw)
+    for p, q in zip(ra["ema_unet"].parameters(), rb["ema_unet"].parameters()):  # max_level = T draws the same levels
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="config"):  # a checkpoint of another max_level is not resumed
+        ddpm.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path / "b", **dict(kw, steps=3), max_level=10)
+    with pytest.raises(ValueError, match="max_level"):
+        ddpm.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path / "c", **kw, max_level=1001)
+
+
+def test_x0_noise_std_adds_noise_of_that_std(tmp_path):
+    s = schedules.make_scheduler("linear")
+    unet = tiny_unet()
+    inputs = []
+    unet.register_forward_pre_hook(lambda m, args: inputs.append(args[0].clone()) if m.training else None)
+    zeros = torch.zeros(4, 3, 8, 8)
+    ddpm.train_ddpm(unet, zeros, s, out_dir=tmp_path, steps=20, batch_size=4, warmup_steps=0, progress=False,
+                    max_level=1, x0_noise_std=0.5, hflip=False)
+    x = torch.cat(inputs)  # level 1: x_1 = sqrt(abar_1) * (0 + 0.5 n) + sqrt(1 - abar_1) eps, std ~ 0.5
+    assert 0.47 < float(x.std()) < 0.53 and abs(float(x.mean())) < 0.03
+
+
+def test_early_images_for_all_steps_equal_training_on_them(tiny_images, tmp_path):
+    s = schedules.make_scheduler("linear")
+    kw = dict(steps=6, batch_size=8, warmup_steps=0, progress=False)
+    other = -tiny_images.flip(-1)
+    direct = ddpm.train_ddpm(tiny_unet(), other, s, out_dir=tmp_path / "d", **kw)["ema_unet"]
+    early = ddpm.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path / "e", early_images=other, early_steps=6, **kw)["ema_unet"]
+    half = ddpm.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path / "h", early_images=other, early_steps=3, **kw)["ema_unet"]
+    for p, q, r in zip(direct.parameters(), early.parameters(), half.parameters()):
+        assert torch.equal(p, q)
+    assert any(not torch.equal(p, r) for p, r in zip(direct.parameters(), half.parameters()))
+    with pytest.raises(ValueError, match="early_steps"):
+        ddpm.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path / "x", early_steps=2, **kw)
