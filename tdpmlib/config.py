@@ -136,6 +136,9 @@ class Config:
     seed: int = 0
     device: str = "auto"
     results_dir: str = "../results"
+    # trained DDPMs to load when this run has none: a folder or URL holding ddpm-<schedule>/ ("" = $TDPM_DDPM_SOURCE,
+    # else, on Colab, the repository's results/<profile>/models); a model trained with another configuration is not used
+    ddpm_source: str = ""
     run_name: str = ""
     schedule: str = "linear"
     resolution: int = 32
@@ -226,6 +229,10 @@ class Config:
             self.budgets(name)
         if not isinstance(self.results_dir, str) or not self.results_dir:
             _fail("results_dir", self.results_dir, "use a non-empty path string")
+        if not isinstance(self.ddpm_source, str):
+            _fail("ddpm_source", self.ddpm_source, "use a folder or an http(s) URL holding ddpm-<schedule>/ ('' = TDPM_DDPM_SOURCE)")
+        if self.ddpm_source and not self.ddpm_source.startswith(("http://", "https://")) and not Path(self.ddpm_source).expanduser().is_dir():
+            _fail("ddpm_source", self.ddpm_source, "the folder does not exist; give a folder or an http(s) URL holding ddpm-<schedule>/")
         if not isinstance(self.run_name, str) or any(c in self.run_name for c in "/\\"):
             _fail("run_name", self.run_name, "use a plain folder name")
 

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from . import budget as budget_mod
-from . import data, ddpm, memory, models, results, schedules
+from . import data, ddpm, memory, models, remote, results, schedules
 from .config import Config
 
 
@@ -152,6 +152,8 @@ def train_or_load(cfg: Config, train_images: torch.Tensor, *, schedule: str | No
     mdir = cfg.model_dir(schedule)
     tcfg = train_config(cfg, schedule, len(train_images))
     done = mdir / "train_config.json"
+    if not (done.exists() and json.loads(done.read_text()) == tcfg) and not (mdir / "checkpoint.pt").exists():
+        fetch_trained(cfg, schedule, tcfg)
     if done.exists() and json.loads(done.read_text()) == tcfg and (mdir / "unet_ema" / "config.json").exists():
         unet = ddpm.load_unet(mdir / "unet_ema", cfg.torch_device)
         summary = results.read_json(mdir / "train_summary.json")
@@ -179,6 +181,26 @@ def train_or_load(cfg: Config, train_images: torch.Tensor, *, schedule: str | No
     results.write_json(mdir / "train_summary.json", summary)
     results.write_json(done, tcfg)  # written last: its presence marks a finished model
     return out["ema_unet"].to(cfg.torch_device).eval(), scheduler, dict(log=log, loaded=False, **summary)
+
+
+def ddpm_source(cfg: Config) -> str:
+    """Where trained DDPMs are looked for when this run has none: the ``ddpm_source`` parameter, else
+    ``$TDPM_DDPM_SOURCE``, else, on Colab, the repository's committed models of the profile ("" = nowhere)."""
+    src = cfg.ddpm_source or os.environ.get("TDPM_DDPM_SOURCE", "")
+    if not src and on_colab():
+        src = remote.raw_url(f"results/{cfg.profile}/models")
+    return src
+
+
+def fetch_trained(cfg: Config, schedule: str, tcfg: dict) -> bool:
+    """Copy the trained ``schedule`` DDPM of this configuration from ``ddpm_source(cfg)`` into the run's model
+    folder. Prints one line saying what it loaded or why it trains instead; True when it copied a model."""
+    src = ddpm_source(cfg)
+    if not src:
+        return False
+    why = remote.fetch_model(f"{src.rstrip('/')}/ddpm-{schedule}", cfg.model_dir(schedule), expect=tcfg)
+    print(f"{why}: training instead" if why else f"loaded the trained {schedule} DDPM from {src}", flush=True)
+    return not why
 
 
 def save_results(cfg: Config, table: pd.DataFrame, *, name: str = "results.csv", **extra) -> None:

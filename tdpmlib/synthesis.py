@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import comparison
 from .comparison import BETTER, WORDS, WORSE
+from .remote import BRANCH, REPOSITORY, raw_url  # noqa: F401  (REPOSITORY and BRANCH are read as synthesis.*)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -54,14 +55,9 @@ def ensure_results(cfg, producer: str, name: str, *, notebooks_dir=".", run: boo
     return path
 
 
-REPOSITORY = "https://github.com/tdpm-dip/tdpm-dip"  # _config.yml's repository.url (tests/test_notebooks.py keeps them equal)
-BRANCH = "main"
-
-
 def notebook_url(producer: str) -> str:
     """Where a chapter's notebook lives in the book's repository ($TDPM_NOTEBOOKS_URL overrides the folder)."""
-    base = os.environ.get("TDPM_NOTEBOOKS_URL") or (
-        REPOSITORY.replace("https://github.com/", "https://raw.githubusercontent.com/") + f"/{BRANCH}/notebooks")
+    base = os.environ.get("TDPM_NOTEBOOKS_URL") or raw_url("notebooks")
     return f"{base.rstrip('/')}/{producer}.ipynb"
 
 

@@ -69,3 +69,97 @@ def test_unfetchable_notebook_names_what_to_run(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="run notebooks/03_x.ipynb .*could not be fetched"):
         synthesis.ensure_results(cfg, "03_x", "out.csv", notebooks_dir=tmp_path / "nowhere")
     assert not list((cfg.out_dir()).rglob("*.ipynb*"))  # nothing half-written
+
+
+# ---- trained DDPMs from a folder or URL (ddpm_source) --------------------------------------------------------------
+def _trained_folder(cfg, schedule, n_train, root):
+    """A finished model folder as train_or_load leaves it, built by hand (a random network, a one-row loss log)."""
+    from tdpmlib import models
+
+    d = root / f"ddpm-{schedule}"
+    unet = models.make_unet(cfg.ddpm_preset, resolution=cfg.resolution)
+    unet.save_pretrained(d / "unet_ema")
+    (d / "loss.csv").write_text("step,loss,lr,seconds\n1,0.5,0.001,1.0\n")
+    (d / "train_summary.json").write_text(json.dumps(dict(train_seconds=1.0, steps=1)))
+    (d / "train_config.json").write_text(json.dumps(pipeline.train_config(cfg, schedule, n_train)))
+    return unet
+
+
+def _no_training(*a, **k):
+    raise AssertionError("trained although a matching model was available")
+
+
+@pytest.mark.parametrize("over_http", [False, True])
+def test_trained_ddpm_is_loaded_from_a_folder_or_url(tmp_path, monkeypatch, over_http):
+    import functools
+    import http.server
+    import threading
+
+    train = torch.rand(6, 3, 16, 16)
+    src_cfg = pipeline.setup("x", show=False, profile="smoke", results_dir=str(tmp_path / "elsewhere"))
+    ref = _trained_folder(src_cfg, "linear", len(train), tmp_path / "models")
+    source = str(tmp_path / "models")
+    if over_http:
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=source)
+        handler.log_message = lambda *a: None
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        source = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        monkeypatch.setattr(pipeline.ddpm, "train_ddpm", _no_training)
+        cfg = pipeline.setup("x", show=False, profile="smoke", results_dir=str(tmp_path / "run"), ddpm_source=source)
+        unet, _, info = pipeline.train_or_load(cfg, train, schedule="linear")
+    finally:
+        if over_http:
+            server.shutdown()
+    assert info["loaded"]
+    for a, b in zip(unet.state_dict().values(), ref.state_dict().values()):
+        assert torch.equal(a.cpu(), b)
+    assert (cfg.model_dir("linear") / "train_config.json").exists()
+
+
+def test_trained_ddpm_of_another_configuration_is_not_used(tmp_path, monkeypatch, capsys):
+    train = torch.rand(6, 3, 16, 16)
+    other = pipeline.setup("x", show=False, profile="smoke", results_dir=str(tmp_path / "o"), seed=1)
+    _trained_folder(other, "linear", len(train), tmp_path / "models")
+    monkeypatch.setenv("TDPM_DDPM_SOURCE", str(tmp_path / "models"))  # the environment variable works like the parameter
+
+    class Trained(Exception):
+        pass
+
+    def train_instead(*a, **k):
+        raise Trained
+
+    monkeypatch.setattr(pipeline.ddpm, "train_ddpm", train_instead)
+    cfg = pipeline.setup("x", show=False, profile="smoke", results_dir=str(tmp_path / "run"))
+    with pytest.raises(Trained):
+        pipeline.train_or_load(cfg, train, schedule="linear")
+    assert "another configuration (differs in seed)" in capsys.readouterr().out
+    assert not (cfg.model_dir("linear") / "train_config.json").exists()
+
+
+def test_interrupted_model_copy_leaves_nothing(tmp_path, monkeypatch):
+    from tdpmlib import remote
+
+    train = torch.rand(6, 3, 16, 16)
+    cfg = pipeline.setup("x", show=False, profile="smoke", results_dir=str(tmp_path / "run"))
+    _trained_folder(cfg, "linear", len(train), tmp_path / "models")
+    real_read = remote.read
+
+    def flaky(base, name, **k):
+        if name.endswith(".safetensors"):
+            raise ConnectionResetError("connection dropped")
+        return real_read(base, name, **k)
+
+    monkeypatch.setattr(remote, "read", flaky)
+    dest = tmp_path / "run" / "ddpm-linear"
+    why = remote.fetch_model(str(tmp_path / "models" / "ddpm-linear"), dest,
+                             expect=pipeline.train_config(cfg, "linear", len(train)))
+    assert "could not be copied" in why and "ConnectionResetError" in why
+    assert not dest.exists() or not any(dest.rglob("*"))
+    assert not list((tmp_path / "run").glob(".*fetch*"))
+
+
+def test_ddpm_source_must_exist(tmp_path):
+    with pytest.raises(ValueError, match="ddpm_source"):
+        pipeline.setup("x", show=False, profile="smoke", ddpm_source=str(tmp_path / "nowhere"))
