@@ -36,7 +36,7 @@ import io
 import pandas as pd
 import torch
 
-from . import ddpm, dip, metrics, schedules
+from . import ddpm, dip, metrics, perceptual, schedules
 
 # ----------------------------------------------------------------------------------------------------------
 # Parameters
@@ -198,10 +198,11 @@ def denoising_sweep(unet, scheduler, clean: torch.Tensor, y: torch.Tensor, t_obs
     def add(label, x0, preset, k, t0, nfe, seconds, start):
         outputs[(label, t0)] = x0
         p, s = metrics.psnr(x0, clean).cpu(), metrics.ssim_or_nan(x0, clean)
+        lp = perceptual.lpips_or_nan(x0, clean)
         for i in range(n):
             rows.append(dict(task="denoise", t_obs=t_obs, sigma255=sigma255, start=start, label=label,
                              dip_preset=preset, k=k, t0=t0, nfe=nfe, dip_iterations=k, image=i,
-                             psnr=float(p[i]), ssim=float(s[i]), seconds=seconds))
+                             psnr=float(p[i]), ssim=float(s[i]), lpips=float(lp[i]), seconds=seconds))
 
     for label, (x_hat, p, k, dip_s) in starts.items():  # t0 = 0: the estimate itself, no evaluations
         add(label, x_hat.clamp(-1, 1), p, k, 0, 0, dip_s, "DIP only" if k > 0 else "observation as is")

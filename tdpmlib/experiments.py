@@ -21,7 +21,7 @@ import zlib
 import pandas as pd
 import torch
 
-from . import config, memory, metrics, schedules, tdpm
+from . import config, memory, metrics, perceptual, schedules, tdpm
 from .denoisers import METHODS, WITH_CLEAN, Context, Estimate, denoising_labels, generator
 
 # A setting's generator offsets: OFFSETS["setting"] + 10 * (crc32(setting name) % 100_000) + purpose index.
@@ -113,7 +113,7 @@ def run_denoising(unets: dict, *, clean: torch.Tensor, settings: list[dict], dev
 
     Columns: setting, schedule, t, sigma255 (the equivalent sigma of level t, ``schedules.sigma_at``),
     sigma255_requested, method, method_key, protocol, measured_against, image (index into ``clean``), psnr,
-    ssim (NaN below 11 px), seconds (the method's wall time / number of images), nfe, dip_iterations.
+    ssim (NaN below 11 px), lpips (NaN without its weights or below 31 px), seconds (the method's wall time / number of images), nfe, dip_iterations.
     PSNR/SSIM use ``metrics.psnr``/``metrics.ssim``: both images clipped to [-1, 1] and mapped to [0, 1].
     With ``return_outputs=True`` returns ``(df, outputs)``, ``outputs[setting name]`` a dict with
     ``y``, ``y_scaled`` (y / sqrt(abar_t)) and one entry per method key.
@@ -168,11 +168,12 @@ def run_denoising(unets: dict, *, clean: torch.Tensor, settings: list[dict], dev
             outputs[key] = out
             target = y_scaled if m.target == "y_scaled" else clean
             psnr, ssim = metrics.psnr(out, target), metrics.ssim_or_nan(out, target)
+            lp = perceptual.lpips_or_nan(out, target)
             for i in range(len(clean)):
                 rows.append(dict(setting=name, schedule=schedule, t=t, sigma255=sigma_eq,
                                  sigma255_requested=setting.get("sigma255"), method=labels[key], method_key=key,
                                  protocol=m.protocol, measured_against=m.measured_against, image=i,
-                                 psnr=float(psnr[i]), ssim=float(ssim[i]), seconds=total / len(clean),
+                                 psnr=float(psnr[i]), ssim=float(ssim[i]), lpips=float(lp[i]), seconds=total / len(clean),
                                  nfe=parts[key][0].nfe, dip_iterations=parts[key][0].dip_iterations))
         if return_outputs:
             all_outputs[name] = dict(y=y, y_scaled=y_scaled, **outputs)

@@ -49,7 +49,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import ddpm, denoisers, dip, example1, metrics, results, schedules, tdpm
+from . import ddpm, denoisers, dip, example1, metrics, perceptual, results, schedules, tdpm
 
 METHOD_LABELS = {
     "noisy": "noisy input (floor)",
@@ -132,13 +132,14 @@ def fit_budgets(y_scaled: torch.Tensor, clean: torch.Tensor, *, protocol: str, b
 
 
 def score(x: torch.Tensor, clean: torch.Tensor) -> dict:
-    return dict(psnr=metrics.psnr(x, clean), ssim=metrics.ssim_or_nan(x, clean))
+    """Per-image PSNR, SSIM and LPIPS (NaN where LPIPS's weights cannot be had: ``perceptual.lpips_status``)."""
+    return dict(psnr=metrics.psnr(x, clean), ssim=metrics.ssim_or_nan(x, clean), lpips=perceptual.lpips_or_nan(x, clean))
 
 
 def _rows(key, x, clean, *, split, seconds, nfe, its, params="", ratio=None):
     s = score(x, clean)
     return [dict(method_key=key, method=METHOD_LABELS[key], family=FAMILY[key], split=split, image=i,
-                 psnr=float(s["psnr"][i]), ssim=float(s["ssim"][i]), seconds=seconds, nfe=nfe, dip_iterations=its,
+                 psnr=float(s["psnr"][i]), ssim=float(s["ssim"][i]), lpips=float(s["lpips"][i]), seconds=seconds, nfe=nfe, dip_iterations=its,
                  params=params, noise_ratio=float("nan") if ratio is None else float(ratio[i]))
             for i in range(len(clean))]
 

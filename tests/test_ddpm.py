@@ -50,9 +50,14 @@ def test_training_reads_the_loss_back_only_at_checkpoints(tiny_images, tmp_path,
     assert "item" not in reads and reads.count(4) == 2, reads
     assert out["log"]["step"].tolist() == list(range(1, 9)) and out["log"]["loss"].map(type).eq(float).all()
 
-def test_resume_gives_bitwise_identical_weights(tiny_images, tmp_path):
+@pytest.mark.parametrize("variant", ["default", "truncated", "noisy_targets", "curriculum"])
+def test_resume_gives_bitwise_identical_weights(tiny_images, tmp_path, variant):
     s = schedules.make_scheduler("linear")
     kw = dict(steps=12, batch_size=6, lr=2e-3, warmup_steps=3, seed=5, progress=False, checkpoint_every=4)
+    # the training reading's options (chapter 04b) resume as exactly as the default; the curriculum switches
+    # from its early images at step 10, after the resume point
+    kw |= dict(default={}, truncated=dict(max_level=50), noisy_targets=dict(x0_noise_std=0.1),
+               curriculum=dict(early_images=-tiny_images.flip(-1), early_steps=10))[variant]
     full = tiny_unet()
     ref = ddpm.train_ddpm(full, tiny_images, s, out_dir=tmp_path / "full", **kw)
 

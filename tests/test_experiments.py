@@ -65,7 +65,7 @@ def test_denoising_table_has_one_row_per_setting_method_image(denoised):
     clean, settings, df, _ = denoised
     assert len(df) == len(settings) * len(D.DENOISING_METHODS) * len(clean)
     assert list(df.columns) == ["setting", "schedule", "t", "sigma255", "sigma255_requested", "method", "method_key",
-                                "protocol", "measured_against", "image", "psnr", "ssim", "seconds", "nfe",
+                                "protocol", "measured_against", "image", "psnr", "ssim", "lpips", "seconds", "nfe",
                                 "dip_iterations"]
     assert not df.duplicated(["setting", "method", "image"]).any()
     a = df[df.setting == "A"].set_index("method_key")
