@@ -76,6 +76,42 @@ def predict_eps(unet, x: torch.Tensor, level: int, *, fast=None) -> torch.Tensor
 
 # --- training ---------------------------------------------------------------------------------------------
 
+def training_length(n_images: int, *, steps: int | None, epochs: int | None, batch_size: int) -> tuple[int, int]:
+    """(batches per epoch, total steps) of a run limited by exactly one of ``steps`` and ``epochs``; bad
+    values raise one ``ValueError`` naming the parameter."""
+    if (steps is None) == (epochs is None):
+        raise ValueError(f"give exactly one of steps={steps!r} and epochs={epochs!r}")
+    for name, v in dict(steps=steps, epochs=epochs).items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name}={v!r} is not allowed; use a positive integer")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is not allowed; use a positive integer")
+    if n_images == 0:
+        raise ValueError("images is empty; training needs at least one image")
+    per_epoch = math.ceil(n_images / batch_size)
+    return per_epoch, steps if steps is not None else epochs * per_epoch
+
+
+def make_optimizer(unet, *, total: int, lr: float, betas, weight_decay: float, warmup_steps: int):
+    """(AdamW, cosine LR schedule with linear warm-up over ``min(warmup_steps, total)`` steps) of a run."""
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    return opt, get_cosine_schedule_with_warmup(opt, num_warmup_steps=min(warmup_steps, total), num_training_steps=total)
+
+
+def draw_batch(images: torch.Tensor, idx: torch.Tensor, gen: torch.Generator, *, hflip: bool, levels: int,
+               x0_noise_std: float = 0.0):
+    """One batch of Algorithm 1 on the CPU: (x0, noise, diffusers timestep) for the images ``idx``, with the
+    flips, the optional x0 noise, the target noise and the timesteps drawn from ``gen`` in this order."""
+    x0 = images[idx]
+    if hflip:
+        x0 = data.random_hflip(x0, gen)
+    if x0_noise_std:
+        x0 = x0 + x0_noise_std * torch.randn(x0.shape, generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, levels, (len(x0),), generator=gen)  # diffusers timestep level - 1
+    return x0, noise, t
+
+
 def train_ddpm(
     unet: UNet2DModel,
     images: torch.Tensor,
@@ -119,15 +155,7 @@ def train_ddpm(
     report adds to its DIP outputs). ``early_images`` (same shape as ``images``, image i standing for image i)
     replaces the images for the first ``early_steps`` steps: a curriculum that starts on DIP-smoothed images.
     """
-    if (steps is None) == (epochs is None):
-        raise ValueError(f"give exactly one of steps={steps!r} and epochs={epochs!r}")
-    for name, v in dict(steps=steps, epochs=epochs).items():
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"{name}={v!r} is not allowed; use a positive integer")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} is not allowed; use a positive integer")
-    if len(images) == 0:
-        raise ValueError("images is empty; training needs at least one image")
+    per_epoch, total = training_length(len(images), steps=steps, epochs=epochs, batch_size=batch_size)
     T = scheduler.config.num_train_timesteps
     if max_level is not None and (isinstance(max_level, bool) or not isinstance(max_level, int) or not 1 <= max_level <= T):
         raise ValueError(f"max_level={max_level!r} is not allowed; use None (all levels) or an integer in 1..{T}")
@@ -142,8 +170,6 @@ def train_ddpm(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(images)
-    per_epoch = math.ceil(n / batch_size)
-    total = steps if steps is not None else epochs * per_epoch
     levels = T if max_level is None else max_level
     config = dict(config or {}, total_steps=total, batch_size=batch_size, lr=lr, betas=list(betas),
                   weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip,
@@ -153,8 +179,8 @@ def train_ddpm(
                                          early_steps=early_steps or None).items() if v is not None})
 
     unet = prepare(unet, device, fast).train()
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
-    lr_sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=min(warmup_steps, total), num_training_steps=total)
+    opt, lr_sched = make_optimizer(unet, total=total, lr=lr, betas=betas, weight_decay=weight_decay,
+                                   warmup_steps=warmup_steps)
     # foreach: one kernel per update for all tensors on CUDA (the per-tensor loop is launch-bound there);
     # off on the CPU, where it would only change the last bits of the committed networks' averages.
     ema = EMAModel(unet.parameters(), decay=ema_decay, foreach=device.type == "cuda")
@@ -199,13 +225,8 @@ def train_ddpm(
     while step < total:
         epoch, i = divmod(step, per_epoch)
         idx = data.batches(n, batch_size, seed=seed, epoch=epoch)[i]
-        x0 = (early_images if step < early_steps else images)[idx]
-        if hflip:
-            x0 = data.random_hflip(x0, gen)
-        if x0_noise_std:
-            x0 = x0 + x0_noise_std * torch.randn(x0.shape, generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, levels, (len(x0),), generator=gen)  # diffusers timestep level - 1
+        x0, noise, t = draw_batch(early_images if step < early_steps else images, idx, gen, hflip=hflip,
+                                  levels=levels, x0_noise_std=x0_noise_std)
         x0, noise, t = x0.to(device), noise.to(device), t.to(device)
         x_t = scheduler.add_noise(x0, noise, t)
         with autocast(device, fast, training=True):

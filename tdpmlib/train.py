@@ -14,6 +14,10 @@ beside the model (``results/<profile>/models/ddpm-<schedule>/``):
 Evaluation seconds are recorded separately, so throughput excludes them. Rows and grids are written
 atomically and keyed by step, so a run resumed from its checkpoint rewrites the same rows (training is
 exact on resume) and a model trained with another configuration starts a fresh record.
+
+``accelerate launch --multi_gpu --num_processes N -m tdpmlib.train --profile paper`` trains the same model with
+data parallelism on N processes (``tdpmlib.ddpm_parallel``; README: Scaling out) into the same folder, where the
+notebooks load it; the main process records quality and grids and draws the final samples.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from . import config, ddpm, metrics, pipeline, plotting, results, schedules, tdpm
+from . import config, ddpm, ddpm_parallel, metrics, models, pipeline, plotting, results, schedules, tdpm
 
 GRID_N, GRID_SEED, EVAL_SEED = 8, 101, 104  # grid size; generator offsets of the grids and of the evaluation
 EVAL_SIGMAS = (25, 50)  # the book's main denoising levels (0..255 scale), mapped to t(sigma)
@@ -186,8 +190,18 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    unet, _, info = pipeline.train_or_load(cfg, train, callback=monitor, callback_every=monitor.every,
-                                           progress=a.progress)
+    if ddpm_parallel.launched():  # one of several processes of `accelerate launch`
+        try:
+            unet, info = train_parallel(cfg, train, callback=monitor, callback_every=monitor.every,
+                                        progress=a.progress)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if unet is None:  # not the main process: its part is done
+            return 0
+    else:
+        unet, _, info = pipeline.train_or_load(cfg, train, callback=monitor, callback_every=monitor.every,
+                                               progress=a.progress)
     print(f"{'loaded' if info['loaded'] else 'trained'} {cfg.model_dir()} ({info['steps']} steps)", flush=True)
     final_samples(cfg, a.schedule, unet, n=cfg.n_final_samples, tcfg=monitor.tcfg)
     print(f"final samples in {cfg.model_dir() / 'samples.pt'}")
@@ -204,6 +218,42 @@ def make_monitor(cfg, schedule: str, *, train, held, eval_every: int | None = No
     sampler = dict(method="ddim", num_steps=50) if cfg.profile == "smoke" else dict(method="ddpm")
     return Monitor(cfg, schedule, train=train, held=held, eval_every=eval_every, grid_every=grid_every,
                    total_steps=total, grid_sampler=sampler, n_eval_samples=8 if cfg.profile == "smoke" else 128)
+
+
+def train_parallel(cfg, train_images: torch.Tensor, *, callback=None, callback_every: int = 0, progress: bool = True):
+    """``pipeline.train_or_load`` for one process of a multi-process launch: train the profile's DDPM with
+    ``ddpm_parallel`` (resuming its checkpoint) unless a finished model of this configuration exists, writing
+    the summary and the ``train_config.json`` marker the notebooks load it by. Returns (ema_unet, info) on the
+    main process and (None, {}) on the others."""
+    acc = ddpm_parallel.make_accelerator(cfg.torch_device)
+    mdir = cfg.model_dir()
+    tcfg = pipeline.train_config(cfg, cfg.schedule, len(train_images))
+    done = mdir / "train_config.json"
+    trained = not (done.exists() and results.read_json(done) == tcfg and (mdir / "unet_ema" / "config.json").exists())
+    if trained:
+        if acc.is_main_process:
+            if not (mdir / "checkpoint.pt").exists():  # a fresh run: drop the record of any earlier one
+                for stale in (mdir / "quality.csv", mdir / "loss.csv"):
+                    stale.unlink(missing_ok=True)
+            print(f"training the {cfg.schedule} DDPM on {acc.num_processes} processes in {mdir}", flush=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            unet = models.make_unet(cfg.ddpm_preset, resolution=cfg.resolution)
+        out = ddpm_parallel.train_ddpm_parallel(
+            unet, train_images, schedules.make_scheduler(cfg.schedule), out_dir=mdir, accelerator=acc,
+            steps=cfg.train_steps or None, epochs=cfg.train_epochs or None, batch_size=cfg.batch_size,
+            warmup_steps=cfg.warmup_steps, lr=cfg.train_lr, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
+            callback=callback, callback_every=callback_every, progress=progress, config=tcfg)
+        if acc.is_main_process:
+            summary = dict(train_seconds=float(out["log"]["seconds"].iloc[-1]), steps=out["steps"],
+                           parameters=models.count_parameters(out["ema_unet"]), device=str(acc.device),
+                           hardware=results.hardware(acc.device), num_processes=acc.num_processes)
+            results.write_json(mdir / "train_summary.json", summary)
+            results.write_json(done, tcfg)  # written last: its presence marks a finished model
+    if not acc.is_main_process:
+        return None, {}
+    unet = ddpm.load_unet(mdir / "unet_ema", cfg.torch_device)
+    return unet, dict(log=pd.read_csv(mdir / "loss.csv"), loaded=not trained, **results.read_json(mdir / "train_summary.json"))
 
 
 if __name__ == "__main__":
