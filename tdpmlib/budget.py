@@ -21,7 +21,7 @@ import math
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import config, models, skipnet
+from . import config, models, skipnet, stopping
 
 # Sustained rates (TFLOP/s) the book sizes its profiles with: a T4 at about 20 in fp16 (the colab-profile issue's
 # figure) and an H200 at about 400 in bf16 (half the ~790 TFLOP/s measured on large matrix products there, for
@@ -61,7 +61,7 @@ def workload(profile: str, *, n_train: int = 737) -> dict:
                             + 2 * p["n_denoise"] * REPORT_T600,
                             dip_official=sigmas * images * off, dip_plain=2 * p["n_generate"] * p["dip_iterations"]),
         "04_example1_dip_init_ddpm": dict(dip_official=2 * images * off, nfe=2 * images * 4 * 100),
-        "05_example2_guided_early_stopping": dict(dip_official=2 * images * (2 * off + 1500)),
+        "05_example2_guided_early_stopping": dict(dip_official=2 * images * (2 * off + stopping.eswmv_cap(profile))),
         "06_ablations": dict(nfe=2 * 2 * images * 4 * 100 + 2 * p["n_denoise"] * REPORT_T600),
     }
 

@@ -30,6 +30,12 @@ from . import dip, metrics
 # ES-WMV as its authors run it (ES_WMV.ipynb, the settings cell: ``buffer_size = 100``, ``patience = 1000``,
 # ``lr = 0.01``, ``alg = 'adam'``, ``num_iter = 5000``).
 ESWMV_WINDOW, ESWMV_PATIENCE, ESWMV_LR, ESWMV_MAX_ITERATIONS = 100, 1000, 0.01, 5000
+SMOKE_ESWMV_MAX_ITERATIONS = 1500  # the smoke profile's cap: still >= W + P, so the rule can fire there too
+
+
+def eswmv_cap(profile: str) -> int:
+    """The cap of the ES-WMV fit: the official 5000 iterations (num_iter), except on the smoke profile."""
+    return SMOKE_ESWMV_MAX_ITERATIONS if profile == "smoke" else ESWMV_MAX_ITERATIONS
 
 
 class Discrepancy:

@@ -237,7 +237,7 @@ def test_stopping_study_runs_eswmv_until_it_fires(sched):
 def test_example2_settings_per_profile():
     from tdpmlib import config
 
-    for profile, cap in (("paper", 5000), ("cpu", 1500), ("smoke", 1500)):
+    for profile, cap in (("paper", 5000), ("colab", 5000), ("cpu", 5000), ("smoke", 1500)):
         cfg = config.Config.from_params(profile=profile, notebook="05_example2_guided_early_stopping")
         s = example2.example2_settings(cfg)
         assert s["eswmv_max_iterations"] == cap and s["eswmv_lr"] == 0.01
