@@ -53,13 +53,13 @@ ROW_COLUMNS = ("ablation", "sigma", "schedule", "t", "method_key", "method", "va
 # The grid per profile (the notebook's parameters, None: these). fractions: T_trunc / t(sigma), 0 = the DIP
 # alone; chains: numbers of chains K; lr_factors: multiples of the official DIP's learning rate (a new DIP fit
 # each, so the cpu plan has none); report_t_truncs: the report's Table 3. The cpu plan is sized for about
-# 10 min on 2 cores once chapter 03's DIP fits are cached: the reverse chains dominate (T_trunc up to t/2 under
+# 10 min on 2 cores once chapter 03's DIP fits are cached: the reverse chains dominate (T_trunc up to t under
 # both schedules on the validation and test images, the DDPM alone from t(sigma) under both schedules on the
 # test images), then the five DIP fits of the t = 600 section.
 PLANS = {
     "smoke": dict(sigmas="25,50", fractions="0,0.125,0.5", chains="1,2", lr_factors="0.5", lr_sigmas="25",
                   report_t_truncs="0,5,10,50"),
-    "cpu": dict(sigmas="25,50", fractions="0,0.0625,0.125,0.25,0.5", chains="1,2,4", lr_factors="",
+    "cpu": dict(sigmas="25,50", fractions="0,0.0625,0.125,0.25,0.5,1", chains="1,2,4", lr_factors="",
                 lr_sigmas="25", report_t_truncs="0,5,10,50"),
     "paper": dict(sigmas="25,50", fractions="0,0.0625,0.125,0.25,0.5,1", chains="1,2,4,8", lr_factors="0.3,3",
                   lr_sigmas="25,50", report_t_truncs="0,5,10,50"),

@@ -206,7 +206,8 @@ def fake_rows():
                         rows.append(dict(ablation="t_trunc", sigma=sigma, schedule=sch, t=57, method_key=f"t_trunc={level}",
                                          method="x", value=frac, split=split, image=i,
                                          psnr=20 + i + (d + shift if level else 0) + noise * (level > 0), ssim=0.5,
-                                         seconds=1.0, nfe=level, dip_iterations=4, noise_ratio=1.0))
+                                         seconds=1.0, nfe=level, dip_iterations=4,
+                                         noise_ratio=np.nan if level == 0 else 28 / level + 0.01 * i))
             for key, d in (("tweedie", 0.3), ("ddpm", -0.2)):
                 for i in range(3, 8):
                     rows.append(dict(ablation="schedule", sigma=sigma, schedule=sch, t=57, method_key=key, method=key,
@@ -271,6 +272,19 @@ def test_t_trunc_and_schedule_tables():
     text = ablate_paired.schedule_text(ps, levels)
     assert text.startswith("At σ = 25 (linear t = 57, cosine t = 116): DDPM")
     assert "cosine is better than linear (+" in text and "the same fit" not in text
+
+
+def test_handover_ratio_is_the_test_median_and_names_the_first_matched_level():
+    rows = fake_rows()
+    pt = ablate_paired.t_trunc_paired(rows, seed=0)
+    r = pt[(pt["sigma"] == 25) & (pt["schedule"] == "linear")].set_index("level")
+    # test images 3..7: 28 / level + 0.01 i, median at i = 5 (the validation images 0..2 do not count)
+    assert r.loc[7, "noise_ratio"] == pytest.approx(4.05) and r.loc[28, "noise_ratio"] == pytest.approx(1.05)
+    text = ablate_paired.handover_text(pt, "linear")
+    assert text.startswith("At σ = 25 (linear, t = 57) the median ratio is 4.05 at 7 (t/8), 1.05 at 28 (t/2); the first "
+                           "within 0.8–1.25 is T_trunc = 28 (t/2), where the matched TDPM-DIP is worse than the DIP alone")
+    far = ablate_paired.handover_text(pt, "linear", band=(0.5, 0.9))
+    assert "no T_trunc of the grid hands over a state within 0.5–0.9; the nearest is T_trunc = 28 (t/2)" in far
 
 
 def test_chain_budget_and_lr_tables():
