@@ -169,3 +169,14 @@ def test_the_documented_launch_trains_the_model_the_notebooks_load(tmp_path):
     saved = ddpm.load_unet(mdir / "unet_ema")
     assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), saved.state_dict().values()))
     assert models.count_parameters(unet) == info["parameters"]
+
+
+def test_parallel_trainer_keeps_the_one_process_defaults():
+    """The two trainers repeat their hyperparameter signature; a default changed in one only fails here."""
+    import inspect
+
+    one = inspect.signature(ddpm.train_ddpm).parameters
+    par = inspect.signature(ddpm_parallel.train_ddpm_parallel).parameters
+    shared = [k for k in par if k in one and par[k].kind is inspect.Parameter.KEYWORD_ONLY]
+    assert {"batch_size", "lr", "betas", "warmup_steps", "ema_decay", "grad_clip", "seed"} <= set(shared)
+    assert {k: par[k].default for k in shared} == {k: one[k].default for k in shared}
