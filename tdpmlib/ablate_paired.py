@@ -166,14 +166,12 @@ def handover_text(paired_t: pd.DataFrame, schedule: str, *, band: tuple[float, f
                            for lv, f, r in zip(g["level"], g["fraction"], g["noise_ratio"]))
         inside = g[(g["noise_ratio"] >= lo) & (g["noise_ratio"] <= hi)]
         if inside.empty:
-            near = g.loc[(g["noise_ratio"] - 1).abs().idxmin()]
-            tail = (f"no T_trunc of the grid hands over a state within {lo:g}–{hi:g}; the nearest is "
-                    f"T_trunc = {fmt_level(int(near['level']), float(near['fraction']))}, where "
-                    f"{comparison_text(near.to_dict(), a='the matched TDPM-DIP', b='the DIP alone')}")
+            row = g.loc[(g["noise_ratio"] - 1).abs().idxmin()]
+            which = f"no T_trunc of the grid hands over a state within {lo:g}–{hi:g}; the nearest is"
         else:
-            first = inside.iloc[0]
-            tail = (f"the first within {lo:g}–{hi:g} is T_trunc = {fmt_level(int(first['level']), float(first['fraction']))}, "
-                    f"where {comparison_text(first.to_dict(), a='the matched TDPM-DIP', b='the DIP alone')}")
+            row, which = inside.iloc[0], f"the first within {lo:g}–{hi:g} is"
+        tail = (f"{which} T_trunc = {fmt_level(int(row['level']), float(row['fraction']))}, where "
+                f"{comparison_text(row.to_dict(), a='the matched TDPM-DIP', b='the DIP alone')}")
         out.append(f"At σ = {fmt_sigma(sigma)} ({schedule}, t = {int(g['t'].iloc[0])}) the median ratio is {ratios}; "
                    f"{tail}.")
     return " ".join(out)

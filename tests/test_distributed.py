@@ -5,6 +5,7 @@ every multi-process scenario and the tests below check what it wrote; a second o
 ``accelerate launch ... -m tdpmlib.train`` command end to end.
 """
 
+import inspect
 import json
 import os
 import subprocess
@@ -173,8 +174,6 @@ def test_the_documented_launch_trains_the_model_the_notebooks_load(tmp_path):
 
 def test_parallel_trainer_keeps_the_one_process_defaults():
     """The two trainers repeat their hyperparameter signature; a default changed in one only fails here."""
-    import inspect
-
     one = inspect.signature(ddpm.train_ddpm).parameters
     par = inspect.signature(ddpm_parallel.train_ddpm_parallel).parameters
     shared = [k for k in par if k in one and par[k].kind is inspect.Parameter.KEYWORD_ONLY]
