@@ -112,3 +112,34 @@ def test_bad_periods_are_named(setup):
     cfg, tr, held = setup
     with pytest.raises(ValueError, match="eval_every=0"):
         train.make_monitor(cfg, "linear", train=tr, held=held, eval_every=0)
+
+
+def _smooth_images(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1
+    return torch.nn.functional.interpolate(coarse, size=16, mode="bilinear", align_corners=False)
+
+
+def test_swd_difference_of_a_set_with_itself_is_exactly_zero():
+    held, x = _smooth_images(12, 0), _smooth_images(16, 1)
+    d = train.swd_difference(held, x, x.clone(), floor=2.0, resamples=3)
+    assert d["diff"] == 0 and d["sd"] == 0 and d["lo"] == d["hi"] == 0
+    assert d["a"] == pytest.approx(metrics.swd(held, x, seed=0)["swd_mean"] / 2.0)
+
+
+def test_swd_difference_finds_pixel_noise_farther_from_smooth_images_than_smooth_images():
+    held, x = _smooth_images(24, 0), _smooth_images(16, 1)
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    d = train.swd_difference(held, noise, x, floor=1.0, resamples=4)
+    assert d["a"] > d["b"] and d["lo"] > 0            # worse, and by more than the resampling spread
+    swapped = train.swd_difference(held, x, noise, floor=1.0, resamples=4)
+    assert swapped["diff"] == pytest.approx(-d["diff"]) and swapped["hi"] < 0
+    with pytest.raises(ValueError, match="resamples=1"):
+        train.swd_difference(held, x, x, floor=1.0, resamples=1)
+
+
+def test_dark_fraction_counts_pixels_by_channel_mean():
+    img = torch.ones(2, 3, 4, 4)           # white on [-1, 1]
+    img[0, :, 0, :] = -1.0                 # one black row of 4 pixels in image 0
+    img[1, 0, 0, 0] = -1.0                 # one dark channel only: mean 2/3 on [0, 1], not dark
+    assert train.dark_fraction(img) == pytest.approx(4 / 32)
