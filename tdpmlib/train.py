@@ -146,6 +146,7 @@ def final_samples(cfg, schedule: str, unet, *, n: int, tcfg: dict) -> dict:
         results.save_checkpoint(path, dict(train_config=tcfg, n=n, samples=stored))
     return {k: dict(v, images=v["images"].float() / 127.5 - 1) for k, v in stored.items()}
 
+
 def swd_difference(held: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, floor: float, resamples: int = 10,
                    seed: int = 0) -> dict:
     """SWD / floor of sample sets ``a`` and ``b`` against ``held``, and how far their difference is from the draw
@@ -154,8 +155,9 @@ def swd_difference(held: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, floo
     Each of ``resamples`` rounds redraws both sets with replacement (the same indices for both when they are
     equally large, and the same SWD seed, so a set compared with itself differs by exactly 0) and scores them
     against the fixed held-out set. Returns the full-set ratios ``a`` and ``b``, their difference ``diff`` = a - b,
-    the bootstrap standard deviation of the difference ``sd`` and the normal 95% interval ``lo``, ``hi`` =
-    diff -/+ 1.96 sd (a handful of resamples is enough for a standard deviation, not for percentiles)."""
+    the bootstrap standard deviation of the difference ``sd`` and the normal 95% interval ``ci_low``, ``ci_high``
+    = diff -/+ 1.96 sd (a handful of resamples is enough for a standard deviation, not for percentiles), named as
+    in :func:`stats.paired` so that :func:`stats.verdict` reads it."""
     if resamples < 2:
         raise ValueError(f"resamples={resamples!r} is not allowed; use at least 2")
     ratio = lambda x: metrics.swd(held, x, seed=seed)["swd_mean"] / floor  # noqa: E731
@@ -167,7 +169,7 @@ def swd_difference(held: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, floo
         ib = ia if len(b) == len(a) else torch.randint(0, len(b), (len(b),), generator=g)
         diffs.append(ratio(a[ia]) - ratio(b[ib]))
     sd = float(torch.tensor(diffs).std())
-    return dict(a=ra, b=rb, diff=ra - rb, sd=sd, lo=ra - rb - 1.96 * sd, hi=ra - rb + 1.96 * sd)
+    return dict(a=ra, b=rb, diff=ra - rb, sd=sd, ci_low=ra - rb - 1.96 * sd, ci_high=ra - rb + 1.96 * sd)
 
 
 def dark_fraction(images: torch.Tensor, *, level: float = 0.1) -> float:

@@ -123,7 +123,7 @@ def _smooth_images(n, seed):
 def test_swd_difference_of_a_set_with_itself_is_exactly_zero():
     held, x = _smooth_images(12, 0), _smooth_images(16, 1)
     d = train.swd_difference(held, x, x.clone(), floor=2.0, resamples=3)
-    assert d["diff"] == 0 and d["sd"] == 0 and d["lo"] == d["hi"] == 0
+    assert d["diff"] == 0 and d["sd"] == 0 and d["ci_low"] == d["ci_high"] == 0
     assert d["a"] == pytest.approx(metrics.swd(held, x, seed=0)["swd_mean"] / 2.0)
 
 
@@ -131,9 +131,9 @@ def test_swd_difference_finds_pixel_noise_farther_from_smooth_images_than_smooth
     held, x = _smooth_images(24, 0), _smooth_images(16, 1)
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) * 2 - 1
     d = train.swd_difference(held, noise, x, floor=1.0, resamples=4)
-    assert d["a"] > d["b"] and d["lo"] > 0            # worse, and by more than the resampling spread
+    assert d["a"] > d["b"] and d["ci_low"] > 0            # worse, and by more than the resampling spread
     swapped = train.swd_difference(held, x, noise, floor=1.0, resamples=4)
-    assert swapped["diff"] == pytest.approx(-d["diff"]) and swapped["hi"] < 0
+    assert swapped["diff"] == pytest.approx(-d["diff"]) and swapped["ci_high"] < 0
     with pytest.raises(ValueError, match="resamples=1"):
         train.swd_difference(held, x, x, floor=1.0, resamples=1)
 
