@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DModel
+from diffusers import DDIMScheduler, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
@@ -297,22 +297,46 @@ def load_unet(path, device="cpu") -> UNet2DModel:
 
 # --- sampling ---------------------------------------------------------------------------------------------
 
-def _ddim_levels(t: int, num_steps: int) -> list[int]:
-    """``num_steps`` + 1 evenly spaced integer levels from t down to 0 (duplicates removed)."""
-    levels = torch.linspace(t, 0, num_steps + 1).round().long().tolist()
-    return sorted(set(levels), reverse=True)
+DDIM_SPACINGS = ("leading", "trailing", "linspace")  # diffusers' ``timestep_spacing`` values (DDIMScheduler)
+DDIM_SPACING = DDIMScheduler().config.timestep_spacing  # diffusers' default, "leading": the grid from T starts below T
+
+
+def ddim_levels(scheduler, t: int, num_steps: int, *, spacing: str | None = None) -> list[int]:
+    """The levels a DDIM chain from level t visits, t's grid first and 0 last (``num_steps`` evaluations, at
+    most t), laid out by diffusers' own ``DDIMScheduler.set_timesteps`` for a t-level schedule with
+    ``timestep_spacing=spacing``; level = diffusers timestep + 1.
+
+    From t = T the levels are exactly ``DDIMScheduler``'s timesteps (+ 1). ``"leading"`` (diffusers' default)
+    starts below T, at (num_steps - 1) * (T // num_steps) + 1 (981 for 50 steps of 1000): pure noise is read as
+    that level, not as level T, where the cosine schedule's abar (2.4e-9) amplifies eps errors 2e4 times.
+    ``"trailing"`` starts at t and is the grid the book used before; ``"linspace"`` starts at t and ends at 1.
+    ``spacing=None``: ``DDIM_SPACING`` from T (pure-noise sampling) and ``"trailing"`` from t < T, whose chain
+    starts from an image that really is at level t (a leading grid would evaluate the network at a lower level).
+    """
+    if spacing is None:
+        spacing = DDIM_SPACING if t == scheduler.config.num_train_timesteps else "trailing"
+    if spacing not in DDIM_SPACINGS:
+        raise ValueError(f"spacing={spacing!r} is not allowed; use None or one of {list(DDIM_SPACINGS)}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps={num_steps!r} is not allowed for DDIM; use a positive integer")
+    if t == 0:
+        return [0]
+    grid = DDIMScheduler.from_config(scheduler.config, num_train_timesteps=t, timestep_spacing=spacing)
+    grid.set_timesteps(min(num_steps, t))
+    return sorted(set((grid.timesteps + 1).tolist()) | {0}, reverse=True)
 
 
 @torch.no_grad()
 def reverse_chain(unet, scheduler, x_t: torch.Tensor, t: int, *, method: str = "ddpm", num_steps: int | None = None,
                   generator: torch.Generator | None = None, fast: bool | None = None,
-                  clipped_eps: bool = True) -> torch.Tensor:
+                  clipped_eps: bool = True, spacing: str | None = None) -> torch.Tensor:
     """Run the reverse process from level ``t`` to 0 on a batch ``x_t`` and return x_0.
 
     ``method="ddpm"``: ancestral sampling, t network evaluations, each step ``scheduler.step(...)``
     (posterior mean with 1/sqrt(alpha_t), noise sigma_t z; see ``schedules.posterior_step``).
-    ``method="ddim"``: deterministic DDIM over ``num_steps`` evenly spaced levels (``schedules.ddim_step``;
-    ``clipped_eps`` re-derives eps from the clipped x_0 estimate, see there).
+    ``method="ddim"``: deterministic DDIM over ``num_steps`` levels laid out by diffusers' ``spacing``
+    (``ddim_levels``; default: diffusers' "leading" from T, "trailing" from t < T), each step
+    ``schedules.ddim_step`` (``clipped_eps`` re-derives eps from the clipped x_0 estimate, see there).
     Noise is drawn from ``generator`` (a CPU generator gives the same draws on every device).
     """
     schedules.check_level("t", t, scheduler)
@@ -327,9 +351,7 @@ def reverse_chain(unet, scheduler, x_t: torch.Tensor, t: int, *, method: str = "
             eps = predict_eps(unet, x, level, fast=fast)
             x = scheduler.step(eps, level - 1, x, generator=generator).prev_sample
     elif method == "ddim":
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps={num_steps!r} is not allowed for DDIM; use a positive integer")
-        levels = _ddim_levels(t, num_steps)
+        levels = ddim_levels(scheduler, t, num_steps, spacing=spacing)
         for a, b in zip(levels[:-1], levels[1:]):
             eps = predict_eps(unet, x, a, fast=fast)
             x = schedules.ddim_step(x, eps, a, b, scheduler, clip=scheduler.config.clip_sample, clipped_eps=clipped_eps)
@@ -339,15 +361,20 @@ def reverse_chain(unet, scheduler, x_t: torch.Tensor, t: int, *, method: str = "
 
 
 def network_evaluations(t: int, *, method: str = "ddpm", num_steps: int | None = None, **_sampler_options) -> int:
-    """Network evaluations per image of ``reverse_chain`` from level t."""
-    return t if method == "ddpm" else len(_ddim_levels(t, num_steps)) - 1
+    """Network evaluations per image of ``reverse_chain`` from level t (any DDIM spacing: min(num_steps, t))."""
+    if method == "ddpm":
+        return t
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps={num_steps!r} is not allowed for DDIM; use a positive integer")
+    return min(num_steps, t)
 
 
 @torch.no_grad()
 def sample(unet, scheduler, *, n: int, resolution: int, generator: torch.Generator, device="cpu",
            method: str = "ddpm", num_steps: int | None = None, batch_size: int = 64, fast: bool | None = None,
-           progress: bool = False, clipped_eps: bool = True) -> torch.Tensor:
-    """Generate ``n`` images from pure noise at level T, in batches; returns a CPU tensor in [-1, 1]."""
+           progress: bool = False, clipped_eps: bool = True, spacing: str | None = None) -> torch.Tensor:
+    """Generate ``n`` images from pure noise at level T, in batches; returns a CPU tensor in [-1, 1].
+    ``spacing``: the DDIM grid (``ddim_levels``; default diffusers' "leading")."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r} is not allowed; use a positive integer")
     T = scheduler.config.num_train_timesteps
@@ -357,5 +384,6 @@ def sample(unet, scheduler, *, n: int, resolution: int, generator: torch.Generat
         b = min(batch_size, n - start)
         x_T = torch.randn((b, 3, resolution, resolution), generator=generator).to(device)
         out.append(reverse_chain(unet, scheduler, x_T, T, method=method, num_steps=num_steps,
-                                 generator=generator, fast=fast, clipped_eps=clipped_eps).clamp(-1, 1).cpu())
+                                 generator=generator, fast=fast, clipped_eps=clipped_eps,
+                                 spacing=spacing).clamp(-1, 1).cpu())
     return torch.cat(out)

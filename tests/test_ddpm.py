@@ -155,6 +155,43 @@ def test_ddim_from_any_level_uses_requested_steps():
     assert len(calls) == 4 and calls[0] == 36 and calls == sorted(calls, reverse=True)
 
 
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_ddim_grid_from_T_is_diffusers_grid(name, spacing):
+    # the DDIM chain from pure noise visits exactly DDIMScheduler's timesteps (+ 1) for each spacing, then 0
+    s = schedules.make_scheduler(name)
+    ref = schedules.make_ddim_scheduler(s)
+    ref.register_to_config(timestep_spacing=spacing)
+    ref.set_timesteps(50)
+    assert ddpm.ddim_levels(s, 1000, 50, spacing=spacing) == [int(v) + 1 for v in ref.timesteps] + [0]
+    unet = tiny_unet().eval()
+    calls = []
+    orig = unet.forward
+    unet.forward = lambda *a, **k: (calls.append(int(a[1][0])), orig(*a, **k))[1]
+    ddpm.reverse_chain(unet, s, torch.zeros(1, 3, 8, 8), 1000, method="ddim", num_steps=50, spacing=spacing)
+    assert calls == ref.timesteps.tolist()
+
+
+def test_ddim_default_grid_is_diffusers_default_from_T_and_starts_at_t_below_T():
+    s = schedules.make_scheduler("cosine")
+    assert ddpm.DDIM_SPACING == "leading" == type(schedules.make_ddim_scheduler(s))().config.timestep_spacing
+    levels = ddpm.ddim_levels(s, 1000, 50)
+    assert levels[:2] == [981, 961] and levels[-2:] == [1, 0] and len(levels) == 51
+    assert float(schedules.alpha_bar(s, levels[0])) > 1e-4 > 1e-8 > float(schedules.alpha_bar(s, 1000))
+    # the trailing grid is the book's grid before: every 20th level from 1000
+    assert ddpm.ddim_levels(s, 1000, 50, spacing="trailing") == list(range(1000, -1, -20))
+    for t, n in ((600, 50), (115, 50), (37, 4), (5, 10)):  # a chain from an image at level t < T starts at t
+        lv = ddpm.ddim_levels(s, t, n)
+        assert lv[0] == t and lv[-1] == 0 and len(lv) - 1 == min(n, t) == ddpm.network_evaluations(t, method="ddim", num_steps=n)
+    a = ddpm.sample(tiny_unet().eval(), s, n=2, resolution=8, generator=torch.Generator().manual_seed(0),
+                    method="ddim", num_steps=5)
+    b = ddpm.sample(tiny_unet().eval(), s, n=2, resolution=8, generator=torch.Generator().manual_seed(0),
+                    method="ddim", num_steps=5, spacing="trailing")
+    assert not torch.equal(a, b)
+    with pytest.raises(ValueError, match="spacing='even'"):
+        ddpm.ddim_levels(s, 1000, 50, spacing="even")
+
+
 @pytest.mark.parametrize("kw, match", [(dict(method="euler"), "method="), (dict(method="ddim"), "num_steps="),
                                         (dict(t=1001), "t=1001"), (dict(t=-1), "t=-1")])
 def test_bad_sampling_arguments(kw, match):
