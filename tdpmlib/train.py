@@ -50,9 +50,10 @@ def quality(unet, scheduler, *, train: torch.Tensor, held: torch.Tensor, generat
         y = schedules.q_sample(held, t, noise, scheduler).float().to(device)
         x0 = tdpm.tweedie(unet, scheduler, y, t).cpu()
         row[f"psnr_posterior_mean_{name}"] = float(metrics.psnr(x0, held).mean())
-    # diffusers' default DDIM step (raw eps after clipping): the record of the cpu training run was made with it
+    # diffusers' default DDIM step (raw eps after clipping) on the grid from level 1000 (trailing): the record of
+    # the cpu training run was made with them, and a resumed run must add rows of the same kind
     fake = ddpm.sample(unet, scheduler, n=n_samples, resolution=held.shape[-1], generator=generator, device=device,
-                       method="ddim", num_steps=50, batch_size=batch_size, clipped_eps=False)
+                       method="ddim", num_steps=50, batch_size=batch_size, clipped_eps=False, spacing="trailing")
     real = train[torch.randperm(len(train), generator=generator)[:n_samples]]
     row["swd_ddim50"] = metrics.swd(held, fake)["swd_mean"]
     row["swd_floor"] = metrics.swd(held, real)["swd_mean"]  # real training images against the same held-out set
@@ -114,25 +115,50 @@ class Monitor:
         results.write_json(man, m)
 
 
-FINAL_SAMPLERS = {"DDPM-1000": dict(method="ddpm"), "DDIM-50": dict(method="ddim", num_steps=50),
-                  "DDIM-100": dict(method="ddim", num_steps=100),
-                  "DDIM-50, raw ε": dict(method="ddim", num_steps=50, clipped_eps=False),
-                  "DDIM-100, raw ε": dict(method="ddim", num_steps=100, clipped_eps=False)}
-FINAL_SEEDS = {"DDPM-1000": 102, "DDIM-50": 103, "DDIM-100": 105, "DDIM-50, raw ε": 103, "DDIM-100, raw ε": 105}
+# DDIM on diffusers' default grid (leading, from level 981) and on the grid from level 1000 (trailing, the book's
+# grid before); each grid's samplers start from the same noise as the other's (the seeds), so they pair.
+FINAL_SAMPLERS = {"DDPM-1000": dict(method="ddpm"), "DDIM-50": dict(method="ddim", num_steps=50, spacing="leading"),
+                  "DDIM-50, trailing": dict(method="ddim", num_steps=50, spacing="trailing"),
+                  "DDIM-100, trailing": dict(method="ddim", num_steps=100, spacing="trailing"),
+                  "DDIM-50, raw ε, trailing": dict(method="ddim", num_steps=50, clipped_eps=False, spacing="trailing"),
+                  "DDIM-100, raw ε, trailing": dict(method="ddim", num_steps=100, clipped_eps=False, spacing="trailing")}
+FINAL_SEEDS = {"DDPM-1000": 102, "DDIM-50": 103, "DDIM-50, trailing": 103, "DDIM-100, trailing": 105,
+               "DDIM-50, raw ε, trailing": 103, "DDIM-100, raw ε, trailing": 105}
+# what the samples stored before the grid had a name were drawn with (all DDIM on the trailing grid)
+_STORED_BEFORE = {"DDPM-1000": (dict(method="ddpm"), 102),
+                  "DDIM-50": (dict(method="ddim", num_steps=50, spacing="trailing"), 103),
+                  "DDIM-100": (dict(method="ddim", num_steps=100, spacing="trailing"), 105),
+                  "DDIM-50, raw ε": (dict(method="ddim", num_steps=50, clipped_eps=False, spacing="trailing"), 103),
+                  "DDIM-100, raw ε": (dict(method="ddim", num_steps=100, clipped_eps=False, spacing="trailing"), 105)}
+
+
+def _drawn_with(name: str, entry: dict):
+    """(sampler settings, seed offset) a stored sample set was drawn with (None when unknown)."""
+    if "sampler" in entry:
+        return entry["sampler"], entry["seed"]
+    return _STORED_BEFORE.get(name)
 
 
 def final_samples(cfg, schedule: str, unet, *, n: int, tcfg: dict) -> dict:
     """{sampler: dict(images, seconds, nfe)} of the trained model's final samples (``FINAL_SAMPLERS``), drawn
     once and stored beside the model (``samples.pt``, 8-bit like any image) for its training config; a
     later call with the same config and n loads them instead of sampling again, and draws only the
-    samplers an interrupted call had not finished. Seconds are the wall
-    clock of the sampler over all n images, CUDA-synchronised."""
+    samplers an interrupted call had not finished. A stored set is reused under any name when it was drawn
+    with the same sampler settings and seed. Seconds are the wall clock of the sampler over all n images,
+    CUDA-synchronised."""
     path = cfg.model_dir(schedule) / "samples.pt"
-    stored = {}
+    saved = {}
     if path.exists():
         saved = results.load_checkpoint(path)
-        if saved.get("train_config") == tcfg and saved.get("n") == n:
-            stored = saved["samples"]  # complete, or the samplers a killed run had finished
+        # complete, or the samplers a killed run had finished
+        saved = saved["samples"] if saved.get("train_config") == tcfg and saved.get("n") == n else {}
+    by_draw = {repr(_drawn_with(k, v)): v for k, v in saved.items() if _drawn_with(k, v) is not None}
+    stored = {}  # every reusable set first, under its current name, so that no save below drops one
+    for name, kw in FINAL_SAMPLERS.items():
+        if repr((kw, FINAL_SEEDS[name])) in by_draw:
+            stored[name] = dict(by_draw[repr((kw, FINAL_SEEDS[name]))], sampler=kw, seed=FINAL_SEEDS[name])
+    if stored.keys() != saved.keys() or any("sampler" not in v for v in saved.values()):
+        results.save_checkpoint(path, dict(train_config=tcfg, n=n, samples=stored))
     scheduler, T = schedules.make_scheduler(schedule), 1000
     for name, kw in FINAL_SAMPLERS.items():
         if name in stored:
@@ -141,7 +167,7 @@ def final_samples(cfg, schedule: str, unet, *, n: int, tcfg: dict) -> dict:
             images = ddpm.sample(unet, scheduler, n=n, resolution=cfg.resolution, device=cfg.torch_device,
                                  generator=cfg.generator(FINAL_SEEDS[name]), batch_size=cfg.sample_batch, **kw)
         stored[name] = dict(images=((images + 1) * 127.5).round().to(torch.uint8), seconds=t.seconds,
-                            nfe=ddpm.network_evaluations(T, **kw))
+                            nfe=ddpm.network_evaluations(T, **kw), sampler=kw, seed=FINAL_SEEDS[name])
         # saved after every sampler, so an interrupted run keeps what it has drawn
         results.save_checkpoint(path, dict(train_config=tcfg, n=n, samples=stored))
     return {k: dict(v, images=v["images"].float() / 127.5 - 1) for k, v in stored.items()}
@@ -256,7 +282,7 @@ def train_parallel(cfg, train_images: torch.Tensor, *, callback=None, callback_e
     ``ddpm_parallel`` (resuming its checkpoint) unless a finished model of this configuration exists, writing
     the summary and the ``train_config.json`` marker the notebooks load it by. Returns (ema_unet, info) on the
     main process and (None, {}) on the others."""
-    acc = ddpm_parallel.make_accelerator(cfg.torch_device)
+    acc = ddpm_parallel.make_accelerator(cfg.torch_device, mixed_precision="auto" if cfg.train_autocast else "no")
     mdir = cfg.model_dir()
     tcfg = pipeline.train_config(cfg, cfg.schedule, len(train_images))
     done = mdir / "train_config.json"
@@ -274,7 +300,7 @@ def train_parallel(cfg, train_images: torch.Tensor, *, callback=None, callback_e
             unet, train_images, schedules.make_scheduler(cfg.schedule), out_dir=mdir, accelerator=acc,
             steps=cfg.train_steps or None, epochs=cfg.train_epochs or None, batch_size=cfg.batch_size,
             warmup_steps=cfg.warmup_steps, lr=cfg.train_lr, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-            callback=callback, callback_every=callback_every, progress=progress, config=tcfg)
+            callback=callback, callback_every=callback_every, progress=progress, config=tcfg, **pipeline.recipe(cfg))
         if acc.is_main_process:
             summary = dict(train_seconds=float(out["log"]["seconds"].iloc[-1]), steps=out["steps"],
                            parameters=models.count_parameters(out["ema_unet"]), device=str(acc.device),

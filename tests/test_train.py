@@ -143,3 +143,25 @@ def test_dark_fraction_counts_pixels_by_channel_mean():
     img[0, :, 0, :] = -1.0                 # one black row of 4 pixels in image 0
     img[1, 0, 0, 0] = -1.0                 # one dark channel only: mean 2/3 on [0, 1], not dark
     assert train.dark_fraction(img) == pytest.approx(4 / 32)
+
+
+def test_final_samples_stored_before_the_grid_had_a_name_are_reused_as_trailing(setup, monkeypatch):
+    # samples.pt written before DDIM took diffusers' grid holds trailing-grid sets under the old names: they are
+    # kept under their "trailing" names and only the leading-grid DDIM-50 is drawn
+    cfg, tr, held = setup
+    monitor, unet, _ = run(cfg, tr, held)
+    fresh = train.final_samples(cfg, "linear", unet, n=3, tcfg=monitor.tcfg)
+    old_names = {"DDPM-1000": "DDPM-1000", "DDIM-50": "DDIM-50, trailing", "DDIM-100": "DDIM-100, trailing",
+                 "DDIM-50, raw ε": "DDIM-50, raw ε, trailing", "DDIM-100, raw ε": "DDIM-100, raw ε, trailing"}
+    path = cfg.model_dir("linear") / "samples.pt"
+    saved = torch.load(path, weights_only=False)
+    legacy = {old: {k: v for k, v in saved["samples"][new].items() if k not in ("sampler", "seed")}
+              for old, new in old_names.items()}
+    torch.save(dict(saved, samples=legacy), path)
+    real, calls = ddpm.sample, []
+    monkeypatch.setattr(ddpm, "sample", lambda *a, **k: (calls.append(k), real(*a, **k))[1])
+    out = train.final_samples(cfg, "linear", unet, n=3, tcfg=monitor.tcfg)
+    assert [c.get("spacing") for c in calls] == ["leading"] and set(out) == set(train.FINAL_SAMPLERS)
+    for k in out:
+        torch.testing.assert_close(out[k]["images"], fresh[k]["images"])
+    assert not torch.equal(out["DDIM-50"]["images"], out["DDIM-50, trailing"]["images"])
