@@ -106,7 +106,7 @@ CHECKS = dict(
     lr_factors=lambda n, v: tuple(f for f in _numbers(n, v, cast=float, low=1e-3, high=1e3, allow_empty=True)
                                   if f != 1.0),
     lr_sigmas=lambda n, v: _numbers(n, v, cast=_int, low=1, high=255),
-    report_t_truncs=lambda n, v: _numbers(n, v, cast=_int, low=0, high=REPORT_T),
+    report_t_truncs=lambda n, v: _numbers(n, v, cast=_int, low=0, high=REPORT_T - 1),
 )
 
 
@@ -344,10 +344,12 @@ def iteration_rows(fit: dict, obs: Observed, *, schedule: str, ablation: str = "
 
 def report_table3(unet, scheduler, clean: torch.Tensor, *, t_truncs, dip_iterations: int, preset: str, lr: float,
                   seed: int, device, t_obs: int = REPORT_T) -> pd.DataFrame:
-    """The report's Table 3 at level ``t_obs`` (600) on ``clean``: per T_trunc, the report's protocol
+    """The report's Table 3 at level ``t_obs`` (600) on ``clean``: per T_trunc, in the author's meaning (T_trunc + 1
+    network evaluations from diffusers timestep T_trunc, ``tdpm.report_level``), the report's protocol
     (``tdpm.tdpm_dip``: the DIP target built from the clean image) and the matched TDPM-DIP on the observation
-    (one DIP fit to y / sqrt(abar), ``matched_state``, T_trunc steps; T_trunc = 0: that DIP alone), both with the
-    report's plain DIP; PSNR/SSIM against the clean image. One row per (protocol, T_trunc, image)."""
+    (one DIP fit to y / sqrt(abar), ``matched_state`` at the same level, the same steps), both with the
+    report's plain DIP; PSNR/SSIM against the clean image. One row per (protocol, T_trunc, image); ``nfe`` is
+    T_trunc + 1."""
     y = tdpm.observe(clean, t_obs, scheduler, generator=generator(seed, "table3-observation"))
     ab = float(schedules.alpha_bar(scheduler, t_obs))
     y_scaled = (y / ab ** 0.5).float()
@@ -359,7 +361,8 @@ def report_table3(unet, scheduler, clean: torch.Tensor, *, t_truncs, dip_iterati
     def add(protocol, x, tt, seconds):
         p, s = metrics.psnr(x, clean), metrics.ssim_or_nan(x, clean)
         rows.extend(dict(protocol=protocol, t_obs=t_obs, t_trunc=tt, image=i, psnr=float(p[i]), ssim=float(s[i]),
-                         seconds=seconds, nfe=tt, dip_iterations=dip_iterations) for i in range(len(clean)))
+                         seconds=seconds, nfe=tdpm.report_level(tt), dip_iterations=dip_iterations)
+                    for i in range(len(clean)))
 
     for tt in sorted(t_truncs):
         g = generator(seed, "table3-report", tt)
@@ -367,7 +370,8 @@ def report_table3(unet, scheduler, clean: torch.Tensor, *, t_truncs, dip_iterati
                             device=device, preset=preset, lr=lr, seed=seed, record_every=dip_iterations)
         add("report", res.x0, tt, res.seconds / len(clean))
         g = generator(seed, "table3-matched", tt)
-        state = matched_state(fit.output, y_scaled, v_obs, tt, scheduler, generator=g)
-        x, sec = _timed(device, lambda: tdpm.reverse_from_state(unet, scheduler, state, tt, generator=g))
+        level = tdpm.report_level(tt)
+        state = matched_state(fit.output, y_scaled, v_obs, level, scheduler, generator=g)
+        x, sec = _timed(device, lambda: tdpm.reverse_from_state(unet, scheduler, state, level, generator=g))
         add("corrected", x, tt, (fit_sec + sec) / len(clean))
     return pd.DataFrame(rows)

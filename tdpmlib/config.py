@@ -41,7 +41,11 @@ PROFILES = {
                   max_images=None, train_steps=2000, train_epochs=0, batch_size=32, warmup_steps=200, train_lr=2e-4,
                   checkpoint_every=500, eval_every=500, grid_every=1000, n_final_samples=256, n_generate=256,
                   n_denoise=8, dip_iterations=100, dip_iterations_long=500, n_chains=4, sample_batch=256),
+    # paper trains as the author's DDPM.ipynb does: no flips, no EMA, torchvision's Resize of convert("RGB"), fp32,
+    # AdamW lr 1e-4 with betas (0.95, 0.999), weight decay 1e-6, 500 warm-up steps, clip 1.0 (ddpm.train_ddpm's
+    # defaults). Unlike the author it keeps a held-out tenth for evaluation (the author trained on every image).
     "paper": dict(resolution=64, ddpm_preset="ddpm-paper", dip_preset="dip-paper", dip_preset_small="dip-cpu",
+                  ema_decay=0.0, hflip=False, preprocess="author", train_autocast=False,
                   max_images=None, train_steps=0, train_epochs=100, batch_size=32, warmup_steps=500, train_lr=1e-4,
                   checkpoint_every=1000, eval_every=0, grid_every=0, n_final_samples=1000, n_generate=1000, n_denoise=50, dip_iterations=100,
                   dip_iterations_long=1000, n_chains=8, sample_batch=500),
@@ -137,7 +141,8 @@ class Config:
     device: str = "auto"
     results_dir: str = "../results"
     # trained DDPMs to load when this run has none: a folder or URL holding ddpm-<schedule>/ ("" = $TDPM_DDPM_SOURCE,
-    # else, on Colab, the repository's results/<profile>/models); a model trained with another configuration is not used
+    # else, on Colab, the repository's results/<profile>/models); a model trained with another configuration is not used.
+    # "hub:OWNER/NAME" or "author" (remote.AUTHOR_DDPMS) load a diffusers UNet as it is, without training
     ddpm_source: str = ""
     run_name: str = ""
     schedule: str = "linear"
@@ -151,6 +156,11 @@ class Config:
     batch_size: int = 32
     warmup_steps: int = 100
     train_lr: float = 1e-3
+    # The book's improvements over the author's training recipe (the paper profile turns all four off):
+    ema_decay: float = 0.999     # EMA of the weights, sampled from (0: none, as the author)
+    hflip: bool = True           # random horizontal flips (the author: none)
+    preprocess: str = "book"     # "book": alpha on white, centre crop, Lanczos; "author": Resize of convert("RGB")
+    train_autocast: bool = True  # bf16 autocast in training on CUDA (the author: fp32)
     checkpoint_every: int = 200
     eval_every: int = 0    # training steps between quality rows; 0: an eighth of the training
     grid_every: int = 0    # training steps between sample grids; 0: a quarter of the training
@@ -166,7 +176,7 @@ class Config:
     dip_iterations_long: int = 500
     n_chains: int = 4
     sample_batch: int = 64
-    dip_lr: float = 1e-3
+    dip_lr: float = 1e-4   # the plain (report's) DIP: the author's Adam rate (tdpmlib.dip.PROTOCOLS)
     held_out: float = 0.1
     extra: dict = field(default_factory=dict)
 
@@ -217,6 +227,12 @@ class Config:
             check_int(name, getattr(self, name), low=1)
         check_int("warmup_steps", self.warmup_steps, low=0)
         check_float("train_lr", self.train_lr, low=0, high=1)
+        if isinstance(self.ema_decay, bool) or not isinstance(self.ema_decay, (int, float)) or not 0 <= self.ema_decay < 1:
+            _fail("ema_decay", self.ema_decay, "use a number in [0, 1) (0: no EMA)")
+        for name in ("hflip", "train_autocast"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, getattr(self, name), "use True or False")
+        check_choice("preprocess", self.preprocess, list(data.PREPROCESS))
         check_int("checkpoint_every", self.checkpoint_every, low=1)
         check_int("eval_every", self.eval_every, low=0)
         check_int("grid_every", self.grid_every, low=0)
@@ -229,10 +245,15 @@ class Config:
             self.budgets(name)
         if not isinstance(self.results_dir, str) or not self.results_dir:
             _fail("results_dir", self.results_dir, "use a non-empty path string")
+        sources_help = ("use a folder or an http(s) URL holding ddpm-<schedule>/, 'hub:OWNER/NAME' (a diffusers UNet), "
+                        "or 'author' (the report author's two DDPMs); '' = TDPM_DDPM_SOURCE")
         if not isinstance(self.ddpm_source, str):
-            _fail("ddpm_source", self.ddpm_source, "use a folder or an http(s) URL holding ddpm-<schedule>/ ('' = TDPM_DDPM_SOURCE)")
-        if self.ddpm_source and not self.ddpm_source.startswith(("http://", "https://")) and not Path(self.ddpm_source).expanduser().is_dir():
-            _fail("ddpm_source", self.ddpm_source, "the folder does not exist; give a folder or an http(s) URL holding ddpm-<schedule>/")
+            _fail("ddpm_source", self.ddpm_source, sources_help)
+        hub = self.ddpm_source == "author" or self.ddpm_source.startswith("hub:")
+        if self.ddpm_source.startswith("hub:") and len(self.ddpm_source) == 4:
+            _fail("ddpm_source", self.ddpm_source, sources_help)
+        if self.ddpm_source and not hub and not self.ddpm_source.startswith(("http://", "https://")) and not Path(self.ddpm_source).expanduser().is_dir():
+            _fail("ddpm_source", self.ddpm_source, "the folder does not exist; " + sources_help)
         if not isinstance(self.run_name, str) or any(c in self.run_name for c in "/\\"):
             _fail("run_name", self.run_name, "use a plain folder name")
 

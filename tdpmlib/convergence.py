@@ -41,7 +41,7 @@ import torch
 from . import config, data, ddpm, dip, metrics, models, pipeline, results, schedules, study, tdpm
 
 LR, LR_ALT = 1e-3, 3e-4       # the cpu profile's DDPM rate, and the lower one of the MNIST report's ablation
-DIP_LR, DIP_LR_ALT = 1e-3, 1e-2  # the reproduced report's DIP rate, and the official DIP rate (Ulyanov et al.)
+DIP_LR, DIP_LR_ALT = 1e-3, 1e-2  # ten times the author's DIP rate (1e-4; the reading predates the fix), and the official rate
 NOISE_STD = 0.1               # std ([-1, 1] scale) of the noise the noisy-DIP-data variant adds to its images
 CURRICULUM = 0.5              # share of the budget the curriculum trains on DIP-processed images
 GEN_LEVEL, GEN_LEVEL_HIGH = 50, 200  # TDPM-DIP hand-over levels: every evaluation / the last one only

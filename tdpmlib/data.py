@@ -125,19 +125,21 @@ def resolve_class_filter(class_filter: str = "") -> str:
                          f"{sources.CLASS_FILTER_HELP}") from None
 
 
-def fingerprint(source: str | os.PathLike | None = None, *, image_column: str = "", class_filter: str = "") -> str:
+def fingerprint(source: str | os.PathLike | None = None, *, image_column: str = "", class_filter: str = "",
+                preprocess: str = "book") -> str:
     """An identity of the data that does not depend on where it lies: a local file is named by its file
     name and the first 12 hex digits of its SHA-256, a folder by its name, a hub dataset by its id. Trained
     models record it, so a clone in another folder still recognises the committed networks.
 
     A non-empty ``image_column`` or ``class_filter`` (after ``resolve_image_column`` /
-    ``resolve_class_filter``) is appended, e.g. ``"ylecun/mnist [class_filter=label=3]"``; with neither,
-    the string is what it has always been."""
+    ``resolve_class_filter``) is appended, e.g. ``"ylecun/mnist [class_filter=label=3]"``, and so is a
+    ``preprocess`` other than "book"; with none of them, the string is what it has always been."""
     import hashlib
 
     src = resolve_source(source)
     options = [f"image_column={c}" for c in [resolve_image_column(image_column)] if c]
     options += [f"class_filter={f}" for f in [resolve_class_filter(class_filter)] if f]
+    options += [f"preprocess={check_preprocess(preprocess)}"] if preprocess != "book" else []
     suffix = f" [{', '.join(options)}]" if options else ""
     path = Path(src).expanduser()
     if path.is_file():
@@ -174,6 +176,7 @@ def load_images(
     max_images: int | None = None,
     image_column: str = "",
     class_filter: str = "",
+    preprocess: str = "book",
 ) -> torch.Tensor:
     """Load a data source as a float32 tensor N×3×resolution×resolution with values in [-1, 1].
 
@@ -183,7 +186,7 @@ def load_images(
     ``class_filter`` (``"label=3"``, ``"label=0,1"``; ``""``: ``$TDPM_CLASS_FILTER``, else every image)
     keeps the rows of some classes; see ``tdpmlib.sources``. ``max_images`` then keeps the first
     ``max_images`` images (file / row order, deterministic). Both select rows before decoding, so
-    that a small run stays fast.
+    that a small run stays fast. ``preprocess`` picks how an image becomes a square tensor (``PREPROCESS``).
 
     Raises ``ValueError`` for a missing path, a source without an image column (or without the one
     named), a bad or empty class filter, a source with no images, or an image that cannot be decoded
@@ -211,12 +214,12 @@ def load_images(
         )
     else:
         key = (resolved, None, None)
-    return _load_cached(key, resolution, max_images, column, selection).clone()
+    return _load_cached(key, resolution, max_images, column, selection, check_preprocess(preprocess)).clone()
 
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(key: tuple, resolution: int, max_images: int | None, image_column: str,
-                 class_filter: str) -> torch.Tensor:
+                 class_filter: str, preprocess_name: str = "book") -> torch.Tensor:
     source, _size, mtime = key
     options = dict(image_column=image_column, class_filter=class_filter)
     if mtime is None:
@@ -248,7 +251,7 @@ def _load_cached(key: tuple, resolution: int, max_images: int | None, image_colu
                 f"data_source={source!r}: cannot decode the image at {label} ({type(err).__name__}: {err}). "
                 f"Fix or remove it; images are never skipped silently."
             ) from None
-        out[i] = np.asarray(preprocess(img, resolution=resolution))
+        out[i] = np.asarray(PREPROCESS[preprocess_name](img, resolution=resolution))
     images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
     return images.to(torch.float32) / 127.5 - 1.0
 
@@ -273,6 +276,26 @@ def preprocess(img: Image.Image, *, resolution: int = 64) -> Image.Image:
     if img.size != (resolution, resolution):
         img = img.resize((resolution, resolution), Image.Resampling.LANCZOS, reducing_gap=None)
     return img
+
+
+def preprocess_author(img: Image.Image, *, resolution: int = 64) -> Image.Image:
+    """The author's ``DDPM.ipynb``: ``transforms.Resize((r, r))`` of ``img.convert("RGB")`` (no compositing of
+    transparency, no crop: a non-square image is squashed; torchvision's bilinear resize with antialias)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    return TF.resize(img.convert("RGB"), [resolution, resolution], interpolation=InterpolationMode.BILINEAR,
+                     antialias=True)
+
+
+# How an image becomes a square RGB image of the resolution: the book's (default) or the author's.
+PREPROCESS = {"book": preprocess, "author": preprocess_author}
+
+
+def check_preprocess(name) -> str:
+    if not isinstance(name, str) or name not in PREPROCESS:
+        raise ValueError(f"preprocess={name!r} is not allowed; use one of {sorted(PREPROCESS)}")
+    return name
 
 
 # --------------------------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def train_ddpm(
     weight_decay: float = 1e-6,
     warmup_steps: int = 500,
     grad_clip: float = 1.0,
-    ema_decay: float = 0.999,
+    ema_decay: float = 0.999,  # 0: no EMA, the saved network is the trained one (the author's recipe)
     checkpoint_every: int = 500,
     hflip: bool = True,
     seed: int = 0,
@@ -166,6 +166,8 @@ def train_ddpm(
                          f"{tuple(images.shape)} (image i of both is the same picture)")
     if isinstance(early_steps, bool) or not isinstance(early_steps, int) or early_steps < 0 or (early_steps and early_images is None):
         raise ValueError(f"early_steps={early_steps!r} is not allowed; use an integer >= 0, and give early_images with it")
+    if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0 <= ema_decay < 1:
+        raise ValueError(f"ema_decay={ema_decay!r} is not allowed; use a number in [0, 1) (0: no EMA)")
     device = torch.device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +185,7 @@ def train_ddpm(
                                    warmup_steps=warmup_steps)
     # foreach: one kernel per update for all tensors on CUDA (the per-tensor loop is launch-bound there);
     # off on the CPU, where it would only change the last bits of the committed networks' averages.
-    ema = EMAModel(unet.parameters(), decay=ema_decay, foreach=device.type == "cuda")
+    ema = EMAModel(unet.parameters(), decay=ema_decay, foreach=device.type == "cuda") if ema_decay else NoEMA()
     gen = torch.Generator().manual_seed(seed)
     log: list[dict] = []
     step = 0
@@ -253,6 +255,25 @@ def train_ddpm(
 
     ema_unet = save_ema(unet, ema, out_dir / "unet_ema")
     return dict(ema_unet=ema_unet, log=pd.DataFrame(log), seconds=time.perf_counter() - t_start, steps=total)
+
+
+class NoEMA:
+    """``EMAModel``'s interface for a run without an EMA (``ema_decay=0``): the weights are the trained ones."""
+
+    def step(self, parameters):
+        pass
+
+    store = restore = copy_to = step
+
+    def to(self, device):
+        return self
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict):
+        if state:
+            raise ValueError("the checkpoint holds an EMA but this run has ema_decay=0")
 
 
 @contextlib.contextmanager

@@ -118,7 +118,9 @@ def train_ddpm_parallel(
     unet = ddpm.prepare(unet, device).train()
     opt, lr_sched = ddpm.make_optimizer(unet, total=total, lr=lr, betas=betas, weight_decay=weight_decay,
                                         warmup_steps=warmup_steps)
-    ema = EMAModel(unet.parameters(), decay=ema_decay, foreach=device.type == "cuda") if acc.is_main_process else None
+    ema = None
+    if acc.is_main_process:  # ema_decay 0: no EMA (the author's recipe; ddpm.NoEMA)
+        ema = EMAModel(unet.parameters(), decay=ema_decay, foreach=device.type == "cuda") if ema_decay else ddpm.NoEMA()
     gen = torch.Generator().manual_seed(seed)
     log: list[dict] = []
     step = 0

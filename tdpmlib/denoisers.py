@@ -55,7 +55,7 @@ class Context:
     schedule: str
     schedule_index: int            # the schedule's position among the run's schedules (report seeding)
     t: int                         # the observation's level
-    t_trunc: int                   # TDPM-DIP's requested truncation level
+    t_trunc: int                   # TDPM-DIP's T_trunc, in the report's meaning (``tdpm.report_level``)
     n_chains: int
     dip_iterations: int
     dip_iterations_long: int
@@ -78,8 +78,8 @@ class Context:
 
     @property
     def t_trunc_used(self) -> int:
-        """T_trunc capped at the observation's level."""
-        return min(self.t_trunc, self.t)
+        """The level the report's T_trunc starts its chain at (T_trunc + 1), capped at the observation's level."""
+        return min(tdpm.report_level(self.t_trunc), self.t)
 
     @property
     def ddim_steps(self) -> int:
@@ -156,7 +156,8 @@ def dip_long(ctx: Context, y: torch.Tensor) -> Estimate:
 
 
 def tdpm_dip(ctx: Context, y: torch.Tensor) -> Estimate:
-    """``tdpm.denoise``: a DIP fit to y rescaled to level T_trunc = min(t_trunc, t), then T_trunc reverse steps.
+    """``tdpm.denoise``: a DIP fit to y rescaled to the level min(T_trunc + 1, t) where the report's T_trunc starts
+    its chain, then that many reverse steps.
     It shares the DIP's input z and initialisation with the plain fit, so with T_trunc = 0 it equals ``dip_short``."""
     res = tdpm.denoise(ctx.unet, ctx.scheduler, y, ctx.t, t_trunc=ctx.t_trunc_used, dip_iterations=ctx.dip_iterations,
                        generator=ctx.generators["tdpm"], z=ctx.z, seed=ctx.dip_seed, record_every=ctx.dip_iterations,
@@ -243,7 +244,7 @@ def report_tdpm_clean(ctx: Context, y: torch.Tensor, clean: torch.Tensor) -> Est
     res = ctx.once(("report_tdpm_clean", ctx.schedule, ctx.chunk), lambda: tdpm.tdpm_dip(
         ctx.unet, ctx.scheduler, clean, t_trunc=ctx.t_trunc, dip_iterations=ctx.dip_iterations, generator=g,
         seed=ctx.seed * 1_000 + 700 + ctx.chunk, record_every=ctx.dip_iterations, **ctx.dip_kw))
-    return Estimate(res.x0, nfe=ctx.t_trunc, dip_iterations=ctx.dip_iterations, seconds=res.seconds)
+    return Estimate(res.x0, nfe=res.network_evaluations, dip_iterations=ctx.dip_iterations, seconds=res.seconds)
 
 
 # --------------------------------------------------------------------------- #

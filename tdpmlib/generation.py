@@ -72,7 +72,7 @@ def run_generation(unet, scheduler, *, train: torch.Tensor, held: torch.Tensor, 
     * ``ddpm`` -- ancestral sampling from pure noise, T (= 1000) network evaluations per image;
     * ``ddim50``, ``ddim100`` -- deterministic DDIM over 50 / 100 levels;
     * ``tdpm_train`` -- TDPM-DIP as the report ran it: the DIP target is built from ``n`` training images
-      (the first ``n`` of ``train`` after a shuffle seeded by ``generator_fn``), ``t_trunc`` reverse steps;
+      (the first ``n`` of ``train`` after a shuffle seeded by ``generator_fn``), ``t_trunc`` is the report's T_trunc (``tdpm.tdpm_dip``: t_trunc + 1 reverse steps);
     * ``tdpm_held`` -- the same on held-out images; ``n`` is capped by ``len(held)`` (see the ``note``);
     * ``real`` -- no method: the ``n`` training images the train-fit TDPM-DIP used, scored against the
       held-out set like a method's samples. It gives each metric's value for real images ("floor").
@@ -157,7 +157,7 @@ def run_generation(unet, scheduler, *, train: torch.Tensor, held: torch.Tensor, 
         with metrics.CudaTimer(device) as timer:
             fake = _fit_tdpm_batches(unet, scheduler, train_fit, generator=generator_fn(OFFSETS["gen_tdpm_train"]),
                                      seed=seed, **tdpm_kw)
-        score("tdpm_train", fake, reference=held, reference_set=held_name, seconds=timer.seconds, nfe=t_trunc,
+        score("tdpm_train", fake, reference=held, reference_set=held_name, seconds=timer.seconds, nfe=tdpm.report_level(t_trunc),
               dip_its=dip_iterations, fitted=train_fit, note=f"fit to {n} training images")
     if "tdpm_held" in methods:
         with metrics.CudaTimer(device) as timer:
@@ -167,7 +167,7 @@ def run_generation(unet, scheduler, *, train: torch.Tensor, held: torch.Tensor, 
         if n_held < n:
             note += f" (n capped by the {len(held)} held-out images)"
         score("tdpm_held", fake, reference=train_ref, reference_set=f"training images it did not fit ({n_held})",
-              seconds=timer.seconds, nfe=t_trunc, dip_its=dip_iterations, fitted=held_fit, note=note)
+              seconds=timer.seconds, nfe=tdpm.report_level(t_trunc), dip_its=dip_iterations, fitted=held_fit, note=note)
     score("real", train_fit, reference=held, reference_set=held_name, seconds=0.0, nfe=0, dip_its=0,
           note=f"{n} real training images scored as if generated: the metrics' value for real data "
                "(memorisation columns: they are training images)")

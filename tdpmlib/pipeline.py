@@ -123,20 +123,29 @@ def load_split(cfg: Config):
     """(train, held_out) images at the profile's resolution, split deterministically by the seed. The image
     column and class filter are the config's, else ``$TDPM_IMAGE_COLUMN`` / ``$TDPM_CLASS_FILTER``."""
     images = data.load_images(cfg.data_source or None, resolution=cfg.resolution, max_images=cfg.max_images,
-                              image_column=cfg.image_column, class_filter=cfg.class_filter)
+                              image_column=cfg.image_column, class_filter=cfg.class_filter, preprocess=cfg.preprocess)
     held = cfg.held_out if cfg.held_out < 1 else int(cfg.held_out)
     return data.split(images, held_out=held, seed=cfg.seed)
 
 
 def train_config(cfg: Config, schedule: str, n_train: int) -> dict:
     """The configuration that identifies a trained DDPM; a saved model with another one is not reused. An image
-    column or class filter shows in ``data`` (``data.fingerprint``) only when set, so the dict of a default run
-    is what it always was."""
-    return dict(schedule=schedule, preset=cfg.ddpm_preset, channels=list(models.PRESETS[cfg.ddpm_preset]["block_out_channels"]),
-                resolution=cfg.resolution, steps=cfg.train_steps,
-                epochs=cfg.train_epochs, batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, lr=cfg.train_lr,
-                seed=cfg.seed, n_train=n_train, data=data.fingerprint(cfg.data_source or None, image_column=cfg.image_column,
-                                                                      class_filter=cfg.class_filter))
+    column or class filter shows in ``data`` (``data.fingerprint``) only when set, and the training recipe
+    (``recipe``) only where it departs from the book's, so the dict of a default run is what it always was."""
+    out = dict(schedule=schedule, preset=cfg.ddpm_preset, channels=list(models.PRESETS[cfg.ddpm_preset]["block_out_channels"]),
+               resolution=cfg.resolution, steps=cfg.train_steps,
+               epochs=cfg.train_epochs, batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, lr=cfg.train_lr,
+               seed=cfg.seed, n_train=n_train, data=data.fingerprint(cfg.data_source or None, image_column=cfg.image_column,
+                                                                     class_filter=cfg.class_filter, preprocess=cfg.preprocess))
+    book = dict(ema_decay=0.999, hflip=True, train_autocast=True)
+    out.update({k: v for k, v in dict(recipe(cfg), train_autocast=cfg.train_autocast).items() if book[k] != v})
+    return out
+
+
+def recipe(cfg: Config) -> dict:
+    """The training options of ``ddpm.train_ddpm`` that the profile sets: the book's EMA and flips, or the
+    author's recipe without them (the paper profile)."""
+    return dict(ema_decay=cfg.ema_decay, hflip=cfg.hflip)
 
 
 def train_or_load(cfg: Config, train_images: torch.Tensor, *, schedule: str | None = None, callback=None,
@@ -149,6 +158,10 @@ def train_or_load(cfg: Config, train_images: torch.Tensor, *, schedule: str | No
     """
     schedule = schedule or cfg.schedule
     scheduler = schedules.make_scheduler(schedule)
+    hub = remote.hub_model(ddpm_source(cfg), schedule)
+    if hub:
+        return load_hub_model(cfg, hub, schedule) + (dict(log=pd.DataFrame(columns=["step", "epoch", "loss", "lr", "seconds"]),
+                                                        loaded=True, source=hub),)
     mdir = cfg.model_dir(schedule)
     tcfg = train_config(cfg, schedule, len(train_images))
     done = mdir / "train_config.json"
@@ -172,8 +185,8 @@ def train_or_load(cfg: Config, train_images: torch.Tensor, *, schedule: str | No
     out = ddpm.train_ddpm(
         unet, train_images, scheduler, out_dir=mdir, steps=cfg.train_steps or None, epochs=cfg.train_epochs or None,
         batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, lr=cfg.train_lr, seed=cfg.seed,
-        checkpoint_every=cfg.checkpoint_every, device=cfg.torch_device,
-        callback=callback, callback_every=callback_every, progress=progress, config=tcfg)
+        checkpoint_every=cfg.checkpoint_every, device=cfg.torch_device, fast=None if cfg.train_autocast else False,
+        callback=callback, callback_every=callback_every, progress=progress, config=tcfg, **recipe(cfg))
     log = out["log"]
     summary = dict(train_seconds=float(log["seconds"].iloc[-1]), steps=out["steps"],
                    parameters=models.count_parameters(out["ema_unet"]), device=str(cfg.torch_device),
@@ -190,6 +203,28 @@ def ddpm_source(cfg: Config) -> str:
     if not src and on_colab():
         src = remote.raw_url(f"results/{cfg.profile}/models")
     return src
+
+
+def load_hub_model(cfg: Config, source: str, schedule: str):
+    """(unet, scheduler) of a diffusers DDPM named by a hub id or a local folder in the hub's layout (``ddpm_source``
+    "hub:..." or "author"), as it is: not trained here, so it has no loss record. Its resolution must be the
+    profile's and its scheduler config (when it has one) the schedule's; otherwise one ``ValueError``."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(source).to(cfg.torch_device).eval()
+    if unet.config.sample_size != cfg.resolution:
+        raise ValueError(f"ddpm_source={source!r} is a {unet.config.sample_size} px model; profile {cfg.profile!r} runs "
+                         f"{cfg.resolution} px (the report's models need the colab or paper profile)")
+    scheduler = schedules.make_scheduler(schedule)
+    try:
+        theirs = DDPMScheduler.load_config(source)
+    except (OSError, ValueError):
+        theirs = None
+    if theirs is not None and theirs.get("beta_schedule") != scheduler.config.beta_schedule:
+        raise ValueError(f"ddpm_source={source!r} was trained with beta_schedule={theirs.get('beta_schedule')!r}; "
+                         f"the {schedule} schedule is {scheduler.config.beta_schedule!r}")
+    print(f"loaded the {schedule} DDPM {source} as it is (not trained by this book)", flush=True)
+    return unet, scheduler
 
 
 def fetch_trained(cfg: Config, schedule: str, tcfg: dict) -> bool:

@@ -23,6 +23,21 @@ MODEL_FILES = ("unet_ema/config.json", "unet_ema/diffusion_pytorch_model.safeten
                "train_summary.json", "train_config.json")
 
 
+# The report author's trained DDPMs on the hub (models/DDPM_url.txt of github.com/felixchao/Generative-Models-for-
+# Visual-Signals; DDPM.ipynb pushes to "-v2", which the repository does not name as a result). ddpm_source="author".
+AUTHOR_DDPMS = {"linear": "FelixChao/ddpm-pokemon-64-full-steps", "cosine": "FelixChao/ddpm-pokemon-64-cosine"}
+HUB_PREFIX = "hub:"
+
+
+def hub_model(source: str, schedule: str) -> str:
+    """The diffusers model that ``source`` names for ``schedule``: "author" is ``AUTHOR_DDPMS[schedule]``,
+    "hub:ID" is ID (a hub model id, or a local folder in the hub's layout: config.json and the weights at its
+    top); "" for any other source (a folder or URL in the book's layout, ``fetch_model``)."""
+    if source == "author":
+        return AUTHOR_DDPMS[schedule]
+    return source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else ""
+
+
 def raw_url(path: str) -> str:
     """The raw-file URL of ``path`` (relative to the repository root) on the book's branch."""
     return REPOSITORY.replace("https://github.com/", "https://raw.githubusercontent.com/") + f"/{BRANCH}/{path}"

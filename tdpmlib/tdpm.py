@@ -2,17 +2,27 @@
 
 TDPM (Zheng et al. 2023) stops the forward chain at a level T_trunc < T and replaces the missing part of
 the reverse chain with an implicit generator that produces x_{T_trunc} directly; the DDPM then reverses
-T_trunc steps. The reproduced report uses a Deep Image Prior as that generator:
+the remaining steps. The reproduced report (Chao 2024) uses a Deep Image Prior as that generator:
 
-1. target  x_Ttrunc = sqrt(abar) x_0 + sqrt(1 - abar) z          (abar = abar_{T_trunc}; z ~ N(0, I))
+1. target  x_Ttrunc = sqrt(abar) x_0 + sqrt(1 - abar) z          (z ~ N(0, I))
 2. fit     G_psi(z) to x_Ttrunc by Adam on MSE                    (the same z is the DIP's input)
-3. reverse x_hat_Ttrunc = G_psi(z) from T_trunc to 0 with the DDPM posterior step:
+3. reverse x_hat_Ttrunc = G_psi(z) to x_0 with the DDPM posterior step:
            x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1 - abar_t) eps) + sigma_t z_t
 
-(the report prints 1/sqrt(abar_t) and beta_t z_t in step 3). With T_trunc = 0 no reverse step runs and the
-result is the DIP output itself. Note what step 1 needs: a clean x_0. Used for "generation", the method
-therefore fits, and reproduces, the images it is given; ``denoise`` is the variant that sees only an
-observation y at level t_obs and fits the DIP to y rescaled to level T_trunc.
+(the report prints 1/sqrt(abar_t) and beta_t z_t in step 3; the author's code calls diffusers'
+``DDPMScheduler.step``, which has neither misprint).
+
+**The report's T_trunc.** The author's code (github.com/felixchao/Generative-Models-for-Visual-Signals,
+``models/TDPM-DIP_model.py``) builds the target with ``add_noise(x_0, z, T_trunc)`` and runs
+``for t in range(0, T_trunc + 1)[::-1]: x = scheduler.step(unet(x, t), t, x)``: T_trunc + 1 network
+evaluations from diffusers timestep T_trunc. In this package's levels (``tdpmlib.schedules``: level t is
+diffusers timestep t - 1) that chain starts at level ``report_level(T_trunc) = T_trunc + 1``. ``tdpm_dip``
+takes the report's T_trunc in that meaning; the book's own methods (``denoise``, ``denoise_matched``,
+``matched_state``) take a level, whose reverse chain is ``t_trunc`` evaluations. With the report's
+T_trunc = 0 one network evaluation still runs (diffusers timestep 0).
+
+Used for "generation", ``tdpm_dip`` needs a clean x_0 for its target, so it fits, and reproduces, the images
+it is given; ``denoise`` is the variant that sees only an observation y at level t_obs.
 """
 
 from __future__ import annotations
@@ -24,8 +34,15 @@ import torch
 from . import ddpm, dip, metrics, schedules
 
 
+def report_level(t_trunc: int) -> int:
+    """The level at which the author's chain for the report's T_trunc starts: diffusers timestep T_trunc is
+    level T_trunc + 1, and reversing from it takes T_trunc + 1 network evaluations (module doc)."""
+    return t_trunc + 1
+
+
 def check_t_trunc(t_trunc, scheduler) -> int:
-    """T_trunc must truncate: an integer level in 0..T-1 (T_trunc = T would be the full chain)."""
+    """T_trunc must truncate: an integer in 0..T-1 (a level below T, or the report's T_trunc, a diffusers
+    timestep: its last value T-1 is the full chain)."""
     T = scheduler.config.num_train_timesteps
     if isinstance(t_trunc, bool) or not isinstance(t_trunc, int) or not 0 <= t_trunc < T:
         raise ValueError(f"t_trunc={t_trunc!r} is not allowed; use an integer in 0..{T - 1} (T_trunc < T = {T})")
@@ -35,9 +52,10 @@ def check_t_trunc(t_trunc, scheduler) -> int:
 @dataclass
 class TDPMResult:
     x0: torch.Tensor              # final images, CPU, [-1, 1]
-    dip_output: torch.Tensor      # x_hat at level T_trunc (before the reverse chain)
+    dip_output: torch.Tensor      # x_hat at the start of the reverse chain
     dip: dip.DIPResult
-    t_trunc: int
+    t_trunc: int                  # as the caller gave it (``tdpm_dip``: the report's T_trunc; else a level)
+    level: int                    # the level the reverse chain starts at (= network_evaluations)
     network_evaluations: int      # DDPM network evaluations per image
     dip_iterations: int           # DIP optimiser iterations per image
     seconds: float                # wall clock of the whole call: DIP fit + reverse chain
@@ -54,10 +72,12 @@ def noise_ratio(state: torch.Tensor, x0: torch.Tensor, t: int, scheduler) -> tor
 
 
 def _run(unet, scheduler, target, z, *, t_trunc, dip_iterations, generator, device, reference, dip_kwargs, fast,
-         to_state=None):
-    """Fit the DIP to ``target``, turn its output into the state at T_trunc (``to_state``; default: the output
-    itself), reverse T_trunc steps. Everything inside the timer, DIP fitting included."""
+         to_state=None, level=None):
+    """Fit the DIP to ``target``, turn its output into the state at ``level`` (default ``t_trunc``) with
+    ``to_state`` (default: the output itself), reverse ``level`` steps. Everything inside the timer, DIP
+    fitting included."""
     check_t_trunc(t_trunc, scheduler)
+    level = t_trunc if level is None else level
     dip.check_positive_int("dip_iterations", dip_iterations, allow_zero=True)
     with metrics.CudaTimer(device) as timer:
         # the generator draws the DIP input when z is None (and any per-step draws of the DIP protocol)
@@ -66,30 +86,35 @@ def _run(unet, scheduler, target, z, *, t_trunc, dip_iterations, generator, devi
         x_hat = fit.output
         state = to_state(x_hat) if to_state is not None else x_hat
         x0 = state
-        if t_trunc > 0:
-            x0 = ddpm.reverse_chain(unet, scheduler, state.to(device), t_trunc, generator=generator, fast=fast).cpu()
+        if level > 0:
+            x0 = ddpm.reverse_chain(unet, scheduler, state.to(device), level, generator=generator, fast=fast).cpu()
     ratio = None
-    if reference is not None and t_trunc > 0:
-        ratio = noise_ratio(state, reference, t_trunc, scheduler)
-    return TDPMResult(x0=x0.clamp(-1, 1), dip_output=x_hat, dip=fit, t_trunc=t_trunc,
-                      network_evaluations=t_trunc, dip_iterations=dip_iterations, seconds=timer.seconds,
+    if reference is not None and level > 0:
+        ratio = noise_ratio(state, reference, level, scheduler)
+    return TDPMResult(x0=x0.clamp(-1, 1), dip_output=x_hat, dip=fit, t_trunc=t_trunc, level=level,
+                      network_evaluations=level, dip_iterations=dip_iterations, seconds=timer.seconds,
                       state=state, noise_ratio=ratio)
 
 
 def tdpm_dip(unet, scheduler, x0: torch.Tensor, *, t_trunc: int = 10, dip_iterations: int = 100,
              generator: torch.Generator, device="cpu", z: torch.Tensor | None = None, fast: bool | None = None,
              **dip_kwargs) -> TDPMResult:
-    """Algorithm 3 as the report runs it: the DIP target is built from clean images ``x0``.
+    """Algorithm 3 as the author's code runs it: the DIP target is built from clean images ``x0``.
 
-    ``z`` (the target's noise and the DIP's input) is drawn from ``generator`` unless given.
-    ``dip_kwargs`` go to ``dip.fit_dip`` (preset, lr, seed, record_every, ...).
+    ``t_trunc`` is the report's T_trunc (module doc): the target is diffusers' ``add_noise(x0, z, t_trunc)``
+    and the chain runs t_trunc + 1 network evaluations from diffusers timestep t_trunc, on the DIP output with
+    no noise added. ``z`` (the target's noise and the DIP's input) is drawn from ``generator`` unless given.
+    ``dip_kwargs`` go to ``dip.fit_dip`` (preset, lr, seed, record_every, ...); the default plain protocol is
+    the author's DIP (Adam at lr 1e-4, timestep 0). ``tests/test_tdpm.py`` checks the whole call against a
+    transcription of the author's loop.
     """
     check_t_trunc(t_trunc, scheduler)
     if z is None:
         z = torch.randn(x0.shape, generator=generator)
-    target = schedules.q_sample(x0, t_trunc, z, scheduler).float()
+    timesteps = torch.full((len(x0),), t_trunc, dtype=torch.long)
+    target = scheduler.add_noise(x0.float(), z.float(), timesteps)
     return _run(unet, scheduler, target, z, t_trunc=t_trunc, dip_iterations=dip_iterations, generator=generator,
-                device=device, reference=x0, dip_kwargs=dip_kwargs, fast=fast)
+                device=device, reference=x0, dip_kwargs=dip_kwargs, fast=fast, level=report_level(t_trunc))
 
 
 def denoise(unet, scheduler, y: torch.Tensor, t_obs: int, *, t_trunc: int, dip_iterations: int = 100,

@@ -606,3 +606,19 @@ def test_batches_reject_bad_arguments(kwargs):
     args = dict(n=10, batch_size=4, seed=0, epoch=0) | kwargs
     with pytest.raises(ValueError):
         data.batches(args.pop("n"), args.pop("batch_size"), **args)
+
+
+def test_author_preprocess_is_torchvision_resize_of_convert_rgb():
+    """The author's DDPM.ipynb: Resize((r, r)) of convert("RGB"): a non-square image is squashed, not cropped, and
+    transparency is dropped, not composited on white (the book's preprocess does both differently)."""
+    from PIL import Image
+    from torchvision import transforms
+
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray(rng.integers(0, 256, (40, 60, 4), dtype=np.uint8), "RGBA")
+    want = transforms.Resize((16, 16))(rgba.convert("RGB"))
+    got = data.PREPROCESS["author"](rgba, resolution=16)
+    assert np.array_equal(np.asarray(got), np.asarray(want))
+    assert not np.array_equal(np.asarray(got), np.asarray(data.PREPROCESS["book"](rgba, resolution=16)))
+    with pytest.raises(ValueError, match="preprocess='x' is not allowed"):
+        data.check_preprocess("x")

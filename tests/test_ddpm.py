@@ -257,3 +257,21 @@ def test_early_images_for_all_steps_equal_training_on_them(tiny_images, tmp_path
     assert any(not torch.equal(p, r) for p, r in zip(direct.parameters(), half.parameters()))
     with pytest.raises(ValueError, match="early_steps"):
         ddpm.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path / "x", early_steps=2, **kw)
+
+
+def test_no_ema_saves_exactly_the_trained_network(tmp_path, tiny_images):
+    """ema_decay=0 is the author's recipe: the saved network is the trained one, bit for bit (an EMA is not)."""
+    out = {}
+    for decay in (0.0, 0.999):
+        torch.manual_seed(0)
+        unet = models.make_unet("tiny", resolution=tiny_images.shape[-1])
+        res = ddpm.train_ddpm(unet, tiny_images, schedules.make_scheduler("linear"), out_dir=tmp_path / str(decay),
+                              steps=3, batch_size=4, warmup_steps=1, ema_decay=decay, progress=False)
+        same = all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), res["ema_unet"].state_dict().values()))
+        out[decay] = same
+        saved = ddpm.load_unet(tmp_path / str(decay) / "unet_ema")
+        assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), res["ema_unet"].state_dict().values()))
+    assert out == {0.0: True, 0.999: False}
+    with pytest.raises(ValueError, match="ema_decay=1"):
+        ddpm.train_ddpm(unet, tiny_images, schedules.make_scheduler("linear"), out_dir=tmp_path / "x", steps=1,
+                        ema_decay=1, progress=False)

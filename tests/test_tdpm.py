@@ -12,16 +12,29 @@ def setup():
     return unet, schedules.make_scheduler("linear")
 
 
-def test_t_trunc_zero_returns_exactly_the_dip_output(setup, tiny_images):
+def test_report_t_trunc_zero_is_one_network_evaluation(setup, tiny_images):
+    """The author's loop runs range(0, T_trunc + 1): T_trunc = 0 still steps once, from diffusers timestep 0."""
     unet, s = setup
     x0 = tiny_images[:2]
     z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4))
-    res = tdpm.tdpm_dip(unet, s, x0, t_trunc=0, dip_iterations=5, z=z, generator=torch.Generator().manual_seed(0),
+    net = CountingUNet(unet)
+    res = tdpm.tdpm_dip(net, s, x0, t_trunc=0, dip_iterations=5, z=z, generator=torch.Generator().manual_seed(0),
                         preset="tiny", seed=1)
-    ref = dip.fit_dip(x0, iterations=5, z=z, preset="tiny", seed=1)  # target at level 0 is x0 itself
-    assert torch.equal(res.dip_output, ref.output)
-    assert torch.equal(res.x0, ref.output.clamp(-1, 1))
-    assert res.network_evaluations == 0 and res.dip_iterations == 5 and res.seconds > 0
+    assert net.calls == [0]
+    assert res.network_evaluations == res.level == 1 and res.t_trunc == 0 and res.dip_iterations == 5
+    assert res.seconds > 0 and not torch.equal(res.x0, res.dip_output.clamp(-1, 1))
+
+
+def test_matched_level_zero_returns_exactly_the_dip_output(setup, tiny_images):
+    unet, s = setup
+    x0 = tiny_images[:2]
+    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4))
+    y = tdpm.observe(x0, 50, s, generator=torch.Generator().manual_seed(2))
+    res = tdpm.denoise(unet, s, y, 50, t_trunc=0, dip_iterations=5, z=z, generator=torch.Generator().manual_seed(0),
+                       preset="tiny", seed=1)
+    ref = dip.fit_dip(y / abar(s, 50) ** 0.5, iterations=5, z=z, preset="tiny", seed=1)
+    torch.testing.assert_close(res.dip_output, ref.output, rtol=0, atol=1e-6)
+    assert torch.equal(res.x0, res.dip_output.clamp(-1, 1)) and res.network_evaluations == 0
 
 
 class CountingUNet(torch.nn.Module):
@@ -59,10 +72,10 @@ def test_tdpm_target_is_the_forward_sample_and_chain_length(setup, tiny_images, 
     seen = spy_fit(monkeypatch)
     net = CountingUNet(unet)
     tdpm.tdpm_dip(net, s, x0, t_trunc=10, dip_iterations=3, z=z, generator=torch.Generator().manual_seed(0))
-    a = abar(s, 10)
+    a = abar(s, 11)  # the report's T_trunc = 10 is diffusers timestep 10, level 11
     torch.testing.assert_close(seen["target"], a ** 0.5 * x0 + (1 - a) ** 0.5 * z)
     assert seen["kw"]["z"] is z and seen["kw"]["iterations"] == 3
-    assert net.calls == list(range(9, -1, -1))  # levels 10..1, diffusers timesteps 9..0: exactly T_trunc calls
+    assert net.calls == list(range(10, -1, -1))  # diffusers timesteps 10..0: T_trunc + 1 calls, as the author's loop
 
 
 @pytest.mark.parametrize("t_trunc", [0, 10, 300])
