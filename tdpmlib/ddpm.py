@@ -318,6 +318,36 @@ def load_unet(path, device="cpu") -> UNet2DModel:
 
 # --- sampling ---------------------------------------------------------------------------------------------
 
+NOISE_PLACES = ("device", "cpu")  # where sampling draws its noise (``noise_generator``)
+NOISE_DEFAULT = "device"
+
+
+def _device_generator(device) -> torch.Generator:
+    return torch.Generator(device=device)
+
+
+def noise_generator(generator, device, *, noise: str = NOISE_DEFAULT):
+    """The generator that sampling on ``device`` draws its noise from.
+
+    ``noise="device"`` (default): on an accelerator, a generator on that device seeded with one draw from
+    ``generator``, so a fixed seed gives the same samples on a given device, and no step waits for a CPU draw
+    and its copy (for 500 images of 3 x 64 x 64, about 0.35 s per ancestral step on the CPU). ``noise="cpu"``:
+    ``generator`` itself, so the same seed gives the same noise on every device. On the CPU both are
+    ``generator`` itself: CPU results are the same either way. Lists (per-image generators) map element-wise.
+    """
+    if noise not in NOISE_PLACES:
+        raise ValueError(f"noise={noise!r} is not allowed; use one of {list(NOISE_PLACES)}")
+    device = torch.device(device)
+    if noise == "cpu" or generator is None or device.type == "cpu":
+        return generator
+    if isinstance(generator, (list, tuple)):
+        return [noise_generator(g, device, noise=noise) for g in generator]
+    if generator.device.type == device.type and device.index in (None, generator.device.index):
+        return generator
+    seed = int(torch.randint(0, 2 ** 62, (), generator=generator))
+    return _device_generator(device).manual_seed(seed)
+
+
 DDIM_SPACINGS = ("leading", "trailing", "linspace")  # diffusers' ``timestep_spacing`` values (DDIMScheduler)
 DDIM_SPACING = DDIMScheduler().config.timestep_spacing  # diffusers' default, "leading": the grid from T starts below T
 
@@ -350,7 +380,7 @@ def ddim_levels(scheduler, t: int, num_steps: int, *, spacing: str | None = None
 @torch.no_grad()
 def reverse_chain(unet, scheduler, x_t: torch.Tensor, t: int, *, method: str = "ddpm", num_steps: int | None = None,
                   generator: torch.Generator | None = None, fast: bool | None = None,
-                  clipped_eps: bool = True, spacing: str | None = None) -> torch.Tensor:
+                  clipped_eps: bool = True, spacing: str | None = None, noise: str = NOISE_DEFAULT) -> torch.Tensor:
     """Run the reverse process from level ``t`` to 0 on a batch ``x_t`` and return x_0.
 
     ``method="ddpm"``: ancestral sampling, t network evaluations, each step ``scheduler.step(...)``
@@ -358,9 +388,11 @@ def reverse_chain(unet, scheduler, x_t: torch.Tensor, t: int, *, method: str = "
     ``method="ddim"``: deterministic DDIM over ``num_steps`` levels laid out by diffusers' ``spacing``
     (``ddim_levels``; default: diffusers' "leading" from T, "trailing" from t < T), each step
     ``schedules.ddim_step`` (``clipped_eps`` re-derives eps from the clipped x_0 estimate, see there).
-    Noise is drawn from ``generator`` (a CPU generator gives the same draws on every device).
+    Noise is drawn from ``generator`` on the batch's device by default (``noise_generator``; ``noise="cpu"``:
+    a CPU generator's draws, the same on every device, copied to the device at every step).
     """
     schedules.check_level("t", t, scheduler)
+    generator = noise_generator(generator, x_t.device, noise=noise)
     x = x_t
     fast_path = use_fast(x.device, fast)
     if fast_path:  # channels_last network and activations (a no-op when the network is already in that layout)
@@ -393,18 +425,21 @@ def network_evaluations(t: int, *, method: str = "ddpm", num_steps: int | None =
 @torch.no_grad()
 def sample(unet, scheduler, *, n: int, resolution: int, generator: torch.Generator, device="cpu",
            method: str = "ddpm", num_steps: int | None = None, batch_size: int = 64, fast: bool | None = None,
-           progress: bool = False, clipped_eps: bool = True, spacing: str | None = None) -> torch.Tensor:
+           progress: bool = False, clipped_eps: bool = True, spacing: str | None = None,
+           noise: str = NOISE_DEFAULT) -> torch.Tensor:
     """Generate ``n`` images from pure noise at level T, in batches; returns a CPU tensor in [-1, 1].
-    ``spacing``: the DDIM grid (``ddim_levels``; default diffusers' "leading")."""
+    ``spacing``: the DDIM grid (``ddim_levels``; default diffusers' "leading"). ``noise``: where the starting
+    noise and every step's noise are drawn (``noise_generator``: on ``device`` by default; "cpu": the same
+    draws on every device); on the CPU both give the same images."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r} is not allowed; use a positive integer")
     T = scheduler.config.num_train_timesteps
     batch_size = memory.sample_batch_limit(unet, resolution=resolution, device=device, cap=batch_size)  # CUDA only
+    gen = noise_generator(generator, device, noise=noise)
     out = []
     for start in tqdm(range(0, n, batch_size), disable=not progress, desc=f"sample {method}"):
         b = min(batch_size, n - start)
-        x_T = torch.randn((b, 3, resolution, resolution), generator=generator).to(device)
-        out.append(reverse_chain(unet, scheduler, x_T, T, method=method, num_steps=num_steps,
-                                 generator=generator, fast=fast, clipped_eps=clipped_eps,
-                                 spacing=spacing).clamp(-1, 1).cpu())
+        x_T = torch.randn((b, 3, resolution, resolution), generator=gen, device=gen.device).to(device)
+        out.append(reverse_chain(unet, scheduler, x_T, T, method=method, num_steps=num_steps, generator=gen,
+                                 fast=fast, clipped_eps=clipped_eps, spacing=spacing, noise=noise).clamp(-1, 1).cpu())
     return torch.cat(out)

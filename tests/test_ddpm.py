@@ -192,6 +192,63 @@ def test_ddim_default_grid_is_diffusers_default_from_T_and_starts_at_t_below_T()
         ddpm.ddim_levels(s, 1000, 50, spacing="even")
 
 
+class FakeDeviceGenerator(torch.Generator):
+    """A CPU generator that says it lives on the meta device: the stand-in for a CUDA generator."""
+
+    @property
+    def device(self):
+        return torch.device("meta")
+
+
+def test_sampling_draws_its_noise_from_a_generator_on_the_sampling_device(monkeypatch):
+    made = []
+    monkeypatch.setattr(ddpm, "_device_generator", lambda device: made.append(torch.device(device)) or FakeDeviceGenerator())
+    # the helper: on an accelerator a device generator seeded from one draw of the caller's generator
+    a, b, c = (ddpm.noise_generator(torch.Generator().manual_seed(k), "meta") for k in (5, 5, 6))
+    assert made == [torch.device("meta")] * 3 and all(isinstance(x, FakeDeviceGenerator) for x in (a, b, c))
+    assert torch.equal(torch.randn(4, generator=a), torch.randn(4, generator=b))  # a fixed seed reproduces
+    assert not torch.equal(torch.randn(4, generator=a), torch.randn(4, generator=c))
+    g = torch.Generator()
+    assert ddpm.noise_generator(g, "cpu") is g and ddpm.noise_generator(g, "meta", noise="cpu") is g
+    with pytest.raises(ValueError, match="noise='gpu'"):
+        ddpm.noise_generator(g, "meta", noise="gpu")
+
+    # sampling on the (fake) accelerator: one device generator per call, used for x_T and every ancestral step
+    s = schedules.make_scheduler("linear", num_train_timesteps=50)
+    unet = tiny_unet().eval().to("meta")
+    real_cpu = torch.Tensor.cpu  # meta tensors hold no data to copy back
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda x, *a, **k: torch.zeros(x.shape) if x.is_meta else real_cpu(x, *a, **k))
+    steps = []
+    orig = s.step
+    s.step = lambda *a, **k: (steps.append(k["generator"]), orig(*a, **k))[1]
+    made.clear()
+    out = ddpm.sample(unet, s, n=2, resolution=8, generator=torch.Generator().manual_seed(0), device="meta",
+                      method="ddpm")
+    assert out.shape == (2, 3, 8, 8) and len(made) == 1 and len(steps) == 50
+    assert all(isinstance(x, FakeDeviceGenerator) for x in steps)
+    steps.clear()
+    cpu_gen = torch.Generator().manual_seed(0)
+    ddpm.sample(unet, s, n=2, resolution=8, generator=cpu_gen, device="meta", method="ddpm", noise="cpu")
+    assert all(x is cpu_gen for x in steps)  # the option: the same CPU draws on every device
+
+
+def test_cpu_sampling_is_bitwise_the_same_with_either_noise_option():
+    s = schedules.make_scheduler("linear", num_train_timesteps=50)
+    unet = tiny_unet().eval()
+    kw = dict(n=2, resolution=8, method="ddpm", batch_size=2)
+    dev = ddpm.sample(unet, s, generator=torch.Generator().manual_seed(0), **kw)
+    cpu = ddpm.sample(unet, s, generator=torch.Generator().manual_seed(0), noise="cpu", **kw)
+    # the loop the book ran before: x_T and every step's noise from one CPU generator
+    ref_s = schedules.make_scheduler("linear", num_train_timesteps=50)
+    ref_s.set_timesteps(50)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((2, 3, 8, 8), generator=g)
+    with torch.no_grad():
+        for ts in range(49, -1, -1):
+            x = ref_s.step(unet(x, torch.full((2,), ts)).sample, ts, x, generator=g).prev_sample
+    assert torch.equal(dev, cpu) and torch.equal(dev, x.clamp(-1, 1))
+
+
 @pytest.mark.parametrize("kw, match", [(dict(method="euler"), "method="), (dict(method="ddim"), "num_steps="),
                                         (dict(t=1001), "t=1001"), (dict(t=-1), "t=-1")])
 def test_bad_sampling_arguments(kw, match):
