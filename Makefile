@@ -4,28 +4,36 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 JB      := $(VENV)/bin/jupyter-book
 STAMP   := $(VENV)/.installed
+BOOK    := $(VENV)/.installed-book
+# The torch/torchvision pair this project is tested with. pyproject.toml only gives lower bounds (so that an install
+# on Colab keeps Colab's torch); here, in CI and in environment.yml the pair is exact. `===` compares the version
+# string, so a local `+cpu` torch wheel (which torchvision and diffusers do not work with) never satisfies it.
+TORCH   := "torch===2.14.1" "torchvision===0.29.2"
 # cpu unless asked: `make report PROFILE=smoke|cpu|colab|paper`. colab (the report's networks at 64 px, about an
 # hour on a T4) and paper (the report's full configuration, about 70-80 min on an H200, many hours on a T4) need a
 # CUDA GPU and are refused on a CPU. `python -m tdpmlib.budget --profile colab` prints the estimate per notebook.
 PROFILE ?= cpu
 
-.PHONY: venv test report train train-reading book pdf screenshots smoke bench clean
+.PHONY: venv test report train train-reading book pdf site publish screenshots smoke bench clean
 
 venv: $(STAMP)
 
-# torch/torchvision come first, pinned with `===` so that a local `+cpu` torch wheel
-# (which torchvision and diffusers do not work with) can never satisfy the pin.
+# The pair is installed in the same pip call as the project, so that no dependency can move torch off it.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch===2.14.1" "torchvision===0.29.2"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev]" $(TORCH)
+	touch $@
+
+# The book's build tools (jupyter-book, Sphinx, the bibtex extension, ghp-import): the [book] extra.
+$(BOOK): $(STAMP)
+	$(PY) -m pip install -q -e ".[book]" $(TORCH)
 	touch $@
 
 test: venv
 	$(PY) -m pytest -q tests
 
-report: venv
+report: $(BOOK)
 	$(PY) scripts/run_notebooks.py --profile $(PROFILE) --out notebooks
 	$(MAKE) book
 
@@ -48,19 +56,30 @@ train-reading: venv
 	    > results/$(PROFILE)/models/reading-$$w.log 2>&1 & \
 	done; wait
 
-book: venv
+book: $(BOOK)
 	$(JB) build . -W
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
 # Optional: the whole book as one PDF (_build/pdf/book.pdf), printed by headless Chromium from the single-page
 # build with a local MathJax. Installs Debian's chromium and poppler-utils and MathJax 3 (npm) when missing.
 MATHJAX := _build/mathjax/node_modules/mathjax/es5
-pdf: venv
+pdf: $(BOOK)
 	scripts/install_pdf_tools.sh
 	$(JB) build . --builder singlehtml -W
 	$(PY) scripts/book_browser.py pdf --mathjax $(MATHJAX)
 	pdftoppm -r 50 -png _build/pdf/book.pdf _build/pdf/page
 	@echo "PDF: $(CURDIR)/_build/pdf/book.pdf (pages as PNG: _build/pdf/page-*.png)"
+
+# The site as published (by .github/workflows/pages.yml, or by `make publish`): the HTML book with the PDF in it,
+# which every page links to.
+site: book pdf
+	cp _build/pdf/book.pdf _build/html/book.pdf
+
+# For those without the workflow: pushes _build/html to the gh-pages branch of REMOTE with ghp-import, refusing a
+# build older than the newest notebook or results file (run `make site` first).
+REMOTE ?= origin
+publish: $(BOOK)
+	$(PY) scripts/publish.py --remote $(REMOTE)
 
 # A reader's check: every page of the built book, screenshotted (_build/screenshots/).
 screenshots: book
