@@ -289,23 +289,26 @@ class DIPFitter:
 
 class BestIteration:
     """The oracle over a fit (evaluation only): per image, the highest PSNR against the reference so far
-    (``psnr``), the iteration that reached it (``iteration``) and, with ``keep_output``, its output (``output``,
-    CPU; None before the first ``update``)."""
+    (``psnr``), the iteration that reached it (``iteration``) and, with ``keep_output``, its output (``output``;
+    None before the first ``update``). All three live on ``device`` (default the CPU): a fit on a GPU tracks
+    its best iteration there and reads it back once, at the end, instead of waiting for the host every step."""
 
-    def __init__(self, n: int, *, keep_output: bool = True):
-        self.psnr = torch.full((n,), -float("inf"))
-        self.iteration = torch.zeros(n, dtype=torch.long)
+    def __init__(self, n: int, *, keep_output: bool = True, device="cpu"):
+        self.device = torch.device(device)
+        self.psnr = torch.full((n,), -float("inf"), device=self.device)
+        self.iteration = torch.zeros(n, dtype=torch.long, device=self.device)
         self.output = None
         self.keep_output = keep_output
 
     def update(self, k: int, out: torch.Tensor, p_ref: torch.Tensor) -> None:
-        """Take iteration ``k`` for the images where its PSNR ``p_ref`` (CPU, per image) beats the best so far."""
+        """Take iteration ``k`` for the images where its PSNR ``p_ref`` (per image) beats the best so far."""
+        p_ref = p_ref.to(self.device)
         better = p_ref > self.psnr
         self.psnr = torch.where(better, p_ref, self.psnr)
         self.iteration = torch.where(better, torch.full_like(self.iteration, k), self.iteration)
         if self.keep_output:
-            self.output = out.cpu() if self.output is None else torch.where(better[:, None, None, None], out.cpu(),
-                                                                            self.output)
+            out = out.detach().to(self.device)
+            self.output = out if self.output is None else torch.where(better[:, None, None, None], out, self.output)
 
 
 @dataclass
@@ -336,6 +339,8 @@ def fit_dip(target: torch.Tensor, *, iterations: int = 100, z: torch.Tensor | No
     ``z`` is the fixed network input (``draw_input`` from ``generator`` when not given). Every
     ``record_every`` iterations the history records the loss and the PSNR against the target, and, when a
     clean ``reference`` is given, PSNR/SSIM against it; the oracle best output is tracked against it too.
+    Records and the oracle stay on the fit's device and reach the host once, at the end (no per-iteration
+    host sync; the official protocol's backtracking still reads its PSNR every step).
     ``keep`` lists iterations whose outputs are returned; ``monitors`` get ``update(k, output, loss)``.
     Under the official protocol all of these see the averaged output; the history adds the raw output's
     ``loss_raw``, ``psnr_target_raw`` (and ``psnr_ref_raw``) and whether the step ``backtracked``. Its jitter
@@ -374,8 +379,8 @@ def fit_dip(target: torch.Tensor, *, iterations: int = 100, z: torch.Tensor | No
     extra = p.ema > 0 or p.backtrack_db is not None  # record the raw output beside the reported one
     target_d = target.to(fitter.device)
     ref_d = reference.to(fitter.device) if reference is not None else None
-    rows, kept, kept_raw = [], {}, {}
-    best = BestIteration(len(target))
+    records, kept, kept_raw = [], {}, {}
+    best = BestIteration(len(target), device=fitter.device)
     keep = set(keep)
     with metrics.CudaTimer(fitter.device) as timer:
         for k in range(iterations + 1):
@@ -393,26 +398,39 @@ def fit_dip(target: torch.Tensor, *, iterations: int = 100, z: torch.Tensor | No
             for m in monitors:
                 m.update(k, out, loss)
             if ref_d is not None:
-                p_ref = metrics.psnr(out, ref_d).cpu()
+                p_ref = metrics.psnr(out, ref_d)
                 best.update(k, out, p_ref)
-            if k % record_every == 0 or k == iterations:
-                p_tgt = metrics.psnr(out, target_d).cpu()
-                rec = dict(iteration=k, loss=loss.cpu(), psnr_target=p_tgt)
+            if k % record_every == 0 or k == iterations:  # device tensors: read back in one go after the loop
+                rec = dict(iteration=k, loss=loss.detach(), psnr_target=metrics.psnr(out, target_d))
                 if ref_d is not None:
                     small = min(out.shape[-2:]) < 11  # SSIM's Gaussian window needs 11 px
                     rec.update(psnr_ref=p_ref, ssim_ref=torch.full_like(p_ref, float("nan")) if small
-                               else metrics.ssim(out, ref_d).cpu())
+                               else metrics.ssim(out, ref_d))
                 if extra:
-                    rec.update(loss_raw=_mse(fitter.raw, target_d).cpu(),
-                               psnr_target_raw=metrics.psnr(fitter.raw, target_d).cpu(), backtracked=back)
+                    rec.update(loss_raw=_mse(fitter.raw, target_d), psnr_target_raw=metrics.psnr(fitter.raw, target_d),
+                               backtracked=back)
                     if ref_d is not None:
-                        rec.update(psnr_ref_raw=metrics.psnr(fitter.raw, ref_d).cpu())
-                for i in range(len(target)):
-                    rows.append({key: (v[i].item() if torch.is_tensor(v) else v) for key, v in rec.items()} | {"image": i})
-    return DIPResult(output=out.cpu(), history=pd.DataFrame(rows), outputs=kept, best_output=best.output,
-                     best_iteration=best.iteration if ref_d is not None else None, seconds=timer.seconds,
+                        rec.update(psnr_ref_raw=metrics.psnr(fitter.raw, ref_d))
+                records.append(rec)
+    return DIPResult(output=out.cpu(), history=_history(records, len(target)), outputs=kept,
+                     best_output=None if best.output is None else best.output.cpu(),
+                     best_iteration=best.iteration.cpu() if ref_d is not None else None, seconds=timer.seconds,
                      iterations=iterations, protocol=protocol, raw_output=fitter.raw.cpu() if extra else None,
                      raw_outputs=kept_raw, backtracks=fitter.backtracks.clone() if extra else None)
+
+
+def _history(records: list[dict], n: int) -> pd.DataFrame:
+    """The history table (one row per recorded iteration and image) from per-iteration records of per-image
+    device tensors, copied to the host in one transfer per column."""
+    if not records:
+        return pd.DataFrame()
+    cols = {"iteration": [r["iteration"] for r in records for _ in range(n)]}
+    for key in records[0]:
+        if key != "iteration":
+            v = records[0][key]
+            cols[key] = torch.stack([r[key].to(v.device) for r in records]).cpu().reshape(-1).tolist()
+    cols["image"] = list(range(n)) * len(records)
+    return pd.DataFrame(cols)
 
 
 def _merge(parts: list[DIPResult]) -> DIPResult:

@@ -1,4 +1,5 @@
 import math
+import traceback
 
 import pytest
 import torch
@@ -66,6 +67,55 @@ def test_dip_history_record_every_and_no_reference():
     res = dip.fit_dip(targets(1), iterations=10, record_every=5, preset="tiny", generator=torch.Generator().manual_seed(0))
     assert res.history.iteration.tolist() == [0, 5, 10]
     assert "psnr_ref" not in res.history and res.best_output is None
+
+
+def test_dip_fit_reads_the_device_back_a_fixed_number_of_times(monkeypatch):
+    # each .cpu() / .item() / .tolist() of a device tensor in tdpmlib is a host sync on a GPU: the count must not
+    # grow with the iterations, even when every iteration is recorded against a reference (Adam's step counter,
+    # a CPU scalar on every device, is not counted)
+    tgt = targets()
+    counts = []
+
+    def fit(iterations):
+        calls = [0]
+
+        def counted(real):
+            def f(x, *a, **k):
+                calls[0] += "tdpmlib" in traceback.extract_stack(limit=2)[0].filename
+                return real(x, *a, **k)
+            return f
+
+        for name in ("cpu", "item", "tolist"):
+            monkeypatch.setattr(torch.Tensor, name, counted(getattr(torch.Tensor, name)))
+        dip.fit_dip(tgt, iterations=iterations, preset="tiny", generator=torch.Generator().manual_seed(0),
+                    reference=tgt, record_every=1)
+        monkeypatch.undo()
+        counts.append(calls[0])
+
+    fit(3)
+    fit(12)
+    assert counts[0] == counts[1] and counts[0] < 20
+
+
+def test_dip_history_and_oracle_are_what_each_iteration_scored():
+    # the history and the best iteration, recomputed from the kept outputs of every iteration on the host
+    tgt, ref = targets(), targets(2, 8).flip(-1)
+    res = dip.fit_dip(tgt, iterations=6, preset="tiny", lr=1e-2, generator=torch.Generator().manual_seed(0),
+                      reference=ref, record_every=2, keep=range(7))
+    h = res.history
+    assert h.iteration.tolist() == [0, 0, 2, 2, 4, 4, 6, 6] and h.image.tolist() == [0, 1] * 4
+    assert h.dtypes["iteration"] == "int64" and h.dtypes["psnr_ref"] == "float64"
+    for k in (0, 2, 4, 6):
+        rows = h[h.iteration == k]
+        assert rows.psnr_target.tolist() == metrics.psnr(res.outputs[k], tgt).tolist()
+        assert rows.psnr_ref.tolist() == metrics.psnr(res.outputs[k], ref).tolist()
+    scores = torch.stack([metrics.psnr(res.outputs[k], ref) for k in range(7)])  # iterations x images
+    best_k = scores.argmax(0)
+    assert res.best_iteration.device.type == "cpu" and res.best_iteration.tolist() == best_k.tolist()
+    assert torch.equal(res.best_output, torch.stack([res.outputs[int(k)][i] for i, k in enumerate(best_k)]))
+    tracker = dip.BestIteration(2, device="meta")  # the oracle stays where the fit runs
+    tracker.update(0, torch.zeros(2, 3, 4, 4, device="meta"), torch.zeros(2, device="meta"))
+    assert tracker.psnr.is_meta and tracker.output.is_meta and tracker.iteration.is_meta
 
 
 class CountingMonitor:
