@@ -56,7 +56,6 @@ __all__ = [
     "summarise",
     "fid_kid",
     "FID_NO_WEIGHTS",
-    "FID_FAILED",
     "swd",
     "nearest_distances",
     "memorisation",
@@ -206,7 +205,6 @@ FID_NO_WEIGHTS = (
     "unavailable: the Inception weights could not be loaded, most likely because there is no "
     "internet access to download them, so FID and KID are not computed"
 )
-FID_FAILED = "unavailable: the Inception network could not be built or run, so FID and KID are not computed"
 
 
 class _CustomFeatures(nn.Module):
@@ -248,14 +246,16 @@ def fid_kid(
 
     * ``feature_extractor=None``: the standard Inception-v3 pool features
       (``feature=2048``, Heusel et al. 2017). Its weights are downloaded on
-      first use; if that (or anything else while building or running the
-      network) fails, e.g. on an offline machine, the result is
-      ``{"fid": None, "kid_mean": None, "kid_std": None, "status": ...,
-      "status_detail": "<exception type>: <message>"}``. ``status`` is one
+      first use; if building the metrics fails with an ``OSError`` (the weights
+      are unavailable: ``URLError`` when offline, an HTTP or connection error,
+      a file error of the download), the result is
+      ``{"fid": None, "kid_mean": None, "kid_std": None, "status": FID_NO_WEIGHTS,
+      "status_detail": "<exception type>: <message>"}``; ``status`` is one
       plain sentence that starts with ``"unavailable: "`` and holds no
-      exception text (the book quotes it in prose): :data:`FID_NO_WEIGHTS` for
-      an ``OSError`` (``URLError`` when offline, or a file error), else
-      :data:`FID_FAILED`. The exception itself is in ``status_detail``.
+      exception text (the book quotes it in prose). Any other error (out of
+      memory, a shape error, a damaged weights file), and every error while
+      the images are fed, propagates: it is a bug or a resource to fix, not
+      a missing download.
     * an injected ``nn.Module`` mapping a float ``N x 3 x H x W`` batch in
       ``[0, 1]`` to ``N x D`` features is used for both metrics
       (status ``"ok (custom feature extractor)"``); errors are not swallowed.
@@ -281,7 +281,7 @@ def fid_kid(
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    def build_and_feed() -> tuple[FrechetInceptionDistance, KernelInceptionDistance]:
+    def build() -> tuple[FrechetInceptionDistance, KernelInceptionDistance]:
         if feature_extractor is None:
             feature: int | nn.Module = 2048
         else:
@@ -293,12 +293,6 @@ def fid_kid(
             kid = KernelInceptionDistance(
                 feature=feature, subsets=kid_subsets, subset_size=subset_size, normalize=True
             ).to(device)
-        with torch.no_grad():
-            for images, is_real in ((real_u, True), (fake_u, False)):
-                for chunk in images.split(batch_size):
-                    chunk = chunk.to(device)
-                    fid.update(chunk, real=is_real)
-                    kid.update(chunk, real=is_real)
         return fid, kid
 
     if feature_extractor is None:
@@ -307,8 +301,8 @@ def fid_kid(
         log = io.StringIO()
         try:
             with contextlib.redirect_stderr(log):
-                fid_metric, kid_metric = build_and_feed()
-        except Exception as err:  # offline: urllib URLError from torch.hub's download
+                fid_metric, kid_metric = build()  # loads (downloads on first use) the Inception weights
+        except OSError as err:  # weights unavailable: urllib's URLError offline, HTTP, connection or file errors
             detail = " ".join(f"{type(err).__name__}: {err}".split())
             if len(detail) > 300:
                 detail = detail[:297] + "..."
@@ -316,14 +310,20 @@ def fid_kid(
                 "fid": None,
                 "kid_mean": None,
                 "kid_std": None,
-                "status": FID_NO_WEIGHTS if isinstance(err, OSError) else FID_FAILED,
+                "status": FID_NO_WEIGHTS,
                 "status_detail": detail,
             }
         sys.stderr.write(log.getvalue())
         status = "ok"
     else:
-        fid_metric, kid_metric = build_and_feed()
+        fid_metric, kid_metric = build()
         status = "ok (custom feature extractor)"
+    with torch.no_grad():
+        for images, is_real in ((real_u, True), (fake_u, False)):
+            for chunk in images.split(batch_size):
+                chunk = chunk.to(device)
+                fid_metric.update(chunk, real=is_real)
+                kid_metric.update(chunk, real=is_real)
 
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # KID draws its subsets with torch.randperm

@@ -287,13 +287,44 @@ def test_fid_kid_without_inception_weights_says_so_in_a_plain_sentence(monkeypat
 
 
 @pytest.mark.timeout(120)
-def test_fid_kid_other_failure_of_the_inception_path_is_a_plain_sentence(monkeypatch):
+def test_fid_kid_damaged_weights_are_an_error_not_a_missing_download(monkeypatch):
     _inception_weights_fail(monkeypatch, RuntimeError("Error(s) in loading state_dict: <garbled>"))
-    result = M.fid_kid(smooth_images(2, 16, seed=0), smooth_images(2, 16, seed=1))
-    assert result["fid"] is None and result["kid_mean"] is None and result["kid_std"] is None
-    assert result["status"] == M.FID_FAILED
-    assert result["status"].startswith("unavailable: ") and "<" not in result["status"]
-    assert result["status_detail"] == "RuntimeError: Error(s) in loading state_dict: <garbled>"
+    with pytest.raises(RuntimeError, match="loading state_dict"):
+        M.fid_kid(smooth_images(2, 16, seed=0), smooth_images(2, 16, seed=1))
+
+
+class _FakeMetric:
+    """Stands in for torchmetrics' FID / KID: builds without weights, then fails where ``fail`` says."""
+
+    fail: tuple[str, Exception] = ("", None)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def to(self, device):
+        if self.fail[0] == "to":
+            raise self.fail[1]
+        return self
+
+    def update(self, images, real):
+        if self.fail[0] == "update":
+            raise self.fail[1]
+
+
+@pytest.mark.parametrize("where, error", [
+    ("update", torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")),
+    ("update", RuntimeError("mat1 and mat2 shapes cannot be multiplied (64x1000 and 2048x1)")),
+    ("to", torch.cuda.OutOfMemoryError("CUDA out of memory while moving the Inception network")),
+], ids=["oom-feeding", "shape-error", "oom-building"])
+def test_fid_kid_errors_other_than_missing_weights_propagate(monkeypatch, where, error):
+    import torchmetrics.image.fid as tm_fid
+    import torchmetrics.image.kid as tm_kid
+
+    monkeypatch.setattr(_FakeMetric, "fail", (where, error))
+    monkeypatch.setattr(tm_fid, "FrechetInceptionDistance", _FakeMetric)
+    monkeypatch.setattr(tm_kid, "KernelInceptionDistance", _FakeMetric)
+    with pytest.raises(type(error), match=str(error.args[0])[:20]):
+        M.fid_kid(smooth_images(2, 16, seed=0), smooth_images(2, 16, seed=1))
 
 
 def test_fid_kid_custom_extractor_errors_are_not_swallowed():
