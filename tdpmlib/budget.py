@@ -8,9 +8,11 @@ Python overhead are not, so the estimate is a floor for the arithmetic, not a ti
 
 FLOPs per unit come from counting one forward pass on the meta device (``torch.utils.flop_counter``): a network
 evaluation is one forward, a training step or a DIP iteration three (forward and backward) per image. At 64 px
-the report's DDPM is 31.0 GFLOP per forward and its DIP UNet 35.5, as the issues state. Minutes = FLOPs over an
-effective rate per GPU class (``EFFECTIVE_TFLOPS``), which is the measured or stated sustained rate, not the
-datasheet peak. ``scripts/gpu_check.py`` measures the real per-unit times on a lent GPU.
+the report's DDPM is 31.0 GFLOP per forward and its DIP UNet 35.5, as the issues state. Minutes = FLOPs over the
+sustained rate of the dtype the work really runs in on each GPU class (``run_dtype``, ``TFLOPS``): the fast
+path's autocast dtype, except that training (DDPM steps, DIP fits) stays in fp32 where that dtype is fp16 (the T4),
+as ``ddpm.autocast(training=True)`` does without loss scaling. ``scripts/gpu_check.py`` measures the real
+per-unit times on a lent GPU.
 """
 
 from __future__ import annotations
@@ -21,14 +23,39 @@ import math
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import config, models, skipnet, stopping
+from . import config, ddpm, models, skipnet, stopping
 
-# Sustained rates (TFLOP/s) the book sizes its profiles with: a T4 at about 20 in fp16 (the colab-profile issue's
-# figure) and an H200 at about 400 in bf16 (half the ~790 TFLOP/s measured on large matrix products there, for
-# convolutions and attention at these sizes). Neither has been timed with this code yet.
-EFFECTIVE_TFLOPS = {"T4": 20.0, "H200": 400.0}
+# Sustained rates (TFLOP/s) the book sizes its profiles with, by GPU class and the dtype the work runs in. T4: about
+# 20 in fp16 (the colab-profile issue's figure, 31% of the 65 TFLOP/s tensor-core peak), and 5 in fp32 (60% of its
+# 8.1 TFLOP/s fp32 peak; no tensor cores), the rate its training and DIP fits run at. H200: about 400 in bf16 (half
+# the ~790 TFLOP/s measured on large matrix products there, for convolutions and attention at these sizes); H100:
+# 350 (the same tensor cores, less memory bandwidth). None has been timed with this code yet.
+TFLOPS = {"T4": {torch.float16: 20.0, torch.float32: 5.0}, "H100": {torch.bfloat16: 350.0},
+          "H200": {torch.bfloat16: 400.0}}
+CAPABILITY = {"T4": (7, 5), "H100": (9, 0), "H200": (9, 0)}  # CUDA compute capability, which picks the dtype
+EFFECTIVE_TFLOPS = {g: max(r.values()) for g, r in TFLOPS.items()}  # the fast path's (inference) rate
+TRAINING_UNITS = ("train", "dip_official", "dip_plain")  # backpropagated work; "nfe" is inference
 DDIM_STEPS = (50, 100)
 REPORT_T600 = 600
+
+
+def check_gpu(gpu: str) -> str:
+    if gpu not in TFLOPS:
+        raise ValueError(f"gpu={gpu!r} is not allowed; use one of {sorted(TFLOPS)}")
+    return gpu
+
+
+def run_dtype(gpu: str, *, training: bool) -> torch.dtype:
+    """The dtype work runs in on ``gpu`` on the fast path: bf16 from compute capability 8.0, fp16 before (as
+    ``ddpm.fast_dtype``), and fp32 for training where that is fp16 (``ddpm.autocast(training=True)``: no loss
+    scaling, so no fp16 gradients)."""
+    dtype = torch.bfloat16 if CAPABILITY[check_gpu(gpu)] >= (8, 0) else torch.float16
+    return torch.float32 if training and dtype == torch.float16 else dtype
+
+
+def rate(gpu: str, *, training: bool) -> float:
+    """Sustained TFLOP/s of training (``training=True``) or inference work on ``gpu``, in the dtype it runs in."""
+    return TFLOPS[check_gpu(gpu)][run_dtype(gpu, training=training)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,8 +81,11 @@ def workload(profile: str, *, n_train: int = 737) -> dict:
     plain = max(int(b) for b in p["dip_budgets_plain"].split(","))
     sigmas = 3  # the study's noise levels
     chain = 1000 + sum(DDIM_STEPS)  # DDPM-1000 and the two DDIM samplers, per image
+    from .train import FINAL_SAMPLERS  # 01's final samplers (DDIM on two grids, two eps choices)
+
+    final = sum(ddpm.network_evaluations(1000, **kw) for kw in FINAL_SAMPLERS.values())
     return {
-        "01_ddpm_training": dict(train=2 * steps, nfe=2 * p["n_final_samples"] * (chain + sum(DDIM_STEPS))),
+        "01_ddpm_training": dict(train=2 * steps, nfe=2 * p["n_final_samples"] * final),
         "02_dip_fitting": dict(dip_official=images * off, dip_plain=images * plain),
         "03_tdpm_dip": dict(nfe=p["n_generate"] * (chain + 2 * 10) + sigmas * images * 2 * 200
                             + 2 * p["n_denoise"] * REPORT_T600,
@@ -66,22 +96,31 @@ def workload(profile: str, *, n_train: int = 737) -> dict:
     }
 
 
-def notebook_tflop(profile: str, *, n_train: int = 737) -> dict:
-    """{notebook: TFLOP} of ``workload`` at the profile's networks and resolution."""
+def unit_tflop(profile: str, *, n_train: int = 737) -> dict:
+    """{notebook: {unit: TFLOP}} of ``workload`` at the profile's networks and resolution."""
     p = config.PROFILES[profile]
     res = p["resolution"]
     per = dict(train=3 * p["batch_size"] * forward_gflop(p["ddpm_preset"], res),
                nfe=forward_gflop(p["ddpm_preset"], res),
                dip_official=3 * forward_gflop(p["dip_preset_official"], res),
                dip_plain=3 * forward_gflop(p["dip_preset"], res))
-    return {nb: sum(n * per[u] for u, n in w.items()) / 1e3 for nb, w in workload(profile, n_train=n_train).items()}
+    return {nb: {u: n * per[u] / 1e3 for u, n in w.items()} for nb, w in workload(profile, n_train=n_train).items()}
+
+
+def notebook_tflop(profile: str, *, n_train: int = 737) -> dict:
+    """{notebook: TFLOP} of ``workload`` at the profile's networks and resolution."""
+    return {nb: sum(u.values()) for nb, u in unit_tflop(profile, n_train=n_train).items()}
+
+
+def _minutes(units: dict, gpu: str) -> float:
+    return sum(tf / rate(gpu, training=u in TRAINING_UNITS) for u, tf in units.items()) / 60
 
 
 def minutes(profile: str, gpu: str, *, n_train: int = 737) -> dict:
-    """{notebook: minutes} of the profile's arithmetic on ``gpu`` (a key of ``EFFECTIVE_TFLOPS``), and "total"."""
-    if gpu not in EFFECTIVE_TFLOPS:
-        raise ValueError(f"gpu={gpu!r} is not allowed; use one of {sorted(EFFECTIVE_TFLOPS)}")
-    m = {nb: tf / EFFECTIVE_TFLOPS[gpu] / 60 for nb, tf in notebook_tflop(profile, n_train=n_train).items()}
+    """{notebook: minutes} of the profile's arithmetic on ``gpu`` (a key of ``TFLOPS``), each unit at the rate of
+    the dtype it runs in (``rate``), and "total"."""
+    check_gpu(gpu)
+    m = {nb: _minutes(u, gpu) for nb, u in unit_tflop(profile, n_train=n_train).items()}
     return m | {"total": sum(m.values())}
 
 
@@ -95,7 +134,7 @@ def training_estimate(preset: str, *, resolution: int, batch_size: int, steps: i
     the CPU at the measured throughput per thread, on CUDA for the GPU classes of ``EFFECTIVE_TFLOPS``."""
     tf = 3 * batch_size * steps * forward_gflop(preset, resolution) / 1e3
     if torch.device(device).type == "cuda":
-        per = ", ".join(f"{tf / r / 60:.1f} min on {g}" for g, r in EFFECTIVE_TFLOPS.items())
+        per = ", ".join(f"{tf / rate(g, training=True) / 60:.1f} min on {g}" for g in TFLOPS)
         return f"{steps:,} steps, {tf:,.0f} TFLOP: about {per}"
     threads = torch.get_num_threads()
     return (f"{steps:,} steps, {tf:,.0f} TFLOP: about {tf / (CPU_TFLOPS_PER_THREAD * threads) / 60:.0f} min on "
@@ -104,10 +143,11 @@ def training_estimate(preset: str, *, resolution: int, batch_size: int, steps: i
 
 def describe(profile: str, notebook: str, *, n_train: int = 737) -> str:
     """One line for a notebook's run details: its TFLOP and the minutes they take per GPU class."""
-    tf = notebook_tflop(profile, n_train=n_train).get(notebook)
-    if tf is None:
+    units = unit_tflop(profile, n_train=n_train).get(notebook)
+    if units is None:
         return "no network training, sampling or DIP fitting of its own"
-    per = ", ".join(f"{tf / r / 60:.1f} min on {g}" for g, r in EFFECTIVE_TFLOPS.items())
+    tf = sum(units.values())
+    per = ", ".join(f"{_minutes(units, g):.1f} min on {g}" for g in TFLOPS)
     return f"{tf:,.0f} TFLOP of network arithmetic (FLOP count): about {per}"
 
 
@@ -120,11 +160,14 @@ def main(argv=None) -> int:
     ap.add_argument("--n-train", type=int, default=737, help="training images (737 local, 6621 on the hub)")
     a = ap.parse_args(argv)
     tf = notebook_tflop(a.profile, n_train=a.n_train)
-    per_gpu = {g: minutes(a.profile, g, n_train=a.n_train) for g in EFFECTIVE_TFLOPS}
-    print(f"{'notebook':<36}{'TFLOP':>10}" + "".join(f"{g + ' min':>11}" for g in EFFECTIVE_TFLOPS))
+    per_gpu = {g: minutes(a.profile, g, n_train=a.n_train) for g in TFLOPS}
+    print(f"{'notebook':<36}{'TFLOP':>10}" + "".join(f"{g + ' min':>11}" for g in TFLOPS))
     for nb, t in tf.items():
-        print(f"{nb:<36}{t:>10.0f}" + "".join(f"{per_gpu[g][nb]:>11.1f}" for g in EFFECTIVE_TFLOPS))
-    print(f"{'total':<36}{sum(tf.values()):>10.0f}" + "".join(f"{per_gpu[g]['total']:>11.1f}" for g in EFFECTIVE_TFLOPS))
+        print(f"{nb:<36}{t:>10.0f}" + "".join(f"{per_gpu[g][nb]:>11.1f}" for g in TFLOPS))
+    print(f"{'total':<36}{sum(tf.values()):>10.0f}" + "".join(f"{per_gpu[g]['total']:>11.1f}" for g in TFLOPS))
+    print("rates (TFLOP/s): " + "; ".join(f"{g} {rate(g, training=False):g} ({str(run_dtype(g, training=False))[6:]}), "
+                                          f"training {rate(g, training=True):g} ({str(run_dtype(g, training=True))[6:]})"
+                                          for g in TFLOPS))
     return 0
 
 

@@ -34,12 +34,14 @@ PROFILES = {
                 max_images=None, train_steps=8000, train_epochs=0, batch_size=32, warmup_steps=500, train_lr=1e-3,
                 checkpoint_every=500, eval_every=1000, grid_every=2000, n_final_samples=256, n_generate=48, n_denoise=8, dip_iterations=100, dip_iterations_long=300,
                 n_chains=3, sample_batch=64),
-    # colab: the report's networks at 64 px sized by their FLOP count (tdpmlib.budget) for about an hour on a free
-    # Colab T4 and a few minutes on an H200; a step budget, so hub data and the local parquet cost the same. Its lr
-    # is Ho et al.'s CIFAR-10 rate (2e-4), twice the report's, for the short budget. Not yet timed on a GPU.
+    # colab: the report's networks at 64 px sized by their FLOP count (tdpmlib.budget) for under an hour on a free
+    # Colab T4 at the rates it really runs at: DDPM training and DIP fits in fp32 (a T4 has no bf16, and fp16 would
+    # need loss scaling), 5 TFLOP/s sustained of its 8.1 peak; sampling in fp16, 20 TFLOP/s. About 58 min there,
+    # under 2 min on an H100/H200 (bf16, 350/400 TFLOP/s). A step budget, so hub data and the local parquet cost the
+    # same. Its lr is Ho et al.'s CIFAR-10 rate (2e-4), twice the report's, for the short budget. Not yet timed on a GPU.
     "colab": dict(resolution=64, ddpm_preset="ddpm-paper", dip_preset="dip-paper", dip_preset_small="dip-cpu",
-                  max_images=None, train_steps=2000, train_epochs=0, batch_size=32, warmup_steps=200, train_lr=2e-4,
-                  checkpoint_every=500, eval_every=500, grid_every=1000, n_final_samples=256, n_generate=256,
+                  max_images=None, train_steps=800, train_epochs=0, batch_size=32, warmup_steps=100, train_lr=2e-4,
+                  checkpoint_every=200, eval_every=200, grid_every=400, n_final_samples=128, n_generate=80,
                   n_denoise=8, dip_iterations=100, dip_iterations_long=500, n_chains=4, sample_batch=256),
     # paper trains as the author's DDPM.ipynb does: no flips, no EMA, torchvision's Resize of convert("RGB"), fp32,
     # AdamW lr 1e-4 with betas (0.95, 0.999), weight decay 1e-6, 500 warm-up steps, clip 1.0 (ddpm.train_ddpm's
@@ -60,9 +62,9 @@ STUDY = {
                   dip_budgets_official="2,4"),
     "cpu": dict(n_val=8, n_test=20, dip_preset_official="skip-cpu", dip_budgets_plain="50,100,150,200,300,500",
                 dip_budgets_official="100,200,300,400,500,600,800,1000"),
-    # colab: at least 50 test images; budgets cut to the 64-px peaks' range (the official protocol's best
-    # iterations at 32 px lie near 400)
-    "colab": dict(n_val=10, n_test=50, dip_preset_official="skip-paper", dip_budgets_plain="100,200,300,500",
+    # colab: 30 test images (the T4's fp32 DIP fits price more out); budgets cut to the 64-px peaks' range (the
+    # official protocol's best iterations at 32 px lie near 400)
+    "colab": dict(n_val=5, n_test=30, dip_preset_official="skip-paper", dip_budgets_plain="100,200,300",
                   dip_budgets_official="250,500,750,1000"),
     # paper: the official network at 64 px; the official notebook runs 3000 iterations at 512 px
     "paper": dict(n_val=20, n_test=50, dip_preset_official="skip-paper",
@@ -118,7 +120,7 @@ def resolve_device(device: str) -> torch.device:
 GPU_ONLY = {"paper": "the report's full configuration: about 70-80 min on an H200 and many hours on a T4, "
                      "estimated from its FLOP count; days on a CPU",
             # tests/test_budget.py keeps these figures equal to tdpmlib.budget's count
-            "colab": "the report's networks at 64 px: about 55 min of arithmetic on a T4 and 3 min on an H200 by its "
+            "colab": "the report's networks at 64 px: about 57 min of arithmetic on a T4 and 1 min on an H200 by its "
                      "FLOP count; many hours on a CPU"}
 
 
