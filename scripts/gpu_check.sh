@@ -7,7 +7,8 @@
 #       --platform manylinux2014_x86_64 --platform any -d .whl diffusers==0.42.1
 # Then call the device tool's run with carry [".whl"] and the command `bash scripts/gpu_check.sh`, timeout_s 540.
 # It writes $OUT/gpu_check.json (checks, timings with peak memory, the extrapolated paper-profile minutes per
-# notebook) and $OUT/gpu_check.log, and ends within 8 minutes.
+# notebook) and $OUT/gpu_check.log, and ends within 8 minutes. On the CPU, at tiny sizes, without extrapolation:
+#   PYTHON=.venv/bin/python OUT=/tmp/gpu bash scripts/gpu_check.sh --dry-run
 set -euo pipefail
 cd "$(dirname "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")")"
 out=${OUT:-.}
@@ -16,4 +17,5 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     export PYTHONPATH=/tmp/site
 fi
 export PYTHONUNBUFFERED=1
-timeout 480 python3 scripts/gpu_check.py --out "$out" "$@" 2>&1 | tee "$out/gpu_check.log"
+# PYTHON: the interpreter (default python3, the device image's); here: PYTHON=.venv/bin/python ... --dry-run
+timeout 480 "${PYTHON:-python3}" scripts/gpu_check.py --out "$out" "$@" 2>&1 | tee "$out/gpu_check.log"
