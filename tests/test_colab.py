@@ -1,6 +1,9 @@
 """Running a notebook alone on Colab: results under /content, sibling notebooks fetched, a GPU the wheel cannot use."""
 import json
 import os
+import re
+import subprocess
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -9,7 +12,7 @@ import yaml
 
 from tdpmlib import pipeline, synthesis
 
-REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_results_go_under_content_on_colab(monkeypatch):
@@ -163,3 +166,50 @@ def test_interrupted_model_copy_leaves_nothing(tmp_path, monkeypatch):
 def test_ddpm_source_must_exist(tmp_path):
     with pytest.raises(ValueError, match="ddpm_source"):
         pipeline.setup("x", show=False, profile="smoke", ddpm_source=str(tmp_path / "nowhere"))
+
+
+# ---- the repository URL: set once in _config.yml, every copy equal to it ----------------------------------------------
+# Repositories the book cites; every other GitHub repository URL in the project is a copy of its own.
+CITED = {"felixchao/Generative-Models-for-Visual-Signals", "DmitryUlyanov/deep-image-prior",
+         "sun-umn/Early_Stopping_for_DIP", "facebookincubator/submitit"}
+GITHUB_REPO = re.compile(r"https://(?:github\.com|raw\.githubusercontent\.com)/([\w.-]+/[\w-]+(?:\.(?!git\b)[\w-]+)*)")
+TEXT = {".py", ".ipynb", ".md", ".yml", ".yaml", ".cff", ".toml", ".sh", ".txt", ".bib", ""}
+
+
+def repository_copies():
+    """(file, owner/name) for every GitHub repository URL in the files git knows (tests, whose URLs are examples, and
+    results aside), the cited repositories left out."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    return [(f, m) for f in files if Path(f).suffix in TEXT and not f.startswith(("results/", "tests/")) and (REPO / f).is_file()
+            for m in GITHUB_REPO.findall((REPO / f).read_text(errors="replace")) if m not in CITED]
+
+
+def test_every_copy_of_the_repository_url_is_the_configured_one():
+    url = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]["url"]
+    slug = url.removeprefix("https://github.com/")
+    copies = repository_copies()
+    wrong = sorted({f"{f}: {m}" for f, m in copies if m != slug})
+    assert not wrong, f"copies of the repository URL that differ from _config.yml's {url}:\n" + "\n".join(wrong)
+    where = {f for f, _ in copies}
+    # the copies this test exists for are seen: every install cell, 08's clone, tdpmlib.remote, README, CITATION.cff
+    assert {"tdpmlib/remote.py", "README.md", "CITATION.cff", "_config.yml"} <= where
+    assert {f"notebooks/{p.name}" for p in (REPO / "notebooks").glob("[0-9]*.ipynb")} <= where
+    clone = [c for c in nbformat.read(str(REPO / "notebooks" / "08_performance.ipynb"), as_version=4).cells
+             if '"clone"' in c.source]
+    assert clone and f'"{url}.git"' in clone[0].source
+
+
+def test_the_url_pattern_sees_a_fork_and_a_git_suffix():
+    assert GITHUB_REPO.findall('["git", "clone", "https://github.com/alice/tdpm-dip.git"] https://github.com/a/b.c') \
+        == ["alice/tdpm-dip", "a/b.c"]
+
+
+def test_readme_colab_cell_installs_the_core_from_the_configured_repository():
+    url = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]["url"]
+    readme = (REPO / "README.md").read_text()
+    cell = re.search(r"## Colab\n.*?```python\n(.*?)```", readme, re.S).group(1)
+    assert f'REPO = "{url}"' in cell
+    installs = [line for line in cell.splitlines() if "pip install" in line]
+    assert installs and not any("[" in line or "torch" in line for line in installs), installs  # core only
+    assert re.search(r"^%run \d\d\w*\.ipynb$", cell, re.M)
