@@ -110,6 +110,8 @@ def fit_budgets(y_scaled: torch.Tensor, clean: torch.Tensor, *, protocol: str, b
     input, so chapters that need the same fit load it instead of fitting again; any change refits."""
     budgets = sorted(set(budgets))
     record_every = record_every or max(1, budgets[0] // 4)
+    p = dip.check_protocol(protocol)  # hash the settings the fit really uses, so a changed default refits
+    preset, lr = preset or p.preset, p.lr if lr is None else lr
     path = None
     if cache_dir is not None:
         h = hashlib.sha256()

@@ -73,7 +73,7 @@ def test_denoising_table_has_one_row_per_setting_method_image(denoised):
     assert set(df[df.measured_against == "dip_target"].method_key) == {"report_dip_clean", "report_dip_y"}
     nfe = a.groupby(level=0).nfe.first()
     assert nfe["ddpm"] == 12 and nfe["tweedie"] == 1 and nfe["ddim"] == 12 and nfe["mean_k"] == 24
-    assert nfe["tdpm_dip"] == 10 and nfe["dip_long"] == 0
+    assert nfe["tdpm_dip"] == 11 and nfe["dip_long"] == 0  # the report's T_trunc = 10: 11 steps (tdpm.report_level)
     its = a.groupby(level=0).dip_iterations.first()
     assert its["dip_short"] == 2 and its["dip_long"] == 4 and its["dip_oracle"] == 4 and its["tdpm_dip"] == 2
     b = df[(df.setting == "B") & (df.method_key == "tdpm_dip")]
@@ -110,13 +110,21 @@ def test_denoising_scores_and_outputs_follow_the_definitions(unets, denoised):
         torch.testing.assert_close(outs["A"][key], outs["B"][key])
 
 
-def test_tdpm_dip_with_zero_truncation_equals_the_short_dip(unets):
-    """TDPM-DIP shares the DIP input and initialisation with the DIP rows: at T_trunc = 0 they coincide."""
+def test_tdpm_dip_with_zero_truncation_is_one_step_from_level_one(unets, monkeypatch):
+    """The report's T_trunc = 0 is one reverse step (diffusers timestep 0) in the author's code, so the corrected
+    TDPM-DIP row at t_trunc=0 is tdpm.denoise from level 1, not the DIP alone."""
+    levels = []
+    real = E.tdpm.denoise
+
+    def spy(*a, t_trunc, **kw):
+        levels.append(t_trunc)
+        return real(*a, t_trunc=t_trunc, **kw)
+
+    monkeypatch.setattr(E.tdpm, "denoise", spy)
     clean = smooth(2, 8, 2)
     st = [dict(name="C", schedule="linear", t=15, sigma255=None)]
-    _, outs = E.run_denoising(unets, clean=clean, settings=st, methods=["dip_short", "tdpm_dip"], return_outputs=True,
-                              **dict(DEN_KW, t_trunc=0))
-    torch.testing.assert_close(outs["C"]["tdpm_dip"], outs["C"]["dip_short"].clamp(-1, 1))
+    df = E.run_denoising(unets, clean=clean, settings=st, methods=["dip_short", "tdpm_dip"], **dict(DEN_KW, t_trunc=0))
+    assert levels == [1] and (df[df.method_key == "tdpm_dip"].nfe == 1).all()
 
 
 def test_observations_do_not_depend_on_other_settings(unets):

@@ -36,7 +36,7 @@ def test_generation_table(generation):
     assert list(table.method_key) == list(G.GENERATION_METHODS)
     assert list(table.method) == list(samples) == list(G.GENERATION_METHODS.values())
     t = table.set_index("method_key")
-    assert list(t.nfe) == [20, 20, 20, 2, 2, 0]  # T = 20 here: DDIM's 50 / 100 levels collapse to 20
+    assert list(t.nfe) == [20, 20, 20, 3, 3, 0]  # T = 20 here: DDIM's 50 / 100 levels collapse to 20; T_trunc = 2: 3 steps
     assert list(t.dip_iterations) == [0, 0, 0, 2, 2, 0]
     assert list(t.n) == [4, 4, 4, 4, 3, 4] and "capped" in t.loc["tdpm_held", "note"]
     assert t.loc["tdpm_held", "reference_set"].startswith("training images it did not fit")
