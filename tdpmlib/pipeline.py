@@ -159,9 +159,11 @@ def train_or_load(cfg: Config, train_images: torch.Tensor, *, schedule: str | No
     schedule = schedule or cfg.schedule
     scheduler = schedules.make_scheduler(schedule)
     hub = remote.hub_model(ddpm_source(cfg), schedule)
-    if hub:
-        return load_hub_model(cfg, hub, schedule) + (dict(log=pd.DataFrame(columns=["step", "epoch", "loss", "lr", "seconds"]),
-                                                        loaded=True, source=hub),)
+    if hub:  # trained elsewhere: no loss record, training time or step count of its own
+        unet, scheduler = load_hub_model(cfg, hub, schedule)
+        return unet, scheduler, dict(log=pd.DataFrame(columns=["step", "epoch", "loss", "lr", "seconds"]), loaded=True,
+                                     source=hub, hardware=f"{hub}, not trained here", train_seconds=float("nan"),
+                                     steps=0, parameters=models.count_parameters(unet))
     mdir = cfg.model_dir(schedule)
     tcfg = train_config(cfg, schedule, len(train_images))
     done = mdir / "train_config.json"

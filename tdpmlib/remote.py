@@ -32,10 +32,11 @@ HUB_PREFIX = "hub:"
 def hub_model(source: str, schedule: str) -> str:
     """The diffusers model that ``source`` names for ``schedule``: "author" is ``AUTHOR_DDPMS[schedule]``,
     "hub:ID" is ID (a hub model id, or a local folder in the hub's layout: config.json and the weights at its
-    top); "" for any other source (a folder or URL in the book's layout, ``fetch_model``)."""
+    top), with "{schedule}" in ID replaced by the schedule's name; "" for any other source (a folder or URL in
+    the book's layout, ``fetch_model``)."""
     if source == "author":
         return AUTHOR_DDPMS[schedule]
-    return source[len(HUB_PREFIX):] if source.startswith(HUB_PREFIX) else ""
+    return source[len(HUB_PREFIX):].replace("{schedule}", schedule) if source.startswith(HUB_PREFIX) else ""
 
 
 def raw_url(path: str) -> str:

