@@ -137,8 +137,8 @@ def train_config(cfg: Config, schedule: str, n_train: int) -> dict:
                epochs=cfg.train_epochs, batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps, lr=cfg.train_lr,
                seed=cfg.seed, n_train=n_train, data=data.fingerprint(cfg.data_source or None, image_column=cfg.image_column,
                                                                      class_filter=cfg.class_filter, preprocess=cfg.preprocess))
-    book = dict(ema_decay=0.999, hflip=True, train_autocast=True)
-    out.update({k: v for k, v in dict(recipe(cfg), train_autocast=cfg.train_autocast).items() if book[k] != v})
+    book = Config()  # the dataclass defaults are the book's recipe
+    out.update({k: v for k, v in dict(recipe(cfg), train_autocast=cfg.train_autocast).items() if getattr(book, k) != v})
     return out
 
 

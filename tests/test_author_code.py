@@ -61,8 +61,8 @@ def test_report_protocol_is_the_authors_code_bitwise(ddpm_net, schedule, t_trunc
     x0, z = _inputs()
     ref = author_tdpm_dip(ddpm_net, scheduler, x0, z, truncated_step=t_trunc, dip_iterations=4, dip_seed=7,
                           generator=torch.Generator().manual_seed(11))
-    res = tdpm.tdpm_dip(ddpm_net, scheduler, x0, t_trunc=t_trunc, dip_iterations=4, z=z, seed=7, batched=False, preset="tiny",
-                        generator=torch.Generator().manual_seed(11))
+    res = tdpm.tdpm_dip(ddpm_net, scheduler, x0, t_trunc=t_trunc, dip_iterations=4, z=z, seed=7, batched=False,
+                        preset="tiny", generator=torch.Generator().manual_seed(11))
     assert res.network_evaluations == t_trunc + 1
     assert torch.equal(res.x0, ref.clamp(-1, 1))
 
