@@ -190,6 +190,43 @@ def reverse_from_state(unet, scheduler, state: torch.Tensor, t_trunc: int, *, ge
     return ddpm.reverse_chain(unet, scheduler, state.to(device), t_trunc, generator=generator, fast=fast).clamp(-1, 1).cpu()
 
 
+# How a handed-over state at a level is turned into an image (issue "Measurements v3"): the report's single
+# ancestral chain, the one-step posterior mean E[x_0 | x_t] (Tweedie; Efron 2011), or the mean of n independent
+# ancestral chains (a Monte-Carlo estimate of the same posterior mean, n times the cost).
+READOUTS = ("ancestral", "posterior_mean", "mean_chains")
+
+
+def check_readout(readout: str, n_chains: int = 1) -> str:
+    if readout not in READOUTS:
+        raise ValueError(f"readout={readout!r} is not allowed; use one of {', '.join(READOUTS)}")
+    if isinstance(n_chains, bool) or not isinstance(n_chains, int) or n_chains < 1:
+        raise ValueError(f"n_chains={n_chains!r} is not allowed; use a positive integer")
+    return readout
+
+
+def readout_nfe(readout: str, level: int, *, n_chains: int = 1) -> int:
+    """Network evaluations per image of reading out a state at ``level`` (0 at level 0: the state is the image)."""
+    check_readout(readout, n_chains)
+    if level == 0:
+        return 0
+    return {"ancestral": level, "posterior_mean": 1, "mean_chains": n_chains * level}[readout]
+
+
+def read_out(unet, scheduler, state: torch.Tensor, level: int, *, readout: str = "ancestral", n_chains: int = 1,
+             generator: torch.Generator | None = None, fast: bool | None = None) -> torch.Tensor:
+    """The image a state at ``level`` reads out to, clipped to [-1, 1], on the CPU (``READOUTS``). ``ancestral``
+    is ``reverse_from_state``; ``mean_chains`` runs n_chains chains one after another from ``generator`` (its
+    first chain is the ``ancestral`` readout with the same generator); ``posterior_mean`` draws nothing."""
+    check_readout(readout, n_chains)
+    if level == 0:
+        return state.clamp(-1, 1).cpu()
+    if readout == "posterior_mean":
+        return tweedie(unet, scheduler, state.to(next(unet.parameters()).device), level, fast=fast).cpu()
+    chains = 1 if readout == "ancestral" else n_chains
+    return torch.stack([reverse_from_state(unet, scheduler, state, level, generator=generator, fast=fast)
+                        for _ in range(chains)]).mean(0)
+
+
 def observe(x0: torch.Tensor, t: int, scheduler, *, generator: torch.Generator) -> torch.Tensor:
     """The denoising observation y = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps at level t."""
     schedules.check_level("t", t, scheduler, allow_zero=False)

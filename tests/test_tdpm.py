@@ -178,3 +178,42 @@ def test_bad_t_trunc(setup, tiny_images, t_trunc):
     unet, s = setup
     with pytest.raises(ValueError, match=r"t_trunc=.* is not allowed; use an integer in 0\.\.999"):
         tdpm.tdpm_dip(unet, s, tiny_images[:1], t_trunc=t_trunc, generator=torch.Generator())
+
+
+def test_read_out_readouts_against_their_definitions(setup):
+    """ancestral = reverse_from_state; mean_chains = the mean of chains drawn one after another from the same
+    generator (its first chain is the ancestral readout); posterior_mean = Tweedie; NFE as charged."""
+    unet, s = setup
+    state = tdpm.observe(torch.rand(2, 3, 8, 8) * 2 - 1, 20, s, generator=torch.Generator().manual_seed(1))
+    anc = tdpm.read_out(unet, s, state, 20, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(anc, tdpm.reverse_from_state(unet, s, state, 20, generator=torch.Generator().manual_seed(3)),
+                               rtol=0, atol=0)
+    g = torch.Generator().manual_seed(3)
+    chains = [tdpm.reverse_from_state(unet, s, state, 20, generator=g) for _ in range(4)]
+    mean4 = tdpm.read_out(unet, s, state, 20, readout="mean_chains", n_chains=4, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(mean4, torch.stack(chains).mean(0), rtol=0, atol=1e-7)
+    torch.testing.assert_close(chains[0], anc, rtol=0, atol=0)
+    assert not torch.allclose(chains[0], chains[1])  # the chains are independent draws
+    pm = tdpm.read_out(unet, s, state, 20, readout="posterior_mean")
+    torch.testing.assert_close(pm, tdpm.tweedie(unet, s, state, 20), rtol=0, atol=0)
+    assert [tdpm.readout_nfe(r, 20, n_chains=4) for r in tdpm.READOUTS] == [20, 1, 80]
+    assert tdpm.readout_nfe("mean_chains", 0, n_chains=4) == 0
+    torch.testing.assert_close(tdpm.read_out(unet, s, state * 3, 0, readout="posterior_mean"), (state * 3).clamp(-1, 1))
+
+
+def test_mean_of_chains_is_closer_to_the_posterior_mean_as_n_grows(setup):
+    """Averaging ancestral chains reduces their variance: the mean of 8 chains lies closer to the mean of 32
+    than a single chain does (a property, not a number)."""
+    unet, s = setup
+    state = tdpm.observe(torch.zeros(1, 3, 8, 8), 30, s, generator=torch.Generator().manual_seed(1))
+    ref = tdpm.read_out(unet, s, state, 30, readout="mean_chains", n_chains=32, generator=torch.Generator().manual_seed(9))
+    dist = [float((tdpm.read_out(unet, s, state, 30, readout="mean_chains", n_chains=n,
+                                 generator=torch.Generator().manual_seed(5)) - ref).pow(2).mean()) for n in (1, 8)]
+    assert dist[1] < dist[0] / 2
+
+
+@pytest.mark.parametrize("kw", [dict(readout="chains"), dict(readout="mean_chains", n_chains=0)])
+def test_bad_readout(setup, kw):
+    unet, s = setup
+    with pytest.raises(ValueError, match=next(iter(kw)) if kw.get("readout") == "chains" else "n_chains"):
+        tdpm.read_out(unet, s, torch.zeros(1, 3, 8, 8), 5, **kw)
