@@ -172,3 +172,62 @@ def test_chapter_08_runs_before_chapter_07():
     assert [p.stem for p in run_notebooks.run_order(picked)] == ["02_dip_fitting", "08_performance", "07_conclusions"]
     only07 = [p for p in picked if p.stem == "07_conclusions"]
     assert [p.stem for p in run_notebooks.run_order(only07)] == ["07_conclusions"]  # 08 is not added, only ordered
+
+
+# ------------------------------------------------------------------------------------------------------
+# tdpmlib.timing_cases: every case runs its method at its chapter's budget
+# ------------------------------------------------------------------------------------------------------
+
+def _committed(root):
+    """A hand-made results tree of the smoke profile: chapter 03's study at σ = 25 (t = 5), its t = 600 row set
+    and generation table, chapter 02's budgets and chapter 05's guided rule."""
+    study_rows = [("tweedie", 1, 0, ""), ("ddpm", 5, 0, ""), ("ddim", 5, 0, ""), ("mean_k", 10, 0, "K=2"),
+                  ("nlm", 0, 0, ""), ("dip_official", 0, 4, "k=4"), ("dip_plain", 0, 2, "k=2"),
+                  ("tdpm_matched", 3, 4, "k=4, T_trunc=3"), ("sdedit", 2, 2, "k=2, t0=2"),
+                  ("dip_polish", 3, 4, "k=4, T_trunc=3"), ("noisy", 0, 0, ""), ("dip_official_oracle", 0, 4, "per image")]
+    d = root / "smoke" / "03_tdpm_dip"
+    d.mkdir(parents=True)
+    pd.DataFrame([dict(sigma=25, t=5, method_key=k, split=s, image=0, psnr=20.0, nfe=n, dip_iterations=i, params=p)
+                  for k, n, i, p in study_rows for s in ("val", "test")]).to_csv(d / "study_rows.csv", index=False)
+    pd.DataFrame([dict(setting="t = 600 (linear)", method_key=k, schedule="linear", t=600, protocol="corrected", nfe=n,
+                       dip_iterations=i) for k, n, i in (("ddpm", 600, 0), ("dip_short", 0, 3), ("tweedie", 1, 0))]
+                 ).to_csv(d / "denoising_summary.csv", index=False)
+    pd.DataFrame([dict(method_key=k, nfe=n, dip_iterations=i) for k, n, i in
+                  (("ddpm", 1000, 0), ("ddim50", 50, 0), ("ddim100", 100, 0), ("tdpm_train", 11, 3),
+                   ("tdpm_held", 11, 3), ("real", 0, 0))]).to_csv(d / "generation.csv", index=False)
+    (root / "smoke" / "02_dip_fitting").mkdir()
+    (root / "smoke" / "02_dip_fitting" / "config.json").write_text(
+        '{"sigma": 15, "t": 3, "chosen_budgets": {"plain": 2, "official": 3}}')
+    d5 = root / "smoke" / "05_example2_guided_early_stopping"
+    d5.mkdir()
+    pd.DataFrame([dict(sigma=25, t_obs=5, rule_key=k, image=i, iterations=it) for k in ("guided", "fixed")
+                  for i, it in ((0, 3), (1, 4))]).to_csv(d5 / "per_image.csv", index=False)
+    (d5 / "config.json").write_text('{"settings": {"n_stages": 2, "iters_per_stage_max": 3, "noise_factor": 2.0}}')
+
+
+def test_cases_run_each_method_at_its_committed_budget(tmp_path, monkeypatch):
+    import torch
+
+    from tdpmlib import config, dip, models, schedules, timing_cases
+
+    _committed(tmp_path)
+    cfg = config.Config.from_params(profile="smoke", notebook="08_performance", results_dir=str(tmp_path), device="cpu")
+    unet = models.make_unet("tiny", resolution=cfg.resolution).eval()
+    cases, missing = timing_cases.build(cfg, unet=unet, scheduler=schedules.make_scheduler("linear"))
+    assert missing == ["04_example1_dip_init_ddpm/denoise_rows.csv"]
+    by = {c.key: c for c in cases}
+    assert set(by) == {f"s25_{k}" for k in timing_cases.STUDY_METHODS} | {
+        "s15_dip_plain", "s15_dip_official", "s25_guided", "t600_ddpm", "dip_report", "gen_ddpm", "gen_ddim50",
+        "gen_ddim100", "gen_tdpm_report"}  # no floors without computation, no oracles, tdpm_held timed once
+    assert (by["s25_guided"].dip_iterations, by["gen_tdpm_report"].nfe) == (4, 11)  # mean stop 3.5 -> 4
+
+    # count what each case really does on one image: network evaluations (images through the DDPM) and DIP steps
+    evaluated, steps = [0], [0]
+    unet.register_forward_hook(lambda mod, args, out: evaluated.__setitem__(0, evaluated[0] + args[0].shape[0]))
+    step = dip.DIPFitter.step
+    monkeypatch.setattr(dip.DIPFitter, "step", lambda self, target: steps.__setitem__(0, steps[0] + 1) or step(self, target))
+    torch.manual_seed(0)
+    for c in cases:
+        evaluated[0] = steps[0] = 0
+        c.fn(c.setup(1) if c.setup else 1)
+        assert (evaluated[0], steps[0]) == (c.nfe, c.dip_iterations), c.key
