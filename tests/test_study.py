@@ -180,6 +180,7 @@ def test_fit_budgets_cache_reuses_and_refits_on_change(tiny, tmp_path, monkeypat
     kw = dict(protocol="plain", budgets=(2, 3), seed=0, sigma=25, device="cpu", preset="tiny", cache_dir=tmp_path)
     first = study.fit_budgets(y, images[:2], **kw)
     assert len(list(tmp_path.iterdir())) == 1
+    assert "seconds" not in first  # a budget's cost is its iterations, never a share of the fit's time
 
     def boom(*a, **k):
         raise AssertionError("refitted although the cache holds this fit")
@@ -189,5 +190,6 @@ def test_fit_budgets_cache_reuses_and_refits_on_change(tiny, tmp_path, monkeypat
     for k in (2, 3):
         torch.testing.assert_close(again["outputs"][k], first["outputs"][k])
     pd.testing.assert_frame_equal(again["history"], first["history"])
+    assert set(again) == set(first)
     with pytest.raises(AssertionError, match="refitted"):
         study.fit_budgets(y + 0.01, images[:2], **kw)  # another observation: not the cached fit
