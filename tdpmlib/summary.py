@@ -56,6 +56,8 @@ def speed_table(study_rows: pd.DataFrame, timings: pd.DataFrame | None = None) -
 # (row label, chapter 03 method_key); the DDPM-alone row is the family's best on the validation images
 SUMMARY_METHODS = (("DIP, official protocol", "dip_official"), ("DIP, report's protocol", "dip_plain"),
                    ("TDPM-DIP, matched state", "tdpm_matched"),
+                   ("TDPM-DIP, matched state, posterior-mean readout", "tdpm_matched_pm"),
+                   ("TDPM-DIP, matched state, mean of n chains", "tdpm_matched_mean"),
                    ("TDPM-DIP, earlier variant: DIP then T_trunc polishing steps", "dip_polish"),
                    ("Example 1: DIP then SDEdit", "sdedit"))
 # Rule 3 of the book: every denoising table carries the trivial floors.

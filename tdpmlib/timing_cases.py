@@ -36,8 +36,10 @@ from .timing import GEN_DDPM, GEN_TDPM, Case, study_key
 SETTINGS = {"smoke": dict(batch=1, repeats=1, warmup=1), "cpu": dict(batch=1, repeats=1, warmup=1),
             "colab": dict(batch=4, repeats=1, warmup=1), "paper": dict(batch=4, repeats=1, warmup=1)}
 # the study's methods that are timed (floors without computation and the oracles, upper bounds, are not methods)
-STUDY_METHODS = ("tweedie", "ddpm", "ddim", "mean_k", "nlm", "dip_plain", "dip_official", "tdpm_matched", "sdedit",
-                 "dip_polish")
+STUDY_METHODS = ("tweedie", "ddpm", "ddim", "mean_k", "nlm", "dip_plain", "dip_official", "tdpm_matched",
+                 "tdpm_matched_pm", "tdpm_matched_mean", "sdedit", "dip_polish")
+# the readout of each matched TDPM-DIP row (``tdpm.READOUTS``; the chains of "mean_chains" are in its params, n=...)
+READOUT = {"tdpm_matched": "ancestral", "tdpm_matched_pm": "posterior_mean", "tdpm_matched_mean": "mean_chains"}
 WARM = 2  # DIP iterations and network evaluations of a case's untimed warm-up call
 
 
@@ -64,6 +66,13 @@ def images(n: int, resolution: int, *, seed: int = 0) -> torch.Tensor:
 
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def _nlm_params(params) -> dict:
+    """NLM's validated settings from its params ("h=0.8*sigma, patch=5"); the defaults when they are not there."""
+    h = re.search(r"\bh=([\d.]+)", str(params))
+    patch = re.search(r"\bpatch=(\d+)", str(params))
+    return dict(h_factor=float(h.group(1)) if h else 0.8, patch_size=int(patch.group(1)) if patch else None)
 
 
 def _int(params: str, name: str) -> int:
@@ -99,9 +108,10 @@ class _Methods:
     def tweedie(self, t: int):
         return lambda x: tdpm.tweedie(self.unet, self.sched, x["yd"], t).cpu()
 
-    def nlm(self, t: int):
+    def nlm(self, t: int, *, h_factor: float = 0.8, patch_size: int | None = None):
         ab = float(schedules.alpha_bar(self.sched, t))
-        return lambda x: denoisers.nlm_images(x["y_scaled"], math.sqrt((1 - ab) / ab) / 2)
+        return lambda x: denoisers.nlm_images(x["y_scaled"], math.sqrt((1 - ab) / ab) / 2, h_factor=h_factor,
+                                              patch_size=patch_size)
 
     def dip(self, protocol: str, k: int):
         kw = dict(protocol=protocol, preset=self.presets[protocol], device=self.device, record_every=k)
@@ -157,7 +167,7 @@ def _study_case(m: _Methods, key: str, sigma, t: int, nfe: int, its: int, params
         "ddpm": lambda n, k: m.chain(t),
         "ddim": lambda n, k: m.chain(t, method="ddim", num_steps=max(1, min(n, t))),
         "mean_k": lambda n, k: m.chain(t, copies=max(1, round(n / t))),
-        "nlm": lambda n, k: m.nlm(t),
+        "nlm": lambda n, k: m.nlm(t, **_nlm_params(params)),
         "dip_plain": lambda n, k: m.dip("plain", k),
         "dip_official": lambda n, k: m.dip("official", k),
     }
@@ -166,10 +176,10 @@ def _study_case(m: _Methods, key: str, sigma, t: int, nfe: int, its: int, params
         warm = make[key](WARM, WARM) if key in ("dip_plain", "dip_official") else None
         if key in ("ddpm", "ddim", "mean_k"):
             warm = m.chain(min(WARM, t))
-    else:  # the hybrids: (k, level) from the chosen params
-        level = _int(params, "T_trunc" if key in ("tdpm_matched", "dip_polish") else "t0")
-        readout = (re.search(r"readout=(\w+)", str(params)) or [None, "ancestral"])[1]
-        chains = int((re.search(r"\bK=(\d+)", str(params)) or [None, 1])[1])
+    else:  # the hybrids: (k, level) from the chosen params, and for the mean of chains its n
+        level = _int(params, "t0" if key == "sdedit" else "T_trunc")
+        readout = READOUT.get(key, "ancestral")
+        chains = _int(params, "n") if readout == "mean_chains" else 1
         fn = m.hybrid(key, t, its, level, readout=readout, n_chains=chains)
         warm = m.hybrid(key, t, WARM, min(level, WARM), readout=readout, n_chains=1)
     return Case(key=study_key(sigma, key), method=label, nfe=int(nfe), dip_iterations=int(its), fn=fn,

@@ -182,8 +182,9 @@ def _committed(root):
     """A hand-made results tree of the smoke profile: chapter 03's study at σ = 25 (t = 5), its t = 600 row set
     and generation table, chapter 02's budgets and chapter 05's guided rule."""
     study_rows = [("tweedie", 1, 0, ""), ("ddpm", 5, 0, ""), ("ddim", 5, 0, ""), ("mean_k", 10, 0, "K=2"),
-                  ("nlm", 0, 0, ""), ("dip_official", 0, 4, "k=4"), ("dip_plain", 0, 2, "k=2"),
-                  ("tdpm_matched", 3, 4, "k=4, T_trunc=3"), ("sdedit", 2, 2, "k=2, t0=2"),
+                  ("nlm", 0, 0, "h=0.6*sigma, patch=3"), ("dip_official", 0, 4, "k=4"), ("dip_plain", 0, 2, "k=2"),
+                  ("tdpm_matched", 3, 4, "k=4, T_trunc=3"), ("tdpm_matched_pm", 1, 2, "k=2, T_trunc=4"),
+                  ("tdpm_matched_mean", 9, 4, "k=4, T_trunc=3, n=3"), ("sdedit", 2, 2, "k=2, t0=2"),
                   ("dip_polish", 3, 4, "k=4, T_trunc=3"), ("noisy", 0, 0, ""), ("dip_official_oracle", 0, 4, "per image")]
     d = root / "smoke" / "03_tdpm_dip"
     d.mkdir(parents=True)
