@@ -287,7 +287,7 @@ def run(unet, scheduler, *, val: torch.Tensor, test: torch.Tensor, train_mean: t
     df = pd.DataFrame(rows)
     df.insert(0, "sigma", sigma)
     df.insert(1, "t", t)
-    sel = pd.DataFrame(selection).reindex(columns=SELECTION_COLUMNS[2:])
+    sel = pd.DataFrame(selection).reindex(columns=SELECTION_COLUMNS[2:]).astype(dict(k="Int64", level="Int64"))
     sel.insert(0, "sigma", sigma)
     sel.insert(1, "t", t)
     return df, sel, dict(outputs, clean=clean[parts["test"]], y_scaled=y_scaled[parts["test"]]), fits
