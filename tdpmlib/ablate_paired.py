@@ -164,6 +164,14 @@ def fmt_level(level: int, frac: float) -> str:
     return f"{level} (t/{inv:.0f})" if abs(inv - round(inv)) < 1e-9 else f"{level} ({frac:g} t)"
 
 
+def _by_03(chosen_by) -> bool:
+    """Whether a choice's ``chosen_by`` is chapter 03 ("03", which reads back from a CSV as 3 or 3.0)."""
+    try:
+        return float(chosen_by) == 3
+    except (TypeError, ValueError):
+        return False
+
+
 def t_trunc_text(paired_t: pd.DataFrame, chosen: pd.DataFrame, schedule: str) -> str:
     """Per sigma, for one schedule: the T_trunc the validation images pick (chapter 03's, where ``chosen`` has
     ``chosen_by`` "03"), how the T_trunc > 0 compare with the DIP alone on the test images, and the largest mean
@@ -172,8 +180,7 @@ def t_trunc_text(paired_t: pd.DataFrame, chosen: pd.DataFrame, schedule: str) ->
     c = chosen.set_index(["sigma", "schedule"])
     for sigma, g in paired_t[paired_t["schedule"] == schedule].groupby("sigma", sort=True):
         ch = c.loc[(sigma, schedule)]
-        by_03 = str(ch.get("chosen_by", "")).zfill(2) == "03"  # "03" reads back from a CSV as 3
-        who = "chapter 03's validation images pick" if by_03 else "the validation images pick"
+        who = "chapter 03's validation images pick" if _by_03(ch.get("chosen_by")) else "the validation images pick"
         pick_text = (f"{who} T_trunc = 0, the DIP alone" if int(ch["nfe"]) == 0 else
                      f"{who} T_trunc = {fmt_level(int(ch['nfe']), float(ch['value']))}")
         best = g.loc[g["mean_diff"].idxmax()]

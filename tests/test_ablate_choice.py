@@ -115,7 +115,7 @@ def test_readout_paired_compares_each_readout_at_the_choice_with_the_dip_alone()
     pt = ablate_paired.t_trunc_paired(rows, seed=0)
     assert len(pt) == 2 * 2 * 3 and pt["level"].tolist()[:3] == [7, 14, 28]
     # the sentence names chapter 03 as the chooser (also when "03" was read back from a CSV as 3)
-    for by in ("03", 3):
+    for by in ("03", 3, 3.0):
         text = ablate_paired.t_trunc_text(pt, choices.assign(chosen_by=by), "linear")
         assert text.startswith("At σ = 25 (linear schedule, t = 57) chapter 03's validation images pick T_trunc = 14 (t/4).")
     other = ablate_choice.t_trunc_choices(rows, {}, schedule="cosine", main_schedule="linear")
