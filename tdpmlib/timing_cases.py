@@ -7,7 +7,8 @@ a forward pass does not depend on the weights). Budgets are read, never typed:
 * chapter 03's ``study_rows.csv`` (every σ of the study): the DDPM's one-step posterior mean, ancestral sampling and
   DDIM from t(σ), the mean of K chains, non-local means, both DIP protocols at their validated budgets, the matched
   TDPM-DIP at its validated (k, T_trunc), DIP then SDEdit at its (k, t0) and the earlier variant (``dip_polish``);
-  chapter 02's ``config.json`` and chapter 04's ``denoise_rows.csv`` add any σ or budget the study lacks;
+  chapter 02's ``config.json`` and chapter 04's ``denoise_rows.csv`` (the methods it shows, ``EXAMPLE1_METHODS``)
+  add any σ or budget the study lacks;
 * chapter 05: the DDPM-guided early stop, run for its mean number of iterations over the test images
   (``per_image.csv``) with the chapter's stages (``config.json``);
 * chapter 03's ``denoising_summary.csv``: the report's t = 600 setting, DDPM ancestral from 600 and the
@@ -38,6 +39,8 @@ SETTINGS = {"smoke": dict(batch=1, repeats=1, warmup=1), "cpu": dict(batch=1, re
 # the study's methods that are timed (floors without computation and the oracles, upper bounds, are not methods)
 STUDY_METHODS = ("tweedie", "ddpm", "ddim", "mean_k", "nlm", "dip_plain", "dip_official", "tdpm_matched",
                  "tdpm_matched_pm", "tdpm_matched_mean", "sdedit", "dip_polish")
+# the methods chapter 04 shows beside Example 1 (its other rows are the study's own, timed from chapter 03's)
+EXAMPLE1_METHODS = ("tweedie", "ddpm", "ddim", "mean_k", "dip_official", "sdedit")
 # the readout of each matched TDPM-DIP row (``tdpm.READOUTS``; the chains of "mean_chains" are in its params, n=...)
 READOUT = {"tdpm_matched": "ancestral", "tdpm_matched_pm": "posterior_mean", "tdpm_matched_mean": "mean_chains"}
 WARM = 2  # DIP iterations and network evaluations of a case's untimed warm-up call
@@ -187,8 +190,8 @@ def _study_case(m: _Methods, key: str, sigma, t: int, nfe: int, its: int, params
                 params="" if pd.isna(params) else str(params), source=source)
 
 
-def _from_rows(m, rows: pd.DataFrame, source: str, cases: dict) -> None:
-    test = rows[(rows["split"] == "test") & rows["method_key"].isin(STUDY_METHODS)]
+def _from_rows(m, rows: pd.DataFrame, source: str, cases: dict, *, methods=STUDY_METHODS) -> None:
+    test = rows[(rows["split"] == "test") & rows["method_key"].isin(methods)]
     for (sigma, key), g in test.groupby(["sigma", "method_key"], sort=False):
         r = g.iloc[0]
         case = _study_case(m, key, sigma, int(r["t"]), int(r["nfe"]), int(r["dip_iterations"]), r["params"], source)
@@ -231,7 +234,7 @@ def build(cfg, *, device=None, unet=None, scheduler=None) -> tuple[list[Case], l
             _add(cases, _study_case(m, f"dip_{protocol}", c["sigma"], int(c["t"]), 0, int(k), f"k={k}",
                                     "02_dip_fitting/config.json"))
     if p := need("04_example1_dip_init_ddpm/denoise_rows.csv"):
-        _from_rows(m, pd.read_csv(p), "04_example1_dip_init_ddpm/denoise_rows.csv", cases)
+        _from_rows(m, pd.read_csv(p), "04_example1_dip_init_ddpm/denoise_rows.csv", cases, methods=EXAMPLE1_METHODS)
     if (p := need("05_example2_guided_early_stopping/per_image.csv")) and \
             (c := need("05_example2_guided_early_stopping/config.json")):
         s = results.read_json(c)["settings"]

@@ -196,6 +196,11 @@ def _committed(root):
     pd.DataFrame([dict(method_key=k, nfe=n, dip_iterations=i) for k, n, i in
                   (("ddpm", 1000, 0), ("ddim50", 50, 0), ("ddim100", 100, 0), ("tdpm_train", 11, 3),
                    ("tdpm_held", 11, 3), ("real", 0, 0))]).to_csv(d / "generation.csv", index=False)
+    d4 = root / "smoke" / "04_example1_dip_init_ddpm"
+    d4.mkdir(parents=True)
+    pd.DataFrame([dict(sigma=25, t=5, method_key=k, split="test", image=0, psnr=20.0, nfe=n, dip_iterations=i, params=p)
+                  for k, n, i, p in (("sdedit", 4, 2, "k=2, t0=4"), ("tdpm_matched", 1, 2, "k=2, T_trunc=1"),
+                                     ("ddpm", 5, 0, ""))]).to_csv(d4 / "denoise_rows.csv", index=False)
     (root / "smoke" / "02_dip_fitting").mkdir()
     (root / "smoke" / "02_dip_fitting" / "config.json").write_text(
         '{"sigma": 15, "t": 3, "chosen_budgets": {"plain": 2, "official": 3}}')
@@ -215,9 +220,10 @@ def test_cases_run_each_method_at_its_committed_budget(tmp_path, monkeypatch):
     cfg = config.Config.from_params(profile="smoke", notebook="08_performance", results_dir=str(tmp_path), device="cpu")
     unet = models.make_unet("tiny", resolution=cfg.resolution).eval()
     cases, missing = timing_cases.build(cfg, unet=unet, scheduler=schedules.make_scheduler("linear"))
-    assert missing == ["04_example1_dip_init_ddpm/denoise_rows.csv"]
+    assert missing == []
     by = {c.key: c for c in cases}
     assert set(by) == {f"s25_{k}" for k in timing_cases.STUDY_METHODS} | {
+        "s25_sdedit_ch04",  # chapter 04 validated another t0; its tdpm_matched is not a method it shows; ddpm is the same
         "s15_dip_plain", "s15_dip_official", "s25_guided", "t600_ddpm", "dip_report", "gen_ddpm", "gen_ddim50",
         "gen_ddim100", "gen_tdpm_report"}  # no floors without computation, no oracles, tdpm_held timed once
     assert (by["s25_guided"].dip_iterations, by["gen_tdpm_report"].nfe) == (4, 11)  # mean stop 3.5 -> 4
