@@ -79,13 +79,22 @@ def _resolve(sel: dict, choices: pd.DataFrame | None) -> dict | None:
     return None if c.empty else dict(sel, method_key=c["method_key"].iloc[0])
 
 
+# Columns that tell apart several rows of one image and setting, and the value a selector that does not name them
+# means: chapter 06 reads one state out several ways (``tdpm.READOUTS``), and the report's readout is the ancestral one.
+SELECT_DEFAULTS = {"readout": "ancestral"}
+
+
 def _select(df: pd.DataFrame | None, sel: dict | None) -> pd.DataFrame:
-    """The test rows of a per-image table that match a selector (numbers compared as numbers)."""
+    """The test rows of a per-image table that match a selector (numbers compared as numbers; a column of
+    ``SELECT_DEFAULTS`` that the selector does not name takes its default)."""
     if df is None or sel is None or len(df) == 0:
         return pd.DataFrame()
     mask = pd.Series(True, index=df.index)
     if "split" in df.columns:
         mask &= df["split"] == "test"
+    for col, val in SELECT_DEFAULTS.items():
+        if col in df.columns and col not in sel:
+            mask &= df[col] == val
     for col, val in sel.items():
         if col not in df.columns:
             return pd.DataFrame()
