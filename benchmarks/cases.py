@@ -18,7 +18,7 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
-from tdpmlib import ddpm, dip, models, schedules, tdpm
+from tdpmlib import ddpm, dip, models, schedules
 
 from .common import PeakMemory, forward_flops_per_image, median, target_met, timed
 
@@ -37,8 +37,6 @@ def settings(device: torch.device, quick: bool) -> dict:
             sampling=[dict(label="tiny preset", preset="tiny", resolution=16, batch=8, steps=3, warmup=1,
                            total_steps=1000, repeats=1)],
             training=dict(preset="tiny", resolution=16, batches=[8, 16], warmup=1, steps=2),
-            e2e=dict(dip_preset="tiny", ddpm_preset="tiny", resolution=16, batch=4, dip_iterations=5, t_trunc=10,
-                     ddpm_steps=5, ddim_steps=5),
         )
     if device.type == "cuda":
         return dict(
@@ -48,8 +46,6 @@ def settings(device: torch.device, quick: bool) -> dict:
                            warmup=3, total_steps=1000, repeats=3, n_images=1000, gpu_targets=True)],
             training=dict(preset="ddpm-paper", resolution=64, batches=[32, 128], warmup=5, steps=20,
                           memory_check_batch=32),
-            e2e=dict(dip_preset="dip-paper", ddpm_preset="ddpm-paper", resolution=64, batch=64, dip_iterations=100,
-                     t_trunc=10, ddpm_steps=1000, ddim_steps=50, claim=5.0),
         )
     return dict(
         peak_n=2048,
@@ -59,8 +55,6 @@ def settings(device: torch.device, quick: bool) -> dict:
                   dict(label="report's network", preset="ddpm-paper", resolution=64, batch=2, steps=2, warmup=1,
                        total_steps=1000, repeats=1)],
         training=dict(preset="ddpm-cpu", resolution=32, batches=[32, 128], warmup=2, steps=5),
-        e2e=dict(dip_preset="dip-cpu", ddpm_preset="ddpm-cpu", resolution=32, batch=16, dip_iterations=100,
-                 t_trunc=10, ddpm_steps=100, ddim_steps=50, claim=5.0),
     )
 
 
@@ -317,84 +311,4 @@ def training_case(ctx) -> list[dict]:
     return rows + not_measured_rows(ctx, "training")
 
 
-# --- end to end ---------------------------------------------------------------------------------------------
-
-def e2e_case(ctx) -> list[dict]:
-    """Per-image wall clock of TDPM-DIP (DIP fit + T_trunc reverse steps, ``tdpm.tdpm_dip``) against
-    DDPM-1000 and DDIM-50 from pure noise, at the same batch, same networks, default (fast) path. TDPM-DIP is
-    always timed in full (its DIP fit is never extrapolated); the sampling chains may be timed over k of
-    their N steps and extrapolated linearly (the row says so)."""
-    s = ctx.settings["e2e"]
-    B, r = s["batch"], s["resolution"]
-    sched = schedules.make_scheduler("linear")
-    T = sched.config.num_train_timesteps
-    unet = ddpm.prepare(seeded_unet(s["ddpm_preset"], r), ctx.device).eval()
-    x0 = images(B, r, seed=6)
-    xT = torch.randn(B, 3, r, r, generator=torch.Generator().manual_seed(7)).to(ctx.device)
-
-    # TDPM-DIP, in full.
-    def run_tdpm(dip_iterations, t_trunc):
-        return tdpm.tdpm_dip(unet, sched, x0, t_trunc=t_trunc, dip_iterations=dip_iterations,
-                             generator=torch.Generator().manual_seed(8), device=ctx.device,
-                             preset=s["dip_preset"], record_every=max(dip_iterations, 1))
-
-    with PeakMemory(ctx.device) as mem_tdpm:
-        run_tdpm(1, 1)  # warm-up
-        res = None
-
-        def once():
-            nonlocal res
-            res = run_tdpm(s["dip_iterations"], s["t_trunc"])
-
-        t_tdpm = timed(once, ctx.device, warmup=0, repeats=1)[0]
-    dip_s = res.dip.seconds
-    ctx.log(f"[e2e] TDPM-DIP: {t_tdpm:.2f} s for {B} images (DIP fit {dip_s:.2f} s)")
-
-    # Sampling chains: k of N steps.
-    def chain_seconds(method, k):
-        gen = torch.Generator().manual_seed(9)
-        if method == "ddpm":
-            fn = lambda: ddpm.reverse_chain(unet, sched, xT, k, generator=gen)  # noqa: E731
-        else:  # k evenly spaced DDIM steps of the 50-step grid cost the same as any other k of them
-            fn = lambda: ddpm.reverse_chain(unet, sched, xT, round(k * T / 50), method="ddim",  # noqa: E731
-                                            num_steps=k)
-        with PeakMemory(ctx.device) as mem:
-            ddpm.reverse_chain(unet, sched, xT, 1, generator=gen)  # warm-up: one step
-            secs = timed(fn, ctx.device, warmup=0, repeats=1)[0]
-        return secs, mem
-
-    k_ddpm, k_ddim = min(s["ddpm_steps"], T), min(s["ddim_steps"], 50)
-    t_ddpm_k, mem_ddpm = chain_seconds("ddpm", k_ddpm)
-    t_ddim_k, mem_ddim = chain_seconds("ddim", k_ddim)
-    t_ddpm, t_ddim = t_ddpm_k * T / k_ddpm, t_ddim_k * 50 / k_ddim
-    ctx.log(f"[e2e] DDPM-{T}: {t_ddpm:.2f} s, DDIM-50: {t_ddim:.2f} s for {B} images")
-
-    label = f"per-image cost, {s['dip_preset']} + {s['ddpm_preset']} @{r} px, batch {B}, on {ctx.device.type.upper()}"
-    base = f"DDPM-{T} (ancestral)"
-    per_ddpm = t_ddpm / B
-    common = dict(case="e2e", row=label, preset=f"{s['dip_preset']} + {s['ddpm_preset']}", resolution=r, batch=B,
-                  unit="images/s", seconds_per="image", baseline=base)
-    rows = [
-        ctx.row(**common, variant=base, seconds=per_ddpm, throughput=1 / per_ddpm, repeats=1, peak_mem_mb=mem_ddpm.mb,
-                mem_method=mem_ddpm.method, ratio=1.0, nfe=T, dip_iterations=0,
-                extrapolation=f"extrapolated from {k_ddpm} of {T} steps" if k_ddpm < T else ""),
-        ctx.row(**common, variant="DDIM-50", seconds=t_ddim / B, throughput=B / t_ddim, repeats=1,
-                peak_mem_mb=mem_ddim.mb, mem_method=mem_ddim.method, ratio=per_ddpm / (t_ddim / B), nfe=50,
-                dip_iterations=0, extrapolation=f"extrapolated from {k_ddim} of 50 steps" if k_ddim < 50 else ""),
-    ]
-    tdpm_row = ctx.row(**common, variant=f"TDPM-DIP (DIP {s['dip_iterations']} it. + {s['t_trunc']} steps)",
-                       seconds=t_tdpm / B, throughput=B / t_tdpm, repeats=1, peak_mem_mb=mem_tdpm.mb,
-                       mem_method=mem_tdpm.method, ratio=per_ddpm / (t_tdpm / B), nfe=s["t_trunc"],
-                       dip_iterations=s["dip_iterations"],
-                       note=f"timed in full; DIP fit {dip_s / t_tdpm:.0%} of it; vs DDIM-50: "
-                            f"{(t_ddim / B) / (t_tdpm / B):.2f}x")
-    if s.get("claim"):
-        tdpm_row.update(target=f">= {s['claim']:g}x (the report's claim)", target_id="e2e_claim",
-                        target_value=s["claim"], target_met=target_met(tdpm_row["ratio"], s["claim"], ">="))
-    rows.append(tdpm_row)
-    del unet, xT
-    free(ctx.device)
-    return rows
-
-
-CASE_FUNCTIONS = {"dip": dip_case, "sampling": sampling_case, "training": training_case, "e2e": e2e_case}
+CASE_FUNCTIONS = {"dip": dip_case, "sampling": sampling_case, "training": training_case}

@@ -27,7 +27,6 @@ TARGETS = {
                          "peak <= GPU memory", "peak_mem_mb", "max"),
     "mem_sampling_b500": ("Memory: sampling at batch 500 fits on the GPU", "peak <= GPU memory", "peak_mem_mb",
                           "max"),
-    "e2e_claim": ("TDPM-DIP per image vs DDPM-1000 (the report claims x5 faster)", ">= 5x", "ratio", "max"),
 }
 
 
@@ -122,7 +121,9 @@ def write(out_root, slug: str, quick: bool, rows: list[dict], meta: dict, cases_
 def load_runs(root) -> list[dict]:
     """Every benchmark run under ``root`` (``<root>/<slug>/bench.csv`` + ``bench.json``), newest first.
 
-    A quick run is left out when a full run on the same hardware exists. Each entry: slug, quick, meta, table.
+    A quick run is left out when a full run on the same hardware exists; rows of cases the suite no longer has (the
+    retired end-to-end case, whose per-image costs chapter 08's timing benchmark now measures) are left out of its
+    table. Each entry: slug, quick, meta, table.
     """
     root = Path(root)
     found = []
@@ -131,8 +132,9 @@ def load_runs(root) -> list[dict]:
         if not js.exists():
             continue
         meta = results.read_json(js)
+        table = pd.read_csv(csv, keep_default_na=True)
         found.append(dict(slug=csv.parent.name, quick=bool(meta.get("quick")), meta=meta,
-                          table=pd.read_csv(csv, keep_default_na=True)))
+                          table=table[table["case"].isin(["peak", *CASES])].reset_index(drop=True)))
     full = {r["slug"] for r in found if not r["quick"]}
     runs = [r for r in found if not (r["quick"] and r["slug"].removesuffix("-quick") in full)]
     return sorted(runs, key=lambda r: r["meta"].get("date", ""), reverse=True)
@@ -219,23 +221,6 @@ def target_hit(runs: list[dict], tid: str) -> dict | None:
                 extrapolated=row["extrapolated"])
 
 
-def e2e_summary(runs: list[dict]) -> dict | None:
-    """Per-image seconds of DDPM-1000, DDIM-50 and TDPM-DIP from the newest run that has the e2e case."""
-    for r in runs:
-        t = r["table"]
-        e = t[(t["case"] == "e2e") & (t["status"] == "measured")]
-        if len(e) == 3:
-            by = {("tdpm" if v.startswith("TDPM") else "ddim" if v.startswith("DDIM") else "ddpm"): row
-                  for v, (_, row) in zip(e["variant"], e.iterrows())}
-            return dict(hardware=r["meta"].get("hardware_name", r["slug"]), quick=r["quick"], row=by["tdpm"]["row"],
-                        ddpm_s=float(by["ddpm"]["seconds"]), ddim_s=float(by["ddim"]["seconds"]),
-                        tdpm_s=float(by["tdpm"]["seconds"]), tdpm_vs_ddpm=float(by["tdpm"]["ratio"]),
-                        tdpm_vs_ddim=float(by["ddim"]["seconds"]) / float(by["tdpm"]["seconds"]),
-                        ddpm_extrapolation=str(by["ddpm"]["extrapolation"]) if by["ddpm"]["extrapolation"] ==
-                        by["ddpm"]["extrapolation"] else "", tdpm_variant=by["tdpm"]["variant"])
-    return None
-
-
 def speedup_figure(runs: list[dict]):
     """Horizontal bars: each measured speed-up against its baseline, one panel per run, targets as red ticks."""
     import matplotlib
@@ -248,7 +233,7 @@ def speedup_figure(runs: list[dict]):
                              gridspec_kw=dict(height_ratios=heights), squeeze=False)
     for ax, g in zip(axes[:, 0], groups):
         d = data[data["hardware"] == g].reset_index(drop=True)
-        ax.barh(range(len(d)), d["ratio"] - 1, left=1, color=["C0" if c != "e2e" else "C2" for c in d["case"]])
+        ax.barh(range(len(d)), d["ratio"] - 1, left=1, color="C0")
         for i, (ratio, target) in enumerate(zip(d["ratio"], d["target"])):
             ax.text(ratio, i, f" {ratio:.2f}×", va="center", fontsize=9, clip_on=True)
             if target == target:
@@ -268,10 +253,6 @@ def speedup_figure(runs: list[dict]):
             ax.text(0.5, 0.5, "no measurements", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     return fig
-
-
-def _x(v: float) -> str:
-    return f"{v:.2f}x"
 
 
 def sentences(runs: list[dict], bench_dir) -> dict[str, str]:
@@ -310,19 +291,4 @@ def sentences(runs: list[dict], bench_dir) -> dict[str, str]:
             "fits in the GPU's memory", "no CUDA run"),
         say(h["mem_sampling_b500"], "Peak GPU memory of sampling at batch 500", "fits in the GPU's memory",
             "no CUDA run")])
-    e = e2e_summary(runs)
-    if e is None:
-        s["e2e"] = "The end-to-end comparison has not been measured."
-    else:
-        kind = "a quick run with tiny settings, so these numbers only show that the suite runs" if e["quick"] else \
-            "a full run"
-        extrap = f" ({e['ddpm_extrapolation']})" if e["ddpm_extrapolation"] else ""
-        faster = "faster" if e["tdpm_vs_ddim"] >= 1 else "slower"
-        vs_ddim = e["tdpm_vs_ddim"] if e["tdpm_vs_ddim"] >= 1 else 1 / e["tdpm_vs_ddim"]
-        claim = ("cannot be tested by a quick run" if e["quick"] else "is consistent with this measurement"
-                 if e["tdpm_vs_ddpm"] >= 5 else "is not reproduced here")
-        s["e2e"] = (f"On {e['hardware']} ({kind}; {e['row']}), one image costs {e['tdpm_s']:.3g} s with "
-                    f"{e['tdpm_variant']}, {e['ddpm_s']:.3g} s with DDPM-1000{extrap} and {e['ddim_s']:.3g} s with "
-                    f"DDIM-50: TDPM-DIP is {_x(e['tdpm_vs_ddpm'])} faster than DDPM-1000 and {_x(vs_ddim)} {faster} "
-                    f"than DDIM-50. The report's claim of about 5x faster than DDPM {claim}.")
     return {k: typeset(v) for k, v in s.items()}

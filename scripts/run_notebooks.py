@@ -6,6 +6,9 @@
 A chapter rewritten in notebooks/drafts/ supersedes its namesake: the draft is what runs, and run in
 place its executed copy replaces notebooks/<name>.ipynb (delete the draft once that run is committed).
 
+The book's order is _toc.yml's, but a chapter that reads another's results runs after it when both are
+selected (``RUN_AFTER``): chapter 07 takes its seconds from chapter 08's timing benchmark, so 08 runs first.
+
 Each notebook gets `profile` plus the --param values (Python literals, else strings) and runs in
 notebooks/. Executing into notebooks/ itself goes through a temporary file that replaces the
 original only on success. The run stops at the first failure (exit code 1). TDPM_DATA, if set,
@@ -44,6 +47,31 @@ def toc_notebooks() -> list[Path]:
     paths = [ROOT / f for f in files(toc) if Path(f).parts[0] == "notebooks"]
     paths = [p if p.suffix == ".ipynb" else p.with_name(p.name + ".ipynb") for p in paths]
     return [NB_DIR / "drafts" / p.name if (NB_DIR / "drafts" / p.name).exists() else p for p in paths]
+
+
+# chapter -> the chapters whose results it reads and that must run before it when both are selected
+RUN_AFTER = {"07_conclusions": ("08_performance",)}
+
+
+def run_order(notebooks: list[Path]) -> list[Path]:
+    """``notebooks`` in their given order, except that a chapter's ``RUN_AFTER`` prerequisites among them are
+    moved before it. Nothing is added or dropped."""
+    by_stem = {p.stem: p for p in notebooks}
+    out: list[Path] = []
+
+    def place(p: Path, seen: tuple = ()) -> None:
+        if p in out:
+            return
+        if p.stem in seen:
+            raise ValueError(f"RUN_AFTER has a cycle through {p.stem}")
+        for dep in RUN_AFTER.get(p.stem, ()):
+            if dep in by_stem:
+                place(by_stem[dep], (*seen, p.stem))
+        out.append(p)
+
+    for p in notebooks:
+        place(p)
+    return out
 
 
 def fold_injected(path: Path, profile: str | None = None) -> None:
@@ -101,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown := set(args.only) - {p.stem for p in notebooks}:
             ap.error(f"not in _toc.yml: {', '.join(sorted(unknown))}")
         notebooks = [p for p in notebooks if p.stem in args.only]
+    notebooks = run_order(notebooks)
     if os.environ.get("TDPM_DATA") and Path(os.environ["TDPM_DATA"]).expanduser().exists():
         # kernels run in notebooks/, so make a relative path absolute (a hub id such as uoft-cs/cifar10 stays as it is)
         os.environ["TDPM_DATA"] = str(Path(os.environ["TDPM_DATA"]).expanduser().resolve())

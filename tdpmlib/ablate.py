@@ -15,14 +15,18 @@ again; its budget k is the one with the best mean validation PSNR (``validated_b
 The ablations
 -------------
 * ``t_trunc``: the matched TDPM-DIP (``matched_state``: the DIP output at budget k topped up with fresh noise to
-  the level T_trunc expects, then T_trunc ancestral steps) at T_trunc = f * t(sigma) for the plan's fractions f;
-  T_trunc = 0 is the DIP alone. Run for both schedules, each at its own t(sigma) (``schedule_level``).
+  the level T_trunc expects, then read out) at T_trunc = f * t(sigma) for the plan's fractions f, plus any
+  ``extra_levels`` (chapter 03's chosen level; ``levels``); T_trunc = 0 is the DIP alone. Run for both schedules, each at
+  its own t(sigma) (``schedule_level``). The readout (``tdpm.READOUTS``: one ancestral chain, the posterior
+  mean, the mean of n chains) turns the same state into an image; every readout of a level reads the very
+  same state tensor. The one T_trunc per sigma and schedule that the later ablations use is chosen in
+  ``tdpmlib.ablate_choice`` (chapter 03's for the study's schedule).
 * ``schedule``: linear against cosine at matched sigma. Both schedules get the *same* observation (the
   study's), handed to each DDPM at the level of its own schedule whose noise is nearest (``schedule_level``;
   the remaining mismatch, a grid effect under 1% at sigma >= 15, is reported). The DIP does not use a schedule,
   so at matched sigma it is the same fit under both; the DDPM alone (posterior mean, ancestral from t) and the
   matched TDPM-DIP (at each schedule's validated T_trunc) change.
-* ``chains``: the mean of K matched TDPM-DIP chains, each from its own topped-up state, at the validated
+* ``chains``: the mean of K matched TDPM-DIP chains, each from its own topped-up state, at the chosen
   T_trunc of the study's schedule.
 * ``dip_iterations``: the DIP's output at every candidate budget, from the same fit (no extra cost).
 * ``dip_lr``: the official DIP refit at its learning rate times the plan's factors, budget validated per rate
@@ -31,7 +35,9 @@ The ablations
   protocol (``tdpm.tdpm_dip``, DIP target built from the clean image) and the matched TDPM-DIP on the
   observation, at the report's T_trunc values, with the report's plain DIP at its 100 iterations.
 
-Rows (``ROW_COLUMNS``) are per image; ``split`` is "val" or "test". ``value`` is the varied factor.
+Rows (``ROW_COLUMNS``) are per image; ``split`` is "val" or "test". ``value`` is the varied factor; ``readout``
+is how a handed-over state was read out ("ancestral" for every row that has no state to read out). Cost is
+network evaluations (``nfe``) and DIP iterations only: seconds come from chapter 08's one benchmark.
 """
 
 from __future__ import annotations
@@ -44,25 +50,29 @@ import pandas as pd
 import torch
 
 from . import config, ddpm, dip, metrics, schedules, study, tdpm
+from .ablate_choice import levels
 
 STEM = "06_ablations"
 ABLATIONS = ("t_trunc", "schedule", "chains", "dip_iterations", "dip_lr")
-ROW_COLUMNS = ("ablation", "sigma", "schedule", "t", "method_key", "method", "value", "split", "image", "psnr",
-               "ssim", "seconds", "nfe", "dip_iterations", "noise_ratio")
+ROW_COLUMNS = ("ablation", "sigma", "schedule", "t", "method_key", "method", "readout", "value", "split", "image",
+               "psnr", "ssim", "nfe", "dip_iterations", "noise_ratio")
 
 # The grid per profile (the notebook's parameters, None: these). fractions: T_trunc / t(sigma), 0 = the DIP
 # alone; chains: numbers of chains K; lr_factors: multiples of the official DIP's learning rate (a new DIP fit
-# each, so the cpu plan has none); report_t_truncs: the report's Table 3. The cpu plan is sized for about
-# 10 min on 2 cores once chapter 03's DIP fits are cached: the reverse chains dominate (T_trunc up to t under
-# both schedules on the validation and test images, the DDPM alone from t(sigma) under both schedules on the
-# test images), then the five DIP fits of the t = 600 section.
+# each, so the cpu plan has none); report_t_truncs: the report's Table 3; readouts: how the state at the chosen
+# T_trunc of the study's schedule is read out (``tdpm.READOUTS``; the ancestral chain runs at every level);
+# readout_chains: n of the mean-of-n-chains readout when chapter 03's results do not give it. The cpu plan is
+# sized for about 10 min on 2 cores once chapter 03's DIP fits are cached: the reverse chains dominate (T_trunc
+# up to t under both schedules on the validation and test images, the DDPM alone from t(sigma) under both
+# schedules on the test images), then the five DIP fits of the t = 600 section.
+_READOUTS = ",".join(tdpm.READOUTS)
 PLANS = {
     "smoke": dict(sigmas="25,50", fractions="0,0.125,0.5", chains="1,2", lr_factors="0.5", lr_sigmas="25",
-                  report_t_truncs="0,5,10,50"),
+                  report_t_truncs="0,5,10,50", readouts=_READOUTS, readout_chains="4"),
     "cpu": dict(sigmas="25,50", fractions="0,0.0625,0.125,0.25,0.5,1", chains="1,2,4", lr_factors="",
-                lr_sigmas="25", report_t_truncs="0,5,10,50"),
+                lr_sigmas="25", report_t_truncs="0,5,10,50", readouts=_READOUTS, readout_chains="4"),
     "paper": dict(sigmas="25,50", fractions="0,0.0625,0.125,0.25,0.5,1", chains="1,2,4,8", lr_factors="0.3,3",
-                  lr_sigmas="25,50", report_t_truncs="0,5,10,50"),
+                  lr_sigmas="25,50", report_t_truncs="0,5,10,50", readouts=_READOUTS, readout_chains="4"),
 }
 # The T_trunc fractions that chapter 07's Table 3 claims read at realistic sigma ("a few" steps, "many").
 FEW, MANY = 0.125, 0.5
@@ -74,7 +84,7 @@ REPORT_T = 600  # the report's observation level (its Tables 2-4)
 # --------------------------------------------------------------------------------------------------------
 
 EXAMPLES = dict(sigmas="25,50", fractions="0,0.125,0.5", chains="1,2,4", lr_factors="0.3,3", lr_sigmas="25",
-                report_t_truncs="0,5,10,50")
+                report_t_truncs="0,5,10,50", readout_chains="4")
 
 
 def _numbers(name, value, *, cast, low, high, allow_empty=False):
@@ -89,6 +99,26 @@ def _numbers(name, value, *, cast, low, high, allow_empty=False):
         raise ValueError(f"{name}={value!r} is not allowed; {allowed}") from None
     if (not out and not allow_empty) or any(not (low <= v <= high) or not math.isfinite(v) for v in out):
         raise ValueError(f"{name}={value!r} is not allowed; {allowed}")
+    return out
+
+
+def _readouts(name, value) -> tuple[str, ...]:
+    """Readout names (``tdpm.READOUTS``), in that order; "ancestral" always runs (the T_trunc curve's readout)."""
+    allowed = f'use comma-separated names among {", ".join(tdpm.READOUTS)}, e.g. "ancestral,posterior_mean"'
+    parts = {p.strip() for p in value.split(",") if p.strip()} if isinstance(value, str) else None
+    if parts is None or parts - set(tdpm.READOUTS):
+        raise ValueError(f"{name}={value!r} is not allowed; {allowed}")
+    return tuple(r for r in tdpm.READOUTS if r in parts | {"ancestral"})
+
+
+def _one_int(name, value, *, low, high) -> int:
+    """One integer in [low, high], given as a string ("4")."""
+    try:
+        out = _int(value) if isinstance(value, str) else None
+    except ValueError:
+        out = None
+    if out is None or not low <= out <= high:
+        raise ValueError(f'{name}={value!r} is not allowed; use one integer in [{low}, {high}], e.g. "4"')
     return out
 
 
@@ -107,6 +137,8 @@ CHECKS = dict(
                                   if f != 1.0),
     lr_sigmas=lambda n, v: _numbers(n, v, cast=_int, low=1, high=255),
     report_t_truncs=lambda n, v: _numbers(n, v, cast=_int, low=0, high=REPORT_T - 1),
+    readouts=_readouts,
+    readout_chains=lambda n, v: _one_int(n, v, low=1, high=64),
 )
 
 
@@ -199,29 +231,27 @@ def schedule_level(scheduler, v_obs: float) -> tuple[int, float]:
     return t, math.sqrt(v_obs / schedules.noise_var(scheduler, t))
 
 
+def absorbed(fit: dict, k: int, obs: Observed) -> float:
+    """``tdpm.calibrate_absorbed`` of the DIP output at budget k on the validation images: the fraction of the
+    observation noise the fit has absorbed, as chapter 03 computes it for the same fit and budget."""
+    val = slice(0, obs.n_val)
+    return tdpm.calibrate_absorbed(fit["outputs"][k][val].float().cpu(), obs.y_scaled[val], obs.clean[val], obs.v_obs)
+
+
 def matched_state(x_hat: torch.Tensor, y_scaled: torch.Tensor, v_obs: float, t_trunc: int, scheduler, *,
-                  generator: torch.Generator) -> torch.Tensor:
+                  generator: torch.Generator, absorbed: float = 0.0) -> torch.Tensor:
     """``tdpm.matched_state`` for an observation given in x0 units (y_scaled, noise variance v_obs), so that a
     schedule other than the observation's can take it: sqrt(abar_T) (x_hat + sqrt(max(0, v_T - e_hat)) n),
-    e_hat = ``tdpm.estimated_error_var``. T_trunc = 0 returns x_hat."""
+    e_hat = ``tdpm.estimated_error_var`` with ``absorbed`` (``absorbed`` above). T_trunc = 0 returns x_hat."""
     tdpm.check_t_trunc(t_trunc, scheduler)
+    tdpm.check_absorbed(absorbed)
     if t_trunc == 0:
         return x_hat
     x_hat = x_hat.float().cpu()
-    e_hat = tdpm.estimated_error_var(x_hat, y_scaled.float().cpu(), v_obs)
+    e_hat = tdpm.estimated_error_var(x_hat, y_scaled.float().cpu(), v_obs, absorbed=absorbed)
     v_t, ab_t = schedules.noise_var(scheduler, t_trunc), float(schedules.alpha_bar(scheduler, t_trunc))
     top_up = (v_t - e_hat).clamp_min(0).sqrt().view(-1, 1, 1, 1)
     return (ab_t ** 0.5 * (x_hat + top_up * torch.randn(x_hat.shape, generator=generator))).float()
-
-
-def levels(t: int, fractions) -> dict[int, float]:
-    """T_trunc level -> fraction of t: 0 for the fraction 0, else round(f * t) (at least 1); the first fraction
-    that lands on a level keeps it."""
-    out = {}
-    for f in sorted(fractions):
-        level = 0 if f == 0 else max(1, round(f * t))
-        out.setdefault(level, f)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -233,6 +263,7 @@ def _rows(x: torch.Tensor, obs: Observed, images: slice, **common) -> list[dict]
     split = obs.split[images]
     p, s = metrics.psnr(x, clean), metrics.ssim_or_nan(x, clean)
     ratio = common.pop("ratio", None)
+    common.setdefault("readout", "ancestral")
     return [dict(common, split=split[i], image=i + (images.start or 0), psnr=float(p[i]), ssim=float(s[i]),
                  noise_ratio=float("nan") if ratio is None else float(ratio[i])) for i in range(len(clean))]
 
@@ -241,37 +272,57 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(ROW_COLUMNS))
 
 
-def _timed(device, fn):
-    with metrics.CudaTimer(device) as tm:
-        out = fn()
-    return out, tm.seconds
-
-
-def dip_seconds(fit: dict, k: int) -> float:
-    """Seconds per image of the DIP fit up to budget k (k / K of the whole fit's measured time)."""
-    return fit["seconds"] * k / fit["iterations"]
+def readout_key(level: int, readout: str, n_chains: int = 1) -> tuple[str, str]:
+    """(method_key, method) of the matched TDPM-DIP at ``level`` read out by ``readout``: the ancestral keys are
+    "t_trunc={level}" (the T_trunc curve's, which chapter 07 selects), the others name their readout."""
+    if level == 0:
+        return "t_trunc=0", "DIP alone"
+    if readout == "ancestral":
+        return f"t_trunc={level}", f"TDPM-DIP, T_trunc = {level}"
+    if readout == "posterior_mean":
+        return f"t_trunc={level}, posterior_mean", f"TDPM-DIP, T_trunc = {level}, posterior mean"
+    return f"t_trunc={level}, mean_chains n={n_chains}", f"TDPM-DIP, T_trunc = {level}, mean of {n_chains} chains"
 
 
 def t_trunc_rows(unet, scheduler, schedule: str, obs: Observed, fit: dict, k: int, fractions, *, seed: int,
-                 device, keep: dict | None = None) -> pd.DataFrame:
+                 readouts=None, n_chains: int = 1, readout_levels=None, extra_levels=(), absorbed: float = 0.0,
+                 keep: dict | None = None) -> pd.DataFrame:
     """The ``t_trunc`` ablation for one schedule on the validation and test images: the matched TDPM-DIP from the
-    DIP output at budget k, at each level of ``levels(t_s, fractions)`` with t_s the schedule's own t(sigma).
-    ``keep`` (a dict), when given, receives ``(sigma, schedule, level) -> (test outputs, reverse seconds per
-    image)`` for every level > 0, so that ``chains_rows`` can reuse that draw as its first chain."""
+    DIP output at budget k (``matched_state`` with ``absorbed``), at each level of ``levels(t_s, fractions,
+    extra_levels=...)`` with t_s the schedule's own t(sigma).
+
+    Each level's one state is read out by every readout of ``readouts`` (None: ("ancestral",); it must hold
+    "ancestral") with ``tdpm.read_out``; ``n_chains`` is n of "mean_chains". Every readout continues the
+    generator from the same point after the state's draw, so "ancestral" is the same draw whatever else runs
+    and the first chain of "mean_chains" is that draw. The readouts other than "ancestral" run only at the
+    levels in ``readout_levels`` (None: every level > 0). Level 0 (the DIP alone) is one set of rows. ``nfe``
+    is ``tdpm.readout_nfe``. ``keep`` (a dict), when given, receives ``(sigma, schedule, level) -> ancestral
+    test outputs`` for every level > 0, so that ``chains_rows`` can reuse that draw as its first chain."""
+    readouts = ("ancestral",) if readouts is None else tuple(readouts)
+    for r in readouts:
+        tdpm.check_readout(r, n_chains)
+    if "ancestral" not in readouts or len(set(readouts)) != len(readouts):
+        raise ValueError(f"readouts={readouts!r} is not allowed; use distinct names among {tdpm.READOUTS} "
+                         "that include 'ancestral'")
     t_s, _ = schedule_level(scheduler, obs.v_obs)
     x_hat = fit["outputs"][k]
     rows = []
-    for level, frac in levels(t_s, fractions).items():
+    for level, frac in levels(t_s, fractions, extra_levels=extra_levels).items():
         g = generator(seed, "t_trunc", obs.sigma, schedule, level)
-        state = matched_state(x_hat, obs.y_scaled, obs.v_obs, level, scheduler, generator=g)
-        x, sec = _timed(device, lambda: tdpm.reverse_from_state(unet, scheduler, state, level, generator=g))
+        state = matched_state(x_hat, obs.y_scaled, obs.v_obs, level, scheduler, generator=g, absorbed=absorbed)
+        after = g.get_state()
         ratio = tdpm.noise_ratio(state, obs.clean, level, scheduler) if level > 0 else None
-        if keep is not None and level > 0:
-            keep[(obs.sigma, schedule, level)] = (x[obs.test].detach().cpu(), sec / len(obs.clean))
-        rows += _rows(x, obs, slice(0, len(obs.clean)), ablation="t_trunc", sigma=obs.sigma, schedule=schedule, t=t_s,
-                      method_key=f"t_trunc={level}", method="DIP alone" if level == 0 else f"TDPM-DIP, T_trunc = {level}",
-                      value=frac, seconds=dip_seconds(fit, k) + sec / len(obs.clean), nfe=level, dip_iterations=k,
-                      ratio=ratio)
+        for readout in readouts:
+            if readout != "ancestral" and (level == 0 or (readout_levels is not None and level not in readout_levels)):
+                continue
+            x = tdpm.read_out(unet, scheduler, state, level, readout=readout, n_chains=n_chains,
+                              generator=torch.Generator().set_state(after))
+            if keep is not None and level > 0 and readout == "ancestral":
+                keep[(obs.sigma, schedule, level)] = x[obs.test].detach().cpu()
+            key, method = readout_key(level, readout, n_chains)
+            rows += _rows(x, obs, slice(0, len(obs.clean)), ablation="t_trunc", sigma=obs.sigma, schedule=schedule,
+                          t=t_s, method_key=key, method=method, readout=readout, value=frac,
+                          nfe=tdpm.readout_nfe(readout, level, n_chains=n_chains), dip_iterations=k, ratio=ratio)
     return _frame(rows)
 
 
@@ -281,51 +332,46 @@ def ddpm_rows(unet, scheduler, schedule: str, obs: Observed, *, seed: int, devic
     t_s, _ = schedule_level(scheduler, obs.v_obs)
     ab = float(schedules.alpha_bar(scheduler, t_s))
     y = (ab ** 0.5 * obs.y_scaled[obs.test]).to(device)
-    n = len(y)
     common = dict(ablation="schedule", sigma=obs.sigma, schedule=schedule, t=t_s, value=t_s, dip_iterations=0)
-    x, sec = _timed(device, lambda: tdpm.tweedie(unet, scheduler, y, t_s).cpu())
-    rows = _rows(x, obs, obs.test, method_key="tweedie", method=study.METHOD_LABELS["tweedie"], seconds=sec / n, nfe=1,
-                 **common)
+    x = tdpm.tweedie(unet, scheduler, y, t_s).cpu()
+    rows = _rows(x, obs, obs.test, method_key="tweedie", method=study.METHOD_LABELS["tweedie"],
+                 readout="posterior_mean", nfe=1, **common)
     g = generator(seed, "ddpm", obs.sigma, schedule)
-    x, sec = _timed(device, lambda: ddpm.reverse_chain(unet, scheduler, y, t_s, generator=g).clamp(-1, 1).cpu())
-    rows += _rows(x, obs, obs.test, method_key="ddpm", method=study.METHOD_LABELS["ddpm"], seconds=sec / n, nfe=t_s,
-                  **common)
+    x = ddpm.reverse_chain(unet, scheduler, y, t_s, generator=g).clamp(-1, 1).cpu()
+    rows += _rows(x, obs, obs.test, method_key="ddpm", method=study.METHOD_LABELS["ddpm"], nfe=t_s, **common)
     return _frame(rows)
 
 
 def chains_rows(unet, scheduler, schedule: str, obs: Observed, fit: dict, k: int, level: int, chains, *, seed: int,
-                device, first: tuple | None = None) -> pd.DataFrame:
+                absorbed: float = 0.0, first: torch.Tensor | None = None) -> pd.DataFrame:
     """The ``chains`` ablation on the test images: max(chains) matched TDPM-DIP chains at ``level``, each from its own
-    topped-up state (one batch), and for each K the mean of the first K.
+    topped-up state (one batch; ``matched_state`` with ``absorbed``), and for each K the mean of the first K.
 
-    ``first``, when given, is ``(test outputs, reverse seconds per image)`` of one chain already drawn at this
-    level (``t_trunc_rows``'s ``keep``): it is the first chain, so K = 1 is exactly that row of the T_trunc
-    ablation, and only max(chains) - 1 chains are drawn here."""
+    ``first``, when given, is the test outputs of one chain already drawn at this level (``t_trunc_rows``'s
+    ``keep``): it is the first chain, so K = 1 is exactly that row of the T_trunc ablation, and only
+    max(chains) - 1 chains are drawn here."""
     x_hat, kmax = fit["outputs"][k][obs.test], max(chains)
     n = len(x_hat)
     y_scaled = obs.y_scaled[obs.test]
     g = generator(seed, "chains", obs.sigma, schedule, level)
     n_new = kmax - (first is not None)
-    parts, per_chain = [], None
+    parts = []
     if first is not None:
-        x1, per_chain = first
-        if x1.shape != x_hat.shape:
-            raise ValueError(f"first chain has shape {tuple(x1.shape)}, the test images {tuple(x_hat.shape)}")
-        parts.append(x1.float().cpu().unsqueeze(1))
+        if first.shape != x_hat.shape:
+            raise ValueError(f"first chain has shape {tuple(first.shape)}, the test images {tuple(x_hat.shape)}")
+        parts.append(first.float().cpu().unsqueeze(1))
     if n_new > 0:
-        states = torch.stack([matched_state(x_hat, y_scaled, obs.v_obs, level, scheduler, generator=g)
-                              for _ in range(n_new)], 1)
-        new, sec = _timed(device, lambda: tdpm.reverse_from_state(unet, scheduler, states.flatten(0, 1), level,
-                                                                   generator=g))
+        states = torch.stack([matched_state(x_hat, y_scaled, obs.v_obs, level, scheduler, generator=g,
+                                            absorbed=absorbed) for _ in range(n_new)], 1)
+        new = tdpm.reverse_from_state(unet, scheduler, states.flatten(0, 1), level, generator=g)
         parts.append(new.float().cpu().view(n, n_new, *x_hat.shape[1:]))
-        per_chain = sec / (n_new * n)
     out = torch.cat(parts, 1)
     t_s, _ = schedule_level(scheduler, obs.v_obs)
     rows = []
     for K in sorted(chains):
         rows += _rows(out[:, :K].mean(1), obs, obs.test, ablation="chains", sigma=obs.sigma, schedule=schedule, t=t_s,
                       method_key=f"K={K}", method=f"TDPM-DIP, mean of {K} chain{'s' if K > 1 else ''}", value=K,
-                      seconds=dip_seconds(fit, k) + K * per_chain, nfe=K * level, dip_iterations=k)
+                      nfe=K * level, dip_iterations=k)
     return _frame(rows)
 
 
@@ -338,7 +384,7 @@ def iteration_rows(fit: dict, obs: Observed, *, schedule: str, ablation: str = "
         rows += _rows(fit["outputs"][k], obs, slice(0, len(obs.clean)), ablation=ablation, sigma=obs.sigma,
                       schedule=schedule, t=obs.t, method_key=f"{key}={k}" if lr is None else f"lr={lr:g}, k={k}",
                       method=f"DIP, {k} iterations" if lr is None else f"DIP, lr {lr:g}, {k} iterations",
-                      value=k if lr is None else lr, seconds=dip_seconds(fit, k), nfe=0, dip_iterations=k)
+                      value=k if lr is None else lr, nfe=0, dip_iterations=k)
     return _frame(rows)
 
 
@@ -349,29 +395,27 @@ def report_table3(unet, scheduler, clean: torch.Tensor, *, t_truncs, dip_iterati
     (``tdpm.tdpm_dip``: the DIP target built from the clean image) and the matched TDPM-DIP on the observation
     (one DIP fit to y / sqrt(abar), ``matched_state`` at the same level, the same steps), both with the
     report's plain DIP; PSNR/SSIM against the clean image. One row per (protocol, T_trunc, image); ``nfe`` is
-    T_trunc + 1."""
+    T_trunc + 1. The report's setting has no validation images, so its matched state keeps ``absorbed`` = 0."""
     y = tdpm.observe(clean, t_obs, scheduler, generator=generator(seed, "table3-observation"))
     ab = float(schedules.alpha_bar(scheduler, t_obs))
     y_scaled = (y / ab ** 0.5).float()
     v_obs = schedules.noise_var(scheduler, t_obs)
     kw = dict(iterations=dip_iterations, preset=preset, lr=lr, seed=seed, device=device, record_every=dip_iterations)
-    fit, fit_sec = _timed(device, lambda: dip.fit_dip(y_scaled, generator=generator(seed, "table3-dip"), **kw))
+    fit = dip.fit_dip(y_scaled, generator=generator(seed, "table3-dip"), **kw)
     rows = []
 
-    def add(protocol, x, tt, seconds):
+    def add(protocol, x, tt):
         p, s = metrics.psnr(x, clean), metrics.ssim_or_nan(x, clean)
         rows.extend(dict(protocol=protocol, t_obs=t_obs, t_trunc=tt, image=i, psnr=float(p[i]), ssim=float(s[i]),
-                         seconds=seconds, nfe=tdpm.report_level(tt), dip_iterations=dip_iterations)
-                    for i in range(len(clean)))
+                         nfe=tdpm.report_level(tt), dip_iterations=dip_iterations) for i in range(len(clean)))
 
     for tt in sorted(t_truncs):
         g = generator(seed, "table3-report", tt)
         res = tdpm.tdpm_dip(unet, scheduler, clean, t_trunc=tt, dip_iterations=dip_iterations, generator=g,
                             device=device, preset=preset, lr=lr, seed=seed, record_every=dip_iterations)
-        add("report", res.x0, tt, res.seconds / len(clean))
+        add("report", res.x0, tt)
         g = generator(seed, "table3-matched", tt)
         level = tdpm.report_level(tt)
         state = matched_state(fit.output, y_scaled, v_obs, level, scheduler, generator=g)
-        x, sec = _timed(device, lambda: tdpm.reverse_from_state(unet, scheduler, state, level, generator=g))
-        add("corrected", x, tt, (fit_sec + sec) / len(clean))
+        add("corrected", tdpm.reverse_from_state(unet, scheduler, state, level, generator=g), tt)
     return pd.DataFrame(rows)

@@ -1,9 +1,11 @@
 """Chapter 06's paired tables of the ablation rows (``tdpmlib.ablate``) and the sentences that read them.
 
 Each ``*_paired`` compares rows of one ablation on the test images (``comparison.compare``): every T_trunc > 0
-against the DIP alone, cosine against linear at matched sigma, K chains against one, every DIP budget against the
-validated one, other learning rates against the protocol's; ``table3_summary`` / ``table3_paired`` read the
-report's own Table 3 at t = 600. The ``*_text`` functions and ``summary_text`` put them into sentences.
+(ancestral readout) against the DIP alone, every readout at the chosen T_trunc against the DIP alone, cosine
+against linear at matched sigma, K chains against one, every DIP budget against the validated one, other
+learning rates against the protocol's; ``table3_summary`` / ``table3_paired`` read the report's own Table 3 at
+t = 600. The ``*_text`` functions and ``summary_text`` put them into sentences. Cost columns are network
+evaluations and DIP iterations, never seconds.
 """
 
 from __future__ import annotations
@@ -16,10 +18,17 @@ from .comparison import (WORDS, compare, comparison_text, count_phrase, fmt_diff
                          paired)
 
 
+def _ancestral(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows read out by one ancestral chain (all rows when there is no ``readout`` column)."""
+    return rows[rows["readout"] == "ancestral"] if "readout" in rows.columns else rows
+
+
 def t_trunc_paired(rows: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
     """Every T_trunc > 0 against T_trunc = 0 (the DIP alone), per (sigma, schedule), on the test images, with the
-    median over those images of the handed-over state's ``noise_ratio`` (actual / expected noise std)."""
+    median over those images of the handed-over state's ``noise_ratio`` (actual / expected noise std). Only the
+    ancestral readout (``readout_paired`` compares the others)."""
     out = []
+    rows = _ancestral(rows)
     r = rows[rows["ablation"] == "t_trunc"]
     for (sigma, schedule), g in r.groupby(["sigma", "schedule"], sort=True):
         base = dict(ablation="t_trunc", sigma=sigma, schedule=schedule, method_key="t_trunc=0")
@@ -31,11 +40,33 @@ def t_trunc_paired(rows: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(out).sort_values(["sigma", "schedule", "level"], kind="stable").reset_index(drop=True)
 
 
+def readout_paired(rows: pd.DataFrame, choices: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+    """Per row of ``choices`` (``ablate_choice.t_trunc_choices``: sigma, schedule, the chosen T_trunc): every
+    readout of the state at that T_trunc against the DIP alone on the test images, the ancestral one first.
+    Columns: sigma, schedule, readout, level, fraction, n_chains (1 but for "mean_chains"), nfe, dip_iterations,
+    chosen_by, then ``comparison.compare``'s summary."""
+    out = []
+    r = rows[rows["ablation"] == "t_trunc"]
+    for c in choices.to_dict("records"):
+        sigma, schedule, level = c["sigma"], c["schedule"], int(c["nfe"])
+        at = r[(r["sigma"] == sigma) & (r["schedule"] == schedule) & np.isclose(r["value"], c["value"])]
+        base = dict(ablation="t_trunc", sigma=sigma, schedule=schedule, method_key="t_trunc=0")
+        for key, gg in sorted(at.groupby("method_key", sort=False), key=lambda kv: kv[1]["readout"].iloc[0] != "ancestral"):
+            readout, nfe = gg["readout"].iloc[0], int(gg["nfe"].iloc[0])
+            out.append(compare(rows, dict(base, method_key=key), base, seed=seed, sigma=sigma, schedule=schedule,
+                               readout=readout, level=level, fraction=float(c["value"]),
+                               n_chains=nfe // level if readout == "mean_chains" else 1, nfe=nfe,
+                               dip_iterations=int(gg["dip_iterations"].iloc[0]), chosen_by=c.get("chosen_by", ""),
+                               a=gg["method"].iloc[0], b="DIP alone"))
+    return pd.DataFrame(out)
+
+
 def schedule_paired(rows: pd.DataFrame, hybrid: pd.DataFrame, *, a: str = "cosine", b: str = "linear",
                     seed: int = 0) -> pd.DataFrame:
     """Schedule ``a`` against ``b`` at matched sigma on the test images: the DDPM's posterior mean and ancestral
-    sampling (``ddpm_rows``), the DIP alone (T_trunc = 0: the same fit under both) and the matched TDPM-DIP at each
-    schedule's validated T_trunc > 0 (``hybrid``: ``validated`` of the T_trunc rows without T_trunc = 0)."""
+    sampling (``ddpm_rows``), the DIP alone (T_trunc = 0: the same fit under both) and the matched TDPM-DIP (one
+    ancestral chain) at each schedule's chosen T_trunc > 0 (``hybrid``: ``ablate_choice.t_trunc_choices`` of
+    both schedules, or any frame with sigma, schedule, method_key and nfe)."""
     out = []
     h = hybrid.set_index(["sigma", "schedule"])
     for sigma in sorted(rows.loc[rows["ablation"] == "schedule", "sigma"].unique()):
@@ -50,7 +81,7 @@ def schedule_paired(rows: pd.DataFrame, hybrid: pd.DataFrame, *, a: str = "cosin
         out.append(compare(rows, dict(ablation="t_trunc", sigma=sigma, schedule=a, method_key=ka),
                            dict(ablation="t_trunc", sigma=sigma, schedule=b, method_key=kb), seed=seed, sigma=sigma,
                            method_key="tdpm_matched", a=a, b=b,
-                           method=f"TDPM-DIP, validated T_trunc ({a} {int(h.loc[(sigma, a), 'nfe'])}, "
+                           method=f"TDPM-DIP, chosen T_trunc ({a} {int(h.loc[(sigma, a), 'nfe'])}, "
                                   f"{b} {int(h.loc[(sigma, b), 'nfe'])})"))
     return pd.DataFrame(out)
 
@@ -105,8 +136,8 @@ def table3_summary(t3: pd.DataFrame) -> pd.DataFrame:
     t3 = t3.assign(_order=(t3["protocol"] != "report").astype(int)).sort_values(["_order", "t_trunc"], kind="stable")
     g = t3.groupby(["protocol", "t_trunc"], sort=False)
     return g.agg(psnr_mean=("psnr", "mean"), psnr_std=("psnr", "std"), ssim_mean=("ssim", "mean"),
-                 ssim_std=("ssim", "std"), n=("image", "size"), seconds_per_image=("seconds", "first"),
-                 nfe=("nfe", "first"), dip_iterations=("dip_iterations", "first")).reset_index()
+                 ssim_std=("ssim", "std"), n=("image", "size"), nfe=("nfe", "first"),
+                 dip_iterations=("dip_iterations", "first")).reset_index()
 
 
 def table3_paired(t3: pd.DataFrame, a: int, b: int, *, protocol: str = "corrected", seed: int = 0) -> dict | None:
@@ -133,15 +164,25 @@ def fmt_level(level: int, frac: float) -> str:
     return f"{level} (t/{inv:.0f})" if abs(inv - round(inv)) < 1e-9 else f"{level} ({frac:g} t)"
 
 
+def _by_03(chosen_by) -> bool:
+    """Whether a choice's ``chosen_by`` is chapter 03 ("03", which reads back from a CSV as 3 or 3.0)."""
+    try:
+        return float(chosen_by) == 3
+    except (TypeError, ValueError):
+        return False
+
+
 def t_trunc_text(paired_t: pd.DataFrame, chosen: pd.DataFrame, schedule: str) -> str:
-    """Per sigma, for one schedule: the T_trunc the validation images pick, how the T_trunc > 0 compare with the
-    DIP alone on the test images, and the largest mean difference."""
+    """Per sigma, for one schedule: the T_trunc the validation images pick (chapter 03's, where ``chosen`` has
+    ``chosen_by`` "03"), how the T_trunc > 0 compare with the DIP alone on the test images, and the largest mean
+    difference."""
     out = []
     c = chosen.set_index(["sigma", "schedule"])
     for sigma, g in paired_t[paired_t["schedule"] == schedule].groupby("sigma", sort=True):
         ch = c.loc[(sigma, schedule)]
-        pick_text = ("the validation images pick T_trunc = 0, the DIP alone" if int(ch["nfe"]) == 0 else
-                     f"the validation images pick T_trunc = {fmt_level(int(ch['nfe']), float(ch['value']))}")
+        who = "chapter 03's validation images pick" if _by_03(ch.get("chosen_by")) else "the validation images pick"
+        pick_text = (f"{who} T_trunc = 0, the DIP alone" if int(ch["nfe"]) == 0 else
+                     f"{who} T_trunc = {fmt_level(int(ch['nfe']), float(ch['value']))}")
         best = g.loc[g["mean_diff"].idxmax()]
         out.append(f"At σ = {fmt_sigma(sigma)} ({schedule} schedule, t = {int(g['t'].iloc[0])}) {pick_text}. On the test images, "
                    f"of the {len(g)} values of T_trunc > 0, {count_phrase(g['outcome'], 'the DIP alone')}; the highest "
@@ -253,14 +294,14 @@ def table3_text(t3: pd.DataFrame, *, seed: int = 0) -> str:
 
 
 def t_trunc_summary(paired_t: pd.DataFrame, hybrid: pd.DataFrame, schedule: str) -> str:
-    """Per sigma: the matched TDPM-DIP at the T_trunc > 0 that does best on the validation images against the
-    DIP alone, on the test images."""
+    """Per sigma: the matched TDPM-DIP (one ancestral chain) at the chosen T_trunc > 0 against the DIP alone, on
+    the test images."""
     out = []
     h = hybrid.set_index(["sigma", "schedule"])
     for sigma, g in paired_t[paired_t["schedule"] == schedule].groupby("sigma", sort=True):
         level = int(h.loc[(sigma, schedule), "nfe"])
         r = g[g["level"] == level].iloc[0]
-        out.append(f"At σ = {fmt_sigma(sigma)} the matched TDPM-DIP at the T_trunc > 0 that does best on the validation images, "
+        out.append(f"At σ = {fmt_sigma(sigma)} the matched TDPM-DIP at the T_trunc > 0 chosen on the validation images, "
                    f"{fmt_level(level, float(r['fraction']))}, is {r['outcome']} the DIP alone ({fmt_diff(r)}, wins "
                    f"{int(r['wins'])} of {int(r['n'])}).")
     return " ".join(out)

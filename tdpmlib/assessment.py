@@ -3,6 +3,7 @@
 ``measure`` finds the measurement of every claim: for a value claim the summary row under the report's protocol
 and under the corrected one; for a direction claim the paired comparison over images of the rows its selectors
 pick (``paired_measurement``), or for set statistics and times the difference of the two value measurements.
+Times are read from chapter 08's timing benchmark only (``timings``, ``tdpmlib.timing``).
 ``assess`` adds ``comparable``, ``verdict`` and ``reason`` by the rules of ``tdpmlib.claims``. The display
 helpers (``display_table``, ``counts``, ``table_sentence``, ``schedule_table``, ``schedule_text``,
 ``schedule_summary``) turn the assessed table into chapter 07's tables and sentences.
@@ -22,8 +23,9 @@ import pandas as pd
 from . import comparison
 from .claims import (ABLATION_SIGMAS, COLUMN, CONFIGURATION, HYBRID, NOT_COMPARABLE, REPRODUCED, SOURCES, VERDICTS,
                      as_number, as_text, comparability, direction_verdict, fmt_number, is_missing, verdict)
+from .timing import seconds_or_none
 
-_GEN, _DEN, _T3, _DEN_ROWS, _T3_ROWS, _STUDY_ROWS, _ABL_ROWS = SOURCES
+_GEN, _DEN, _T3, _DEN_ROWS, _T3_ROWS, _STUDY_ROWS, _ABL_ROWS, _TIME = SOURCES
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -77,13 +79,22 @@ def _resolve(sel: dict, choices: pd.DataFrame | None) -> dict | None:
     return None if c.empty else dict(sel, method_key=c["method_key"].iloc[0])
 
 
+# Columns that tell apart several rows of one image and setting, and the value a selector that does not name them
+# means: chapter 06 reads one state out several ways (``tdpm.READOUTS``), and the report's readout is the ancestral one.
+SELECT_DEFAULTS = {"readout": "ancestral"}
+
+
 def _select(df: pd.DataFrame | None, sel: dict | None) -> pd.DataFrame:
-    """The test rows of a per-image table that match a selector (numbers compared as numbers)."""
+    """The test rows of a per-image table that match a selector (numbers compared as numbers; a column of
+    ``SELECT_DEFAULTS`` that the selector does not name takes its default)."""
     if df is None or sel is None or len(df) == 0:
         return pd.DataFrame()
     mask = pd.Series(True, index=df.index)
     if "split" in df.columns:
         mask &= df["split"] == "test"
+    for col, val in SELECT_DEFAULTS.items():
+        if col in df.columns and col not in sel:
+            mask &= df[col] == val
     for col, val in sel.items():
         if col not in df.columns:
             return pd.DataFrame()
@@ -102,7 +113,8 @@ def paired_measurement(df, sel_a, sel_b, *, seed: int = 0) -> dict | None:
 
 
 def measure(claims: pd.DataFrame, *, generation=None, denoising=None, table3=None, denoising_rows=None,
-            table3_rows=None, study_rows=None, ablation_rows=None, choices=None, seed: int = 0) -> pd.DataFrame:
+            table3_rows=None, study_rows=None, ablation_rows=None, choices=None, timings=None,
+            seed: int = 0) -> pd.DataFrame:
     """Add the measurements to ``claims_table()``: ``same`` (the report's protocol) and ``corrected`` for every
     claim; for value claims the context of ``comparability`` (``n``, ``n_reference``, ``fid_status``,
     ``dip_iterations``); for direction claims the paired summary of the corrected measurement (``ci_low``,
@@ -111,7 +123,8 @@ def measure(claims: pd.DataFrame, *, generation=None, denoising=None, table3=Non
     Summary tables: ``generation`` (03 generation.csv), ``denoising`` (03 denoising_summary.csv), ``table3``
     (06 table3_summary.csv). Per-image tables: ``denoising_rows`` (03 denoising.csv), ``table3_rows``
     (06 table3.csv), ``study_rows`` (03 study_rows.csv), ``ablation_rows`` (06 rows.csv) with ``choices``
-    (06 choices.csv). A missing table or row gives None."""
+    (06 choices.csv). Seconds: ``timings`` (08 timings.csv, ``timing.read``), whose cases the seconds claims name.
+    A missing table or row gives None."""
     tables = {_GEN: generation, _DEN: denoising, _T3: table3, _DEN_ROWS: denoising_rows, _T3_ROWS: table3_rows,
               _STUDY_ROWS: study_rows, _ABL_ROWS: ablation_rows}
     out = claims.copy()
@@ -120,6 +133,9 @@ def measure(claims: pd.DataFrame, *, generation=None, denoising=None, table3=Non
     records = out.to_dict("records")
     for i, claim in enumerate(records):
         if claim["kind"] == "direction":
+            continue
+        if claim["source"] == _TIME:  # one benchmark: the case each protocol names
+            cols["same"][i], cols["corrected"][i] = (seconds_or_none(timings, claim[w]) for w in ("same", "corrected"))
             continue
         r_same, r_corr = _row(claim, "same", tables), _row(claim, "corrected", tables)
         cols["same"][i], cols["corrected"][i] = _metric(r_same, claim["metric"]), _metric(r_corr, claim["metric"])
@@ -132,7 +148,7 @@ def measure(claims: pd.DataFrame, *, generation=None, denoising=None, table3=Non
     for i, claim in enumerate(records):
         if claim["kind"] != "direction":
             continue
-        if claim["source"] == _GEN:  # one number per method: the difference of the two value measurements
+        if claim["source"] in (_GEN, _TIME):  # one number per method: the difference of the two value measurements
             for col in ("same", "corrected"):
                 a, b = cols[col][ids[claim["a"]]], cols[col][ids[claim["b"]]]
                 cols[col][i] = None if is_missing(a) or is_missing(b) else a - b

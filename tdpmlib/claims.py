@@ -19,6 +19,9 @@
   reproduced". There is no fixed threshold. Set statistics (FID) and wall-clock times have one number per method,
   no per-image pairing: their direction is read from the sign, and the reason says so.
 
+Times come from one place: the seconds claims (``source="timings"``) name cases of chapter 08's timing benchmark
+(``tdpmlib.timing``) in ``same`` and ``corrected``, never a results table's own seconds.
+
 Looking the claims up in this run's results and assessing them all is ``tdpmlib.assessment``; chapter 07's
 synthesis is ``tdpmlib.synthesis``. ``value_verdict`` gives one value claim's verdict from a single measurement,
 for the chapters that quote a claim beside their own number.
@@ -32,6 +35,9 @@ import pandas as pd
 
 from . import ablate, comparison
 from .comparison import BETTER, UNCLEAR, WORSE
+from .timing import GEN_DDPM, GEN_TDPM
+
+T600_DDPM = "t600_ddpm"  # the timing case of DDPM ancestral sampling from t = 600 (tdpmlib.timing_cases)
 
 REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE = "reproduced", "not reproduced", "not comparable"
 CONFIGURATION = "configuration"
@@ -42,9 +48,9 @@ HIGHER, LOWER, EQUAL = "higher than", "lower than", "equal to"  # unpaired direc
 VALUE_TOL = dict(psnr=1.0, ssim=0.02, fid=5.0, steps=0, seconds=0, frac_copies_fit=0.5)
 DIGITS = dict(psnr=2, ssim=3, fid=2, steps=0, seconds=2, frac_copies_fit=2)
 UNITS = dict(psnr=" dB", ssim="", fid="", steps="", seconds=" s", frac_copies_fit="")
-# Where a metric lives in the summary tables ("steps" is computed: nfe + dip_iterations).
-COLUMN = dict(psnr="psnr_mean", ssim="ssim_mean", fid="fid", seconds="seconds_per_image",
-              frac_copies_fit="frac_copies_fit")
+# Where a metric lives in the summary tables ("steps" is computed: nfe + dip_iterations; "seconds" is read from
+# chapter 08's timing benchmark, source "timings").
+COLUMN = dict(psnr="psnr_mean", ssim="ssim_mean", fid="fid", frac_copies_fit="frac_copies_fit")
 # Metrics whose absolute value depends only on the method's definition (counts, fractions), not on the
 # resolution, the networks or the data: compared under every profile.
 ALWAYS_COMPARABLE = ("steps", "frac_copies_fit")
@@ -60,7 +66,8 @@ STUDY_SCHEDULE = "linear"
 
 _GEN, _DEN, _T3 = "generation", "denoising", "table3"
 _DEN_ROWS, _T3_ROWS, _STUDY_ROWS, _ABL_ROWS = "denoising_rows", "table3_rows", "study_rows", "ablation_rows"
-SOURCES = (_GEN, _DEN, _T3, _DEN_ROWS, _T3_ROWS, _STUDY_ROWS, _ABL_ROWS)
+_TIME = "timings"  # chapter 08's timing benchmark: ``same`` / ``corrected`` name its cases (tdpmlib.timing)
+SOURCES = (_GEN, _DEN, _T3, _DEN_ROWS, _T3_ROWS, _STUDY_ROWS, _ABL_ROWS, _TIME)
 HYBRID = "@hybrid"  # in a selector: the schedule's validated T_trunc > 0 (chapter 06's choices.csv)
 
 _FIELDS = ("table", "claim_id", "setting", "method", "metric", "claimed", "notes", "kind", "tolerance", "source",
@@ -116,9 +123,10 @@ CLAIMS = [
            "network evaluations",
            source=_GEN, same="tdpm_train", corrected="tdpm_held", kind="configuration"),
     _value("Table 1", "T1-ddpm-seconds", "generation", "DDPM", "seconds", 38.0, "wall clock, hardware not stated",
-           source=_GEN, same="ddpm", corrected="ddpm"),
-    _value("Table 1", "T1-tdpm-seconds", "generation", "TDPM-DIP", "seconds", 7.0, "wall clock, hardware not stated",
-           source=_GEN, same="tdpm_train", corrected="tdpm_held"),
+           source=_TIME, same=GEN_DDPM, corrected=GEN_DDPM),
+    _value("Table 1", "T1-tdpm-seconds", "generation", "TDPM-DIP", "seconds", 7.0,
+           "wall clock, hardware not stated; fit to training or to held-out images, the same cost",
+           source=_TIME, same=GEN_TDPM, corrected=GEN_TDPM),
     _value("Table 1", "T1-tdpm-new", "generation", "TDPM-DIP", "frac_copies_fit", 0.0,
            "implied by scoring it as a generator: its samples are new images, not copies of the images the DIP "
            "was fit to (a copy is nearer a fitted image than half the distance to the nearest unfitted one)",
@@ -127,7 +135,7 @@ CLAIMS = [
                "TDPM-DIP has the lower FID", a_label="TDPM-DIP", b_label="DDPM"),
     _direction("Table 1", "T1-dir-seconds", "generation", "TDPM-DIP − DDPM", "seconds", "T1-tdpm-seconds",
                "T1-ddpm-seconds", "TDPM-DIP is faster (seconds per image on the same hardware)",
-               a_label="TDPM-DIP", b_label="DDPM"),
+               a_label="TDPM-DIP", b_label="DDPM", source=_TIME),
     # Table 2: denoising at t = 600, linear schedule.
     _value("Table 2", "T2-ddpm-psnr", _SET, "DDPM", "psnr", 13.40, "600 reverse steps",
            source=_DEN, same="ddpm", corrected="ddpm", **_T600),
@@ -136,7 +144,7 @@ CLAIMS = [
     _value("Table 2", "T2-ddpm-steps", _SET, "DDPM", "steps", 600, "reverse steps",
            source=_DEN, same="ddpm", corrected="ddpm", kind="configuration", **_T600),
     _value("Table 2", "T2-ddpm-seconds", _SET, "DDPM", "seconds", 32.0,
-           "wall clock, hardware not stated", source=_DEN, same="ddpm", corrected="ddpm", **_T600),
+           "wall clock, hardware not stated", source=_TIME, same=T600_DDPM, corrected=T600_DDPM, **_T600),
     _value("Table 2", "T2-dip-psnr", _SET, "DIP", "psnr", 32.12,
            "100 iterations; report: DIP fit to the clean image, PSNR against its own target",
            source=_DEN, same="report_dip_clean", corrected="dip_short", **_T600),

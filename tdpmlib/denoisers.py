@@ -165,15 +165,22 @@ def tdpm_dip(ctx: Context, y: torch.Tensor) -> Estimate:
     return Estimate(res.x0, nfe=ctx.t_trunc_used, dip_iterations=ctx.dip_iterations, seconds=res.seconds)
 
 
-def nlm_images(y_scaled: torch.Tensor, sigma01: float) -> torch.Tensor:
-    """skimage non-local means per image on the [0, 1] scale (not clipped), returned on [-1, 1]."""
+def nlm_images(y_scaled: torch.Tensor, sigma01: float, *, h_factor: float = 0.8,
+               patch_size: int | None = None) -> torch.Tensor:
+    """skimage non-local means per image on the [0, 1] scale (not clipped), returned on [-1, 1]: filtering
+    strength h = ``h_factor`` * sigma01, patches of ``patch_size`` pixels (None: 5, or 3 below 24 px),
+    search distance 6."""
     from skimage.restoration import denoise_nl_means
 
-    patch = 5 if min(y_scaled.shape[-2:]) >= 24 else 3
+    if isinstance(h_factor, bool) or not isinstance(h_factor, (int, float)) or not 0 < h_factor < math.inf:
+        raise ValueError(f"h_factor={h_factor!r} is not allowed; use a positive number (h = h_factor * sigma)")
+    if patch_size is not None and (isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1):
+        raise ValueError(f"patch_size={patch_size!r} is not allowed; use a positive integer or None")
+    patch = patch_size if patch_size is not None else 5 if min(y_scaled.shape[-2:]) >= 24 else 3
     out = []
     for img in y_scaled:
         u = ((img.double() + 1) / 2).permute(1, 2, 0).numpy()
-        d = denoise_nl_means(u, patch_size=patch, patch_distance=6, h=0.8 * sigma01, sigma=sigma01,
+        d = denoise_nl_means(u, patch_size=patch, patch_distance=6, h=h_factor * sigma01, sigma=sigma01,
                              fast_mode=True, channel_axis=-1)
         out.append(torch.from_numpy(np.ascontiguousarray(d)).permute(2, 0, 1).float() * 2 - 1)
     return torch.stack(out)

@@ -25,7 +25,8 @@ Comparison starts
 
 The notebook's runs
     ``example1_settings`` gives the sizes per profile; ``denoising_sweep`` and ``generation_sweep`` run the
-    grids and return per-image tables; ``plot_quality_vs_nfe`` draws the denoising one.
+    grids and return per-image tables; ``plot_quality_vs_nfe`` draws the denoising one; the verdict on the
+    generation sweep, ``generation_trend``, lives in ``tdpmlib.example1_trend``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import pandas as pd
 import torch
 
 from . import ddpm, dip, metrics, perceptual, schedules
+from .example1_trend import generation_trend  # noqa: F401  (notebook 04 and the tests read it as example1.*)
 
 # ----------------------------------------------------------------------------------------------------------
 # Parameters
@@ -175,8 +177,8 @@ def denoising_sweep(unet, scheduler, clean: torch.Tensor, y: torch.Tensor, t_obs
     used as is (t0 = 0) and re-noised to every t0 in ``t0s`` and reversed. Comparison starts: the
     observation reversed from t_obs, and the observation estimate re-noised to each t0. ``clean`` is used
     for the metrics only. All presets share one DIP input z; the reverse chains of one t0 run as one batch.
-    Seconds are wall clock per image: the DIP fit's time prorated to k iterations and divided over the
-    images, plus the batch's reverse-chain time divided over its images.
+    A row's cost is its network evaluations (``nfe``) and DIP iterations; seconds come from chapter 08's timing
+    benchmark (``tdpmlib.timing``), never from a fraction of this fit.
     """
     ks = sorted(set(ks))
     presets = list(dict.fromkeys(presets))
@@ -187,38 +189,35 @@ def denoising_sweep(unet, scheduler, clean: torch.Tensor, y: torch.Tensor, t_obs
     for p in presets:
         fits[p] = dip.fit_dip(target, iterations=max(ks), z=z, preset=p, lr=lr, seed=seed, device=device,
                               keep=ks, record_every=max(ks), fast=fast)
-    starts = {}  # label -> (x0 estimate, preset, k, dip seconds per image)
+    starts = {}  # label -> (x0 estimate, preset, k)
     for p in presets:
         for k in ks:
-            starts[_dip_label(p, k)] = (fits[p].outputs[k], p, k, fits[p].seconds * k / max(ks) / n)
-    starts["observation y/√ᾱ, re-noised"] = (target, "", 0, 0.0)
+            starts[_dip_label(p, k)] = (fits[p].outputs[k], p, k)
+    starts["observation y/√ᾱ, re-noised"] = (target, "", 0)
     rows, outputs = [], {}
     sigma255 = float(schedules.sigma_at(scheduler, t_obs))
 
-    def add(label, x0, preset, k, t0, nfe, seconds, start):
+    def add(label, x0, preset, k, t0, nfe, start):
         outputs[(label, t0)] = x0
         p, s = metrics.psnr(x0, clean).cpu(), metrics.ssim_or_nan(x0, clean)
         lp = perceptual.lpips_or_nan(x0, clean)
         for i in range(n):
             rows.append(dict(task="denoise", t_obs=t_obs, sigma255=sigma255, start=start, label=label,
                              dip_preset=preset, k=k, t0=t0, nfe=nfe, dip_iterations=k, image=i,
-                             psnr=float(p[i]), ssim=float(s[i]), lpips=float(lp[i]), seconds=seconds))
+                             psnr=float(p[i]), ssim=float(s[i]), lpips=float(lp[i])))
 
-    for label, (x_hat, p, k, dip_s) in starts.items():  # t0 = 0: the estimate itself, no evaluations
-        add(label, x_hat.clamp(-1, 1), p, k, 0, 0, dip_s, "DIP only" if k > 0 else "observation as is")
+    for label, (x_hat, p, k) in starts.items():  # t0 = 0: the estimate itself, no evaluations
+        add(label, x_hat.clamp(-1, 1), p, k, 0, 0, "DIP only" if k > 0 else "observation as is")
     labels = list(starts)
     batch = torch.cat([starts[lab][0] for lab in labels])
     for t0 in t0s:
-        with metrics.CudaTimer(device) as timer:
-            out = dip_init_ddpm(unet, scheduler, batch, t0, generator=generator, fast=fast)
-        per_image = timer.seconds / len(batch)
+        out = dip_init_ddpm(unet, scheduler, batch, t0, generator=generator, fast=fast)
         for j, lab in enumerate(labels):
-            x_hat, p, k, dip_s = starts[lab]
+            x_hat, p, k = starts[lab]
             start = "DIP, re-noised" if k > 0 else "observation, re-noised"
-            add(lab, out[j * n:(j + 1) * n], p, k, t0, t0, dip_s + per_image, start)
-    with metrics.CudaTimer(device) as timer:
-        out = from_observation(unet, scheduler, y, t_obs, generator=generator, fast=fast)
-    add("observation, reverse from t_obs", out, "", 0, t_obs, t_obs, timer.seconds / n, "observation, reverse from t_obs")
+            add(lab, out[j * n:(j + 1) * n], p, k, t0, t0, start)
+    out = from_observation(unet, scheduler, y, t_obs, generator=generator, fast=fast)
+    add("observation, reverse from t_obs", out, "", 0, t_obs, t_obs, "observation, reverse from t_obs")
     return pd.DataFrame(rows), outputs
 
 
@@ -261,7 +260,8 @@ def generation_sweep(unet, scheduler, *, fit_sets: dict, train: torch.Tensor, he
     reversed. Baselines: pure noise with a strided DDIM chain of t0 evaluations, and the full ancestral
     chain (``full_n`` images). Metrics: SWD against ``reference`` (images no method fitted), FID/KID when
     ``fid`` (status recorded; skipped after the first failure), memorisation against (train, held), and the
-    distance of each output to its own DIP target (``d_fit``, RMS on [-1, 1]).
+    distance of each output to its own DIP target (``d_fit``, RMS on [-1, 1]). Costs are network evaluations
+    (``nfe``) and DIP iterations per image; seconds come from chapter 08's timing benchmark.
 
     Returns (per-image DataFrame, per-start summary DataFrame, dict label -> images, the DIP fit).
     """
@@ -273,32 +273,26 @@ def generation_sweep(unet, scheduler, *, fit_sets: dict, train: torch.Tensor, he
     z = torch.randn(targets.shape, generator=generator)
     fit = dip.fit_dip(targets, iterations=dip_iterations, z=z, preset=preset, lr=lr, seed=seed, device=device,
                       reference=targets, record_every=dip_iterations, fast=fast)
-    dip_per_image = fit.seconds / len(targets)
     samples, meta = {}, {}
     for t0 in [0] + sorted(t0s):
-        with metrics.CudaTimer(device) as timer:
-            out = dip_init_ddpm(unet, scheduler, fit.output, t0, generator=generator, fast=fast)
-        per = timer.seconds / len(targets)
+        out = dip_init_ddpm(unet, scheduler, fit.output, t0, generator=generator, fast=fast)
         for lab, part, fitted in zip(labels, out.split(counts), targets.split(counts)):
             name = f"DIP fit to {lab}, t0={t0}"
             samples[name] = part
             meta[name] = dict(start=f"DIP fit to {lab}", dip_preset=preset, k=dip_iterations, t0=t0, nfe=t0,
-                              dip_iterations=dip_iterations, seconds=dip_per_image + per, fitted=fitted)
+                              dip_iterations=dip_iterations, fitted=fitted)
     T = scheduler.config.num_train_timesteps
     for nfe in sorted(t0s):
-        with metrics.CudaTimer(device) as timer:
-            out = from_noise(unet, scheduler, n=n_gen, resolution=resolution, generator=generator, nfe=nfe,
-                             batch_size=batch_size, fast=fast)
+        out = from_noise(unet, scheduler, n=n_gen, resolution=resolution, generator=generator, nfe=nfe,
+                         batch_size=batch_size, fast=fast)
         name = f"pure noise, DDIM {nfe} steps"
         samples[name] = out
-        meta[name] = dict(start="pure noise (DDIM)", dip_preset="", k=0, t0=T, nfe=nfe, dip_iterations=0,
-                          seconds=timer.seconds / n_gen, fitted=None)
-    with metrics.CudaTimer(device) as timer:
-        out = from_noise(unet, scheduler, n=full_n, resolution=resolution, generator=generator,
-                         batch_size=batch_size, fast=fast)
+        meta[name] = dict(start="pure noise (DDIM)", dip_preset="", k=0, t0=T, nfe=nfe, dip_iterations=0, fitted=None)
+    out = from_noise(unet, scheduler, n=full_n, resolution=resolution, generator=generator, batch_size=batch_size,
+                     fast=fast)
     samples[f"pure noise, DDPM {T} steps"] = out
     meta[f"pure noise, DDPM {T} steps"] = dict(start="pure noise (DDPM)", dip_preset="", k=0, t0=T, nfe=T,
-                                              dip_iterations=0, seconds=timer.seconds / full_n, fitted=None)
+                                              dip_iterations=0, fitted=None)
     rows, summary = [], []
     fid_status = None
     for name, x in samples.items():
@@ -326,106 +320,3 @@ def generation_sweep(unet, scheduler, *, fit_sets: dict, train: torch.Tensor, he
         s["fid_status"] = fid_status if fid else "not computed"
         summary.append(s)
     return pd.DataFrame(rows), pd.DataFrame(summary), samples, fit
-
-
-def _paired_change(per_image: pd.DataFrame, start: str, t_lo, t_hi, column: str, seed: int) -> dict:
-    """``stats.paired`` of ``column`` at t0 = t_hi against t0 = t_lo, image by image (the same fitted images)."""
-    from . import stats
-
-    def pick(t0):
-        d = per_image[(per_image.start == start) & (per_image.t0 == t0)].set_index("image")[column]
-        if d.empty or d.index.has_duplicates:
-            raise ValueError(f"generation_trend: no unique per-image rows for start {start!r} at t0={t0}")
-        return d
-
-    hi, lo = pick(t_hi), pick(t_lo)
-    if set(hi.index) != set(lo.index):
-        raise ValueError(f"generation_trend: {start!r} is not scored on the same images at t0={t_lo} and t0={t_hi}")
-    return stats.paired(hi.values.astype(float), lo.loc[hi.index].values.astype(float), seed=seed)
-
-
-def _direction(summary: dict) -> int:
-    """+1 if the paired interval lies above 0, -1 if below, 0 if it contains 0 (``stats.verdict``'s rule)."""
-    from . import stats
-
-    return {"up": 1, "down": -1, "none": 0}[stats.verdict(summary, better="up", worse="down", unclear="none")]
-
-
-def _ci(summary: dict, digits: int) -> str:
-    f = f"{{:+.{digits}f}}"
-    return f"{f.format(summary['mean_diff'])} [{f.format(summary['ci_low'])}, {f.format(summary['ci_high'])}]"
-
-
-def generation_trend(per_image: pd.DataFrame, summary: pd.DataFrame, *, seed: int = 0,
-                     training: str = "DIP fit to training", held_out: str = "DIP fit to held-out",
-                     full: str = "pure noise (DDPM)") -> str:
-    """The generation verdict of notebook 04, in words that follow the measured direction and size.
-
-    ``per_image`` and ``summary`` are ``generation_sweep``'s tables. For each DIP start the outputs at the
-    smallest and the largest t0 are compared image by image (the same fitted images): the change of the
-    distance to the fitted image (``d_fit``), and, for the training-image fits, of the memorisation ratio
-    and of being a copy (d_train < d_held / 2, i.e. ratio < 1/2). A change is called a change when the
-    95% bootstrap interval of the paired mean difference excludes 0 (``stats.verdict``, no fixed
-    threshold); otherwise the text says there is no clear change. Values are quoted at both ends with
-    their ratio, so the size of the change is stated too.
-    """
-    dip_rows = summary[summary.start.isin([training, held_out])]
-    t_lo, t_hi = dip_rows.t0.min(), dip_rows.t0.max()
-    if not t_hi > t_lo:
-        raise ValueError("generation_trend needs at least two re-noising levels t0")
-    at = lambda start, t0: summary[(summary.start == start) & (summary.t0 == t0)].iloc[0]
-    lo_hi = f"from t₀ = {int(t_lo)} to t₀ = {int(t_hi)}"
-
-    # distance to the fitted image, per start
-    clauses, dirs = [], []
-    for start, name in ((training, "training-image fits"), (held_out, "held-out fits")):
-        if start not in set(summary.start):
-            continue
-        a, b = at(start, t_lo).d_fit_mean, at(start, t_hi).d_fit_mean
-        ch = _paired_change(per_image, start, t_lo, t_hi, "d_fit", seed)
-        d = _direction(ch)
-        dirs.append(d)
-        times = f"×{b / a:.2f}; " if a > 0 else ""
-        detail = f"{times}paired difference {_ci(ch, 3)}, larger on {ch['wins']} of {ch['n']} images"
-        if d == 0:
-            clauses.append(f"does not clearly change for the {name} ({a:.3f} to {b:.3f}; {detail})")
-        else:
-            clauses.append(f"{'grows' if d > 0 else 'shrinks'} from {a:.3f} to {b:.3f} for the {name} ({detail})")
-    lead = {1: "moves the outputs away from", -1: "brings the outputs closer to",
-            0: "does not clearly change how far the outputs are from"}
-    head = (lead[dirs[0]] if len(set(dirs)) == 1
-            else "changes the distance of the outputs differently for the two fit sets from")
-    text = (f"Re-noising to larger t₀ {head} the images the DIP fitted: {lo_hi} the mean distance to the fitted "
-            f"image " + " and ".join(clauses) + ".")
-
-    if training not in set(summary.start):
-        return text
-    r0, r1 = at(training, t_lo), at(training, t_hi)
-    ratio = _paired_change(per_image, training, t_lo, t_hi, "mem_ratio", seed)
-    copy_of = per_image.assign(copy=(per_image.mem_ratio < 0.5).astype(float))
-    copies = _paired_change(copy_of, training, t_lo, t_hi, "copy", seed)
-    d_ratio, d_copies = _direction(ratio), _direction(copies)
-    r_verb = {1: "rises", -1: "falls", 0: "does not clearly change"}[d_ratio]
-    ratio_text = (f"the median memorisation ratio {r_verb} from {r0.mem_ratio_median:.2f} to {r1.mem_ratio_median:.2f} "
-                  f"(paired difference of the per-image ratio {_ci(ratio, 2)})")
-    if r0.frac_copies == 0 and r1.frac_copies == 0:
-        copies_text = (f"no output is a copy by the d_train < d_held/2 criterion at t₀ = {int(t_lo)} or "
-                       f"t₀ = {int(t_hi)}")
-    else:
-        c_verb = {1: "rises", -1: "falls", 0: "does not clearly change"}[d_copies]
-        n = copies["n"]
-        copies_text = (f"the fraction of copies (d_train < d_held/2) {c_verb} from {r0.frac_copies:.0%} to "
-                       f"{r1.frac_copies:.0%} ({copies['losses']} of {n} images stop being copies, "
-                       f"{copies['wins']} become one)")
-    full_text = ""
-    if full in set(summary.start):
-        f = summary[summary.start == full].iloc[0]
-        full_text = (f" For comparison, the full DDPM chain from pure noise has a median ratio of "
-                     f"{f.mem_ratio_median:.2f} and {f.frac_copies:.0%} copies.")
-    # less memorisation: the ratio rises, the copies fall
-    signs = {s for s in (d_ratio, -d_copies) if s != 0}
-    verdict = ("does not clearly change" if not signs else "reduces" if signs == {1} else "increases" if signs == {-1}
-               else "has no consistent effect on")
-    text += (f" For the training-image fits, {lo_hi} {ratio_text}, and {copies_text}.{full_text} By these "
-             f"paired measures, re-noising to larger t₀ {verdict} memorisation.")
-    return text

@@ -28,7 +28,7 @@ The study
     ``stopping_study`` runs every rule at one noise level on validation and test images: a fixed iteration
     budget chosen on the validation images, the single-stage discrepancy principle, the guided rule, ES-WMV
     and two oracles (upper bounds). ``example2_settings`` gives the sizes per profile;
-    ``plot_stopping_curves`` draws one test image's PSNR curves with each rule's stop.
+    ``plot_stopping_curves`` (``tdpmlib.example2_plot``) draws one test image's PSNR curves with each rule's stop.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import torch
 
 from . import dip, metrics, schedules
 from .example1 import observation_x0
+from .example2_plot import plot_stopping_curves  # noqa: F401  (notebook 05 and the tests read it as example2.*)
 from .stopping import ESWMV_LR, ESWMV_MAX_ITERATIONS, ESWMV_PATIENCE, ESWMV_WINDOW, Discrepancy, eswmv_cap, eswmv_fit
 
 # ----------------------------------------------------------------------------------------------------------
@@ -276,8 +277,8 @@ def stopping_study(clean: torch.Tensor, y: torch.Tensor, t_obs: int, scheduler, 
     returns; for ES-WMV the detected minimum), ``iterations`` (the Adam updates the rule needs to run on that
     image before it can return: the stop for the fixed budget, the discrepancy and the guided rules; for
     ES-WMV the iteration its patience ran out, or its whole fit when it never did; the whole fit for the
-    oracles), ``seconds`` (wall clock per image with DIP fitting counted: the fit's measured seconds per
-    image-iteration times ``iterations``), ``rule_fired`` (the rule itself ended the fit: the residual rules
+    oracles: the rule's cost, in DIP iterations; its seconds come from chapter 08's timing benchmark, never from
+    a fraction of these fits), ``rule_fired`` (the rule itself ended the fit: the residual rules
     reached their variance, ES-WMV's patience ran out; None for the fixed budget and the oracles), ``fit``
     (the trajectory the rule watched), ``oracle`` (that trajectory's best iteration; the fit's for the guided
     rule, whose trajectory differs), ``oracle_gap`` = |stop - oracle|, ``psnr`` and ``ssim``.
@@ -321,39 +322,34 @@ def stopping_study(clean: torch.Tensor, y: torch.Tensor, t_obs: int, scheduler, 
                                   test_psnr=[float(test_psnr[k].mean()) for k in budgets],
                                   chosen=[k == chosen for k in budgets]))
 
-    per_it = {"fit": fit.seconds / (B * K),
-              "guided": guided.seconds / (n_test * max(guided.iterations, 1)),
-              "eswmv": eswmv.seconds / (n_test * max(eswmv.iterations, 1))}
     oracle = fit.best_iteration[test]
     wmv = eswmv.monitor
     ran = torch.full((n_test,), eswmv.iterations)
     full = lambda n: torch.full((n_test,), n)  # noqa: E731
     fit_name = f"{protocol} DIP (lr {p.lr if lr is None else lr:g})"
     own = f"ES-WMV's own: eswmv DIP (lr {eswmv_lr:g})"
-    # key -> (output, stop, iterations needed, fired or None, trajectory, its oracle, timing, params)
+    # key -> (output, stop, iterations needed, fired or None, trajectory, its oracle, params)
     rules = {
         "guided": (guided.output, guided.stop_iteration, guided.stop_iteration, guided.fired[:, -1], "guided",
-                   oracle, "guided", f"{len(guided.stages)} stages, ≤ {iters_per_stage_max} it. each"),
+                   oracle, f"{len(guided.stages)} stages, ≤ {iters_per_stage_max} it. each"),
         "discrepancy": (disc.output[test], disc.stop_iteration[test], disc.stop_iteration[test], disc.fired[test],
-                        fit_name, oracle, "fit", f"≤ {K} it."),
+                        fit_name, oracle, f"≤ {K} it."),
         "eswmv": (wmv.output, wmv.detected, torch.where(wmv.stopped, wmv.stop_k, ran), wmv.stopped, own,
-                  eswmv.best_iteration, "eswmv", f"W={window}, P={patience}, ≤ {eswmv_max_iterations} it."),
-        "fixed": (fit.outputs[chosen][test], full(chosen), full(chosen), None, fit_name, oracle, "fit",
-                  f"k={chosen}"),
-        "oracle": (fit.best_output[test], oracle, full(K), None, fit_name, oracle, "fit", f"of {K} it."),
-        "eswmv_oracle": (eswmv.best_output, eswmv.best_iteration, ran, None, own, eswmv.best_iteration, "eswmv",
+                  eswmv.best_iteration, f"W={window}, P={patience}, ≤ {eswmv_max_iterations} it."),
+        "fixed": (fit.outputs[chosen][test], full(chosen), full(chosen), None, fit_name, oracle, f"k={chosen}"),
+        "oracle": (fit.best_output[test], oracle, full(K), None, fit_name, oracle, f"of {K} it."),
+        "eswmv_oracle": (eswmv.best_output, eswmv.best_iteration, ran, None, own, eswmv.best_iteration,
                          f"of {eswmv.iterations} it."),
     }
     sigma255 = float(schedules.sigma_at(scheduler, t_obs))
     rows, outputs = [], {}
-    for key, (out, stop, its, flag, trajectory, best, timing, params) in rules.items():
+    for key, (out, stop, its, flag, trajectory, best, params) in rules.items():
         outputs[key] = out
         s = metrics.ssim_or_nan(out, clean[test])
         pr = metrics.psnr(out, clean[test]).cpu()
         for i in range(n_test):
             rows.append(dict(t_obs=t_obs, sigma255=sigma255, rule_key=key, rule=RULE_LABELS[key], params=params,
-                             image=i, stop=int(stop[i]), iterations=int(its[i]),
-                             seconds=per_it[timing] * int(its[i]), rule_fired=None if flag is None else bool(flag[i]),
+                             image=i, stop=int(stop[i]), iterations=int(its[i]), rule_fired=None if flag is None else bool(flag[i]),
                              fit=trajectory, oracle=int(best[i]), oracle_gap=abs(int(stop[i]) - int(best[i])),
                              psnr=float(pr[i]), ssim=float(s[i])))
     hist = fit.history.assign(split=np.where(fit.history.image < n_val, "val", "test"),
@@ -388,59 +384,3 @@ def example2_settings(cfg) -> dict:
                 noise_factor=x.get("stage_noise_factor") or 2.0, window=x.get("eswmv_window") or ESWMV_WINDOW,
                 patience=x.get("eswmv_patience") or ESWMV_PATIENCE, eswmv_lr=x.get("eswmv_lr") or ESWMV_LR,
                 eswmv_max_iterations=x.get("eswmv_max_iterations") or cap, preset=cfg.dip_preset_official)
-
-
-def plot_stopping_curves(hist: pd.DataFrame, guided_hist: pd.DataFrame, rows: pd.DataFrame, image: int,
-                         eswmv_hist: pd.DataFrame | None = None, *, fit_label: str = "official DIP",
-                         width: float = 8.0, max_cols: int = 2):
-    """PSNR against iteration for one test image at each noise level: the fit (``hist``, test rows), the
-    guided fit and (when given) ES-WMV's own fit, with each rule's stop marked.
-
-    Sized for a book page: ``width`` inches at most 8.3 (so it is shown unscaled), at most ``max_cols`` panels a
-    row (more rows when needed), fonts of 9 pt or more, one legend below the panels. Each panel's title names
-    the noise level (σ on 0..255, the ``sigma`` column when present, else ``sigma255``) and its level t. The
-    stops are hollow markers of decreasing size, so stops at the same iteration stay visible."""
-    import math
-
-    import matplotlib.pyplot as plt
-
-    levels = sorted(rows.t_obs.unique())
-    ncols = max(1, min(int(max_cols), len(levels)))
-    nrows = math.ceil(len(levels) / ncols)
-    width = min(float(width), 8.3)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, 3.4 * nrows), squeeze=False)
-    rules = list(dict.fromkeys(rows.rule))
-    markers = dict(zip(rules, "osD^vP*Xh<>"))
-    sizes = {r: 150 - 80 * i / max(1, len(rules) - 1) for i, r in enumerate(rules)}  # largest first
-    colors = dict(zip(rules, ["tab:red", "tab:purple", "tab:green", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
-                              "black"] * 3))
-    handles = {}
-    for ax, t in zip(axes.flat, levels):
-        h = hist[(hist.t_obs == t) & (hist.image == image)]
-        if "split" in h:
-            h = h[h.split == "test"]
-        g = guided_hist[(guided_hist.t_obs == t) & (guided_hist.image == image)]
-        handles[f"{fit_label} on y/√ᾱ"], = ax.plot(h.iteration, h.psnr_ref, color="0.35", lw=1.4)
-        handles["guided fit (staged targets)"], = ax.plot(g.iteration, g.psnr_ref, color="tab:orange", lw=1.4)
-        if eswmv_hist is not None:
-            e = eswmv_hist[(eswmv_hist.t_obs == t) & (eswmv_hist.image == image)]
-            handles["ES-WMV's own fit"], = ax.plot(e.iteration, e.psnr_ref, color="tab:blue", lw=1.2, alpha=0.8)
-        r = rows[(rows.t_obs == t) & (rows.image == image)]
-        for rule in rules:
-            rr = r[r.rule == rule]
-            if rr.empty:
-                continue
-            handles[f"stop: {rule}"] = ax.scatter(rr.stop, rr.psnr, marker=markers[rule], s=sizes[rule],
-                                                  facecolors="none", edgecolors=colors[rule], linewidths=1.6, zorder=3)
-        ax.set_xlabel("DIP iteration", fontsize=10)
-        ax.set_ylabel("PSNR vs clean (dB)", fontsize=10)
-        ax.tick_params(labelsize=9)
-        sigma = (f"{int(r.sigma.iloc[0])}" if "sigma" in r and len(r) else
-                 f"{r.sigma255.iloc[0]:.0f}" if len(r) else "?")
-        ax.set_title(f"σ = {sigma} (t = {int(t)}), test image {image}", fontsize=11)
-    for ax in list(axes.flat)[len(levels):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2,
-               fontsize=9, frameon=False)
-    return fig

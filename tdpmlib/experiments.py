@@ -5,8 +5,9 @@ sqrt(1 - abar_t) eps (``tdpm.observe``), runs the methods of ``tdpmlib.denoisers
 against the clean image: one row per (setting, method, image). The corrected-protocol methods
 (``denoisers.METHODS``) are handed only a context and the observation; the oracle and the report-protocol
 rows (``denoisers.WITH_CLEAN``) are also handed the clean image. ``summarise`` turns the rows into
-mean ± std per group. ``dip_batch_limit``, ``chunks`` and ``check_sigmas`` are shared with
-``tdpmlib.generation``.
+mean ± std per group. A method's cost is its network evaluations (``nfe``) and DIP iterations; its seconds per
+image come from chapter 08's timing benchmark (``tdpmlib.timing``), not from these rows. ``dip_batch_limit``,
+``chunks`` and ``check_sigmas`` are shared with ``tdpmlib.generation``.
 
 Randomness: every draw comes from a CPU ``torch.Generator`` seeded from ``seed`` and a fixed offset per
 purpose (``OFFSETS``, ``denoisers.OFFSETS``); a setting's offsets also depend on its name (CRC32), so adding
@@ -22,7 +23,7 @@ import pandas as pd
 import torch
 
 from . import config, memory, metrics, perceptual, schedules, tdpm
-from .denoisers import METHODS, WITH_CLEAN, Context, Estimate, denoising_labels, generator
+from .denoisers import METHODS, WITH_CLEAN, Context, denoising_labels, generator
 
 # A setting's generator offsets: OFFSETS["setting"] + 10 * (crc32(setting name) % 100_000) + purpose index.
 OFFSETS = dict(setting=10_000)
@@ -92,12 +93,6 @@ def _check_settings(settings, unets):
         names.add(s["name"])
 
 
-def _run(fn, device, *args) -> Estimate:
-    with metrics.CudaTimer(device) as timer:
-        est = fn(*args)
-    return est if est.seconds is not None else est._replace(seconds=timer.seconds)
-
-
 def run_denoising(unets: dict, *, clean: torch.Tensor, settings: list[dict], device, dip_preset: str, dip_lr: float,
                   dip_iterations: int = 100, dip_iterations_long: int, n_chains: int, t_trunc: int = 10, seed: int,
                   batch_size: int = 50, methods=None, return_outputs: bool = False):
@@ -113,7 +108,7 @@ def run_denoising(unets: dict, *, clean: torch.Tensor, settings: list[dict], dev
 
     Columns: setting, schedule, t, sigma255 (the equivalent sigma of level t, ``schedules.sigma_at``),
     sigma255_requested, method, method_key, protocol, measured_against, image (index into ``clean``), psnr,
-    ssim (NaN below 11 px), lpips (NaN without its weights or below 31 px), seconds (the method's wall time / number of images), nfe, dip_iterations.
+    ssim (NaN below 11 px), lpips (NaN without its weights or below 31 px), nfe, dip_iterations.
     PSNR/SSIM use ``metrics.psnr``/``metrics.ssim``: both images clipped to [-1, 1] and mapped to [0, 1].
     With ``return_outputs=True`` returns ``(df, outputs)``, ``outputs[setting name]`` a dict with
     ``y``, ``y_scaled`` (y / sqrt(abar_t)) and one entry per method key.
@@ -156,15 +151,15 @@ def run_denoising(unets: dict, *, clean: torch.Tensor, settings: list[dict], dev
                           dip_iterations_long=dip_iterations_long, dip_kw=dip_kw,
                           device=device, seed=seed, chunk=c, z=z_all[a:b], generators=method_gens, run_memo=run_memo)
             for key in with_clean:
-                parts[key].append(_run(WITH_CLEAN[key].fn, device, ctx, y[a:b], clean[a:b]))
+                parts[key].append(WITH_CLEAN[key].fn(ctx, y[a:b], clean[a:b]))
             for key in corrected:
-                parts[key].append(_run(METHODS[key].fn, device, ctx, y[a:b]))
+                parts[key].append(METHODS[key].fn(ctx, y[a:b]))
         y_scaled = y / math.sqrt(float(schedules.alpha_bar(sched, t)))
         sigma_eq = float(schedules.sigma_at(sched, t))
         outputs = {}
         for key in (k for k in table if k in methods):
             m = table[key]
-            out, total = torch.cat([e.x0 for e in parts[key]]), sum(e.seconds for e in parts[key])
+            out = torch.cat([e.x0 for e in parts[key]])
             outputs[key] = out
             target = y_scaled if m.target == "y_scaled" else clean
             psnr, ssim = metrics.psnr(out, target), metrics.ssim_or_nan(out, target)
@@ -173,8 +168,7 @@ def run_denoising(unets: dict, *, clean: torch.Tensor, settings: list[dict], dev
                 rows.append(dict(setting=name, schedule=schedule, t=t, sigma255=sigma_eq,
                                  sigma255_requested=setting.get("sigma255"), method=labels[key], method_key=key,
                                  protocol=m.protocol, measured_against=m.measured_against, image=i,
-                                 psnr=float(psnr[i]), ssim=float(ssim[i]), lpips=float(lp[i]), seconds=total / len(clean),
-                                 nfe=parts[key][0].nfe, dip_iterations=parts[key][0].dip_iterations))
+                                 psnr=float(psnr[i]), ssim=float(ssim[i]), lpips=float(lp[i]), nfe=parts[key][0].nfe, dip_iterations=parts[key][0].dip_iterations))
         if return_outputs:
             all_outputs[name] = dict(y=y, y_scaled=y_scaled, **outputs)
     df = pd.DataFrame(rows)
@@ -189,7 +183,7 @@ def summarise(df: pd.DataFrame, by=("setting", "method")) -> pd.DataFrame:
 
     Columns: the ``by`` columns, the group-constant descriptive columns (schedule, t, sigma255, method_key,
     protocol, measured_against, when present and constant), psnr_mean, psnr_std, ssim_mean, ssim_std (sample
-    std, ``metrics.mean_std``; NaN SSIMs are left out), n, seconds_per_image, nfe, dip_iterations, and
+    std, ``metrics.mean_std``; NaN SSIMs are left out), n, nfe, dip_iterations, and
     formatted strings psnr_pm ("32.12 ± 0.50"), ssim_pm ("0.948 ± 0.010") and pm ("32.12 ± 0.50 dB / 0.948 ±
     0.010"). Groups keep the order in which they first appear in ``df``.
     """
@@ -208,8 +202,7 @@ def summarise(df: pd.DataFrame, by=("setting", "method")) -> pd.DataFrame:
                 row[c] = g[c].iloc[0]
         pm, ps = metrics.mean_std(g["psnr"])
         sm, ss = metrics.mean_std_or_nan(g["ssim"])
-        row.update(psnr_mean=pm, psnr_std=ps, ssim_mean=sm, ssim_std=ss, n=len(g),
-                   seconds_per_image=float(g["seconds"].mean()), nfe=g["nfe"].iloc[0],
+        row.update(psnr_mean=pm, psnr_std=ps, ssim_mean=sm, ssim_std=ss, n=len(g), nfe=g["nfe"].iloc[0],
                    dip_iterations=g["dip_iterations"].iloc[0])
         row.update(psnr_pm=f"{pm:.2f} ± {ps:.2f}", ssim_pm=f"{sm:.3f} ± {ss:.3f}",
                    pm=f"{pm:.2f} ± {ps:.2f} dB / {sm:.3f} ± {ss:.3f}")

@@ -8,7 +8,8 @@ and ``nearest_rows`` lays out generated images beside their nearest training and
 
 Method labels live in ``GENERATION_METHODS`` (stable key -> label); the table carries both the label
 (``method``) and the key (``method_key``). Randomness: every draw comes from ``generator_fn(offset)`` with a
-fixed offset per purpose (``OFFSETS``).
+fixed offset per purpose (``OFFSETS``). The table gives each method's cost as network evaluations and DIP
+iterations; its seconds per image come from chapter 08's timing benchmark (``tdpmlib.timing``), not from here.
 """
 
 from __future__ import annotations
@@ -82,8 +83,7 @@ def run_generation(unet, scheduler, *, train: torch.Tensor, held: torch.Tensor, 
     held-out-fit TDPM-DIP is scored against as many training images (the last of the shuffle: disjoint from
     the train-fit inputs whenever ``len(train) >= n + len(held)``).
 
-    Columns: method, method_key, n, reference_set, n_reference, seconds (wall clock of the whole method,
-    CUDA-synchronised, DIP fitting included), seconds_per_image, nfe (DDPM network evaluations per image),
+    Columns: method, method_key, n, reference_set, n_reference, nfe (DDPM network evaluations per image),
     dip_iterations (per image), fid, kid_mean, kid_std, fid_status, swd (``metrics.swd(...)["swd_mean"]``),
     ratio_median, frac_copies, d_train_mean, d_held_mean (``metrics.memorisation(samples, train, held)``),
     and for TDPM-DIP: ratio_median_fit / frac_copies_fit (``metrics.memorisation(samples, fitted images,
@@ -116,7 +116,7 @@ def run_generation(unet, scheduler, *, train: torch.Tensor, held: torch.Tensor, 
     samples, rows = {}, []
     fid_cache = {}
 
-    def score(key, fake, *, reference, reference_set, seconds, nfe, dip_its, fitted=None, note=""):
+    def score(key, fake, *, reference, reference_set, nfe, dip_its, fitted=None, note=""):
         label = GENERATION_METHODS[key]
         samples[label] = fake
         if feature_extractor is None and "unavailable" in fid_cache:
@@ -127,8 +127,7 @@ def run_generation(unet, scheduler, *, train: torch.Tensor, held: torch.Tensor, 
                 fid_cache["unavailable"] = fk["status"]
         mem = metrics.memorisation(fake, train, held)
         row = dict(method=label, method_key=key, n=len(fake), reference_set=reference_set,
-                   n_reference=len(reference), seconds=seconds, seconds_per_image=seconds / len(fake), nfe=nfe,
-                   dip_iterations=dip_its, fid=fk["fid"], kid_mean=fk["kid_mean"], kid_std=fk["kid_std"],
+                   n_reference=len(reference), nfe=nfe, dip_iterations=dip_its, fid=fk["fid"], kid_mean=fk["kid_mean"], kid_std=fk["kid_std"],
                    fid_status=fk["status"], swd=metrics.swd(reference, fake, seed=seed)["swd_mean"],
                    ratio_median=mem["ratio_median"], frac_copies=mem["frac_copies"],
                    d_train_mean=mem["d_train_mean"], d_held_mean=mem["d_held_mean"],
@@ -144,31 +143,27 @@ def run_generation(unet, scheduler, *, train: torch.Tensor, held: torch.Tensor, 
     for key, method, steps in (("ddpm", "ddpm", None), ("ddim50", "ddim", 50), ("ddim100", "ddim", 100)):
         if key not in methods:
             continue
-        with metrics.CudaTimer(device) as timer:
-            fake = ddpm.sample(unet, scheduler, n=n, resolution=resolution, device=device, method=method,
-                               num_steps=steps, batch_size=sample_batch,
-                               generator=generator_fn(OFFSETS[f"gen_{key}"]))
-        score(key, fake, reference=held, reference_set=held_name, seconds=timer.seconds,
+        fake = ddpm.sample(unet, scheduler, n=n, resolution=resolution, device=device, method=method,
+                           num_steps=steps, batch_size=sample_batch, generator=generator_fn(OFFSETS[f"gen_{key}"]))
+        score(key, fake, reference=held, reference_set=held_name,
               nfe=ddpm.network_evaluations(T, method=method, num_steps=steps), dip_its=0)
 
     tdpm_kw = dict(t_trunc=t_trunc, dip_iterations=dip_iterations, device=device, dip_preset=dip_preset,
                    dip_lr=dip_lr, sample_batch=sample_batch)
     if "tdpm_train" in methods:
-        with metrics.CudaTimer(device) as timer:
-            fake = _fit_tdpm_batches(unet, scheduler, train_fit, generator=generator_fn(OFFSETS["gen_tdpm_train"]),
-                                     seed=seed, **tdpm_kw)
-        score("tdpm_train", fake, reference=held, reference_set=held_name, seconds=timer.seconds, nfe=tdpm.report_level(t_trunc),
+        fake = _fit_tdpm_batches(unet, scheduler, train_fit, generator=generator_fn(OFFSETS["gen_tdpm_train"]),
+                                 seed=seed, **tdpm_kw)
+        score("tdpm_train", fake, reference=held, reference_set=held_name, nfe=tdpm.report_level(t_trunc),
               dip_its=dip_iterations, fitted=train_fit, note=f"fit to {n} training images")
     if "tdpm_held" in methods:
-        with metrics.CudaTimer(device) as timer:
-            fake = _fit_tdpm_batches(unet, scheduler, held_fit, generator=generator_fn(OFFSETS["gen_tdpm_held"]),
-                                     seed=seed + 1, **tdpm_kw)
+        fake = _fit_tdpm_batches(unet, scheduler, held_fit, generator=generator_fn(OFFSETS["gen_tdpm_held"]),
+                                 seed=seed + 1, **tdpm_kw)
         note = f"fit to {n_held} held-out images"
         if n_held < n:
             note += f" (n capped by the {len(held)} held-out images)"
         score("tdpm_held", fake, reference=train_ref, reference_set=f"training images it did not fit ({n_held})",
-              seconds=timer.seconds, nfe=tdpm.report_level(t_trunc), dip_its=dip_iterations, fitted=held_fit, note=note)
-    score("real", train_fit, reference=held, reference_set=held_name, seconds=0.0, nfe=0, dip_its=0,
+              nfe=tdpm.report_level(t_trunc), dip_its=dip_iterations, fitted=held_fit, note=note)
+    score("real", train_fit, reference=held, reference_set=held_name, nfe=0, dip_its=0,
           note=f"{n} real training images scored as if generated: the metrics' value for real data "
                "(memorisation columns: they are training images)")
     return pd.DataFrame(rows), samples

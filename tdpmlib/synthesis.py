@@ -2,9 +2,10 @@
 
 ``answer`` / ``answer_details`` / ``answer_overall`` read chapter 03's ``study_paired.csv`` (the best hybrid against
 the best DDPM alone and the best DIP alone, chosen on validation images); ``hybrid_comparisons`` / ``hybrid_text``
-pair every hybrid with those two; ``speed_table`` gives seconds and network evaluations; ``example2_paired`` /
-``example2_text`` pair chapter 05's stopping rules. Every comparison is paired over the test images and read in
-the book's one vocabulary (``tdpmlib.comparison``).
+pair every hybrid with those two; ``example2_paired`` / ``example2_text`` pair chapter 05's stopping rules. Every
+comparison is paired over the test images and read in the book's one vocabulary (``tdpmlib.comparison``). Time
+ratios come from chapter 08's timing benchmark (``timings``, ``tdpmlib.timing.read``), never from the rows; the
+summary tables and the generation sentence are in ``tdpmlib.summary`` (read here as ``synthesis.*`` too).
 
 Chapter 07 reads the other chapters' results: ``ensure_results`` runs a producing notebook when its file is
 missing, ``optional_results`` reads an optional table if it is there.
@@ -13,6 +14,7 @@ missing, ``optional_results`` reads an optional table if it is there.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -21,6 +23,8 @@ import pandas as pd
 from . import comparison
 from .comparison import BETTER, WORDS, WORSE
 from .remote import BRANCH, REPOSITORY, raw_url  # noqa: F401  (REPOSITORY and BRANCH are read as synthesis.*)
+from .summary import (FAMILIES, SUMMARY_FLOORS, SUMMARY_METHODS, best_by_family,  # noqa: F401  (read as synthesis.*)
+                      generation_summary, seconds, speed_table, summary_table)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -97,22 +101,22 @@ def optional_results(cfg, producer: str, name: str) -> tuple[pd.DataFrame | None
 # The synthesis (chapter 07): does combining DDPM and DIP beat each alone?
 # ------------------------------------------------------------------------------------------------------
 
-FAMILIES = ("DDPM", "DIP", "hybrid")
+def time_ratio(timings: pd.DataFrame | None, sigma, a: str, b: str) -> float:
+    """Seconds per image of study method ``a`` over ``b`` at sigma, both from the timing benchmark (NaN without)."""
+    return seconds(timings, sigma, a) / seconds(timings, sigma, b)
 
 
-def best_by_family(study_rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (sigma, family) of chapter 03's study rows: the method with the best mean validation PSNR (the choice
-    chapter 03 makes before it scores the test images). Columns: sigma, family, method_key, val_psnr."""
-    v = study_rows[(study_rows["split"] == "val") & study_rows["family"].isin(FAMILIES)]
-    m = v.groupby(["sigma", "family", "method_key"], sort=False)["psnr"].mean().rename("val_psnr").reset_index()
-    return m.loc[m.groupby(["sigma", "family"], sort=False)["val_psnr"].idxmax()].reset_index(drop=True)
+def _timed(v) -> bool:
+    return v is not None and math.isfinite(float(v))
 
 
-def answer(study_paired: pd.DataFrame) -> pd.DataFrame:
-    """Chapter 03's study_paired.csv (the best hybrid against the best DDPM alone and the best DIP alone, per
-    sigma) with each comparison's ``outcome`` and the family it was compared with."""
+def answer(study_paired: pd.DataFrame, *, timings: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Chapter 03's study_paired.csv (the best hybrid ``a`` against the best DDPM alone and the best DIP alone ``b``,
+    per sigma) with each comparison's ``outcome`` and ``time_ratio``, the seconds per image of a over b in the
+    timing benchmark (NaN without ``timings``)."""
     out = study_paired.copy()
     out["outcome"] = [comparison.outcome(r) for r in out.to_dict("records")]
+    out["time_ratio"] = [time_ratio(timings, s, a, b) for s, a, b in zip(out["sigma"], out["a"], out["b"])]
     return out
 
 
@@ -132,13 +136,14 @@ def _family(label: str, families: dict | None) -> str:
 
 
 def answer_details(ans: pd.DataFrame, *, families: dict | None = None) -> str:
-    """Per sigma: the best hybrid against each method alone (outcome, paired difference, time ratio).
+    """Per sigma: the best hybrid against each method alone (outcome, paired difference, time ratio when timed).
     ``families`` maps a compared method's label to "DDPM" or "DIP" (default: read from the label)."""
     per = []
     for sigma, g in ans.groupby("sigma", sort=True):
         parts = [f"{r['outcome']} the best {_family(r['against'], families)} alone, {r['against']} "
-                 f"({comparison.fmt_diff(r)}, wins {int(r['wins'])} of {int(r['n'])}, {comparison.fmt_ratio(r['time_ratio'])} its time per "
-                 f"image)" for r in g.to_dict("records")]
+                 f"({comparison.fmt_diff(r)}, wins {int(r['wins'])} of {int(r['n'])}"
+                 + (f", {comparison.fmt_ratio(r['time_ratio'])} its time per image" if _timed(r["time_ratio"]) else "")
+                 + ")" for r in g.to_dict("records")]
         per.append(f"At σ = {comparison.fmt_sigma(sigma)} the best hybrid on the validation images, {g['hybrid'].iloc[0]}, is "
                    + " and ".join(parts) + ".")
     return " ".join(per)
@@ -146,11 +151,13 @@ def answer_details(ans: pd.DataFrame, *, families: dict | None = None) -> str:
 
 def answer_overall(ans: pd.DataFrame) -> str:
     """The answer to the assignment's question from ``answer``'s rows: in quality (where the paired intervals
-    lie) and in speed (the time ratios, one measurement per method), per noise level."""
+    lie) and in speed (the time ratios of chapter 08's benchmark), per noise level."""
     quality, speed = {}, {}
     for sigma, g in ans.groupby("sigma", sort=True):
         quality[sigma] = int((g["outcome"] == BETTER).sum()), int((g["outcome"] == WORSE).sum()), len(g)
-        speed[sigma] = int((g["time_ratio"] < 1).sum()), len(g)
+        timed = g["time_ratio"].map(_timed)
+        if timed.all():
+            speed[sigma] = int((g["time_ratio"] < 1).sum()), len(g)
     both = [s for s, (b, _, n) in quality.items() if b == n]
     some = [s for s, (b, _, n) in quality.items() if 0 < b < n]
     rest = [s for s in quality if s not in both and s not in some]
@@ -162,14 +169,16 @@ def answer_overall(ans: pd.DataFrame) -> str:
     slow = [s for s, (f, n) in speed.items() if f == 0]
     mid = [s for s in speed if s not in fast and s not in slow]
     sp = _at(("faster than both", fast), ("slower than both", slow), ("faster than one and slower than the other", mid))
-    return ("In quality (PSNR on the test images) the best combination of DDPM and DIP " + comparison.join_and(q)
-            + ". In speed (wall clock per image, one measurement per method) it is " + comparison.join_and(sp) + ".")
+    text = "In quality (PSNR on the test images) the best combination of DDPM and DIP " + comparison.join_and(q) + "."
+    if sp:
+        text += " In speed (seconds per image in chapter 08's benchmark) it is " + comparison.join_and(sp) + "."
+    return text
 
 
-def hybrid_comparisons(study_rows: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+def hybrid_comparisons(study_rows: pd.DataFrame, *, seed: int = 0, timings: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every hybrid of chapter 03's study against the best DDPM alone and the best DIP alone (chosen on the
-    validation images, ``best_by_family``), paired on the test images, with the ratio of their mean seconds per
-    image."""
+    validation images, ``best_by_family``), paired on the test images, with the ratio of their seconds per image
+    in the timing benchmark (``time_ratio``; NaN without ``timings``)."""
     best = best_by_family(study_rows).set_index(["sigma", "family"])["method_key"]
     test = study_rows[study_rows["split"] == "test"]
     out = []
@@ -185,7 +194,7 @@ def hybrid_comparisons(study_rows: pd.DataFrame, *, seed: int = 0) -> pd.DataFra
                 out.append(dict(sigma=sigma, hybrid_key=h, hybrid=ra["method"].iloc[0], family=fam, against_key=o,
                                 against=rb["method"].iloc[0], **s, a_psnr=float(ra["psnr"].mean()),
                                 b_psnr=float(rb["psnr"].mean()),
-                                time_ratio=float(ra["seconds"].mean() / rb["seconds"].mean()),
+                                time_ratio=time_ratio(timings, sigma, h, o),
                                 outcome=comparison.outcome(s)))
     return pd.DataFrame(out)
 
@@ -201,25 +210,6 @@ def hybrid_text(comp: pd.DataFrame, key: str, name: str) -> str:
             f"{r['outcome']} the best {r['family']} alone ({comparison.fmt_diff(r)})" for r in gs.to_dict("records")))
     text = "; ".join(out)
     return f"{name}: {text[0].lower() + text[1:]}."
-
-
-def speed_table(study_rows: pd.DataFrame) -> pd.DataFrame:
-    """Per sigma: the best DDPM alone, the best DIP alone (chosen on validation) and every hybrid, with their test
-    PSNR, seconds per image (DIP fitting included), network evaluations and DIP iterations."""
-    best = best_by_family(study_rows)
-    test = study_rows[study_rows["split"] == "test"]
-    rows = []
-    for sigma in sorted(test["sigma"].unique()):
-        t = test[test["sigma"] == sigma]
-        keys = [best.loc[(best["sigma"] == sigma) & (best["family"] == f), "method_key"] for f in ("DDPM", "DIP")]
-        keys = [k.iloc[0] for k in keys if len(k)]
-        keys += [k for k in dict.fromkeys(t.loc[t["family"] == "hybrid", "method_key"]) if k not in keys]
-        for k in keys:
-            r = t[t["method_key"] == k]
-            rows.append(dict(sigma=sigma, method=r["method"].iloc[0], family=r["family"].iloc[0],
-                             psnr=float(r["psnr"].mean()), seconds=float(r["seconds"].mean()),
-                             nfe=int(r["nfe"].iloc[0]), dip_iterations=int(r["dip_iterations"].iloc[0])))
-    return pd.DataFrame(rows)
 
 
 def example2_paired(per_image: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
@@ -265,53 +255,6 @@ def example2_text(comp: pd.DataFrame) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------
-# The book's summary table (the intro and chapter 07): each approach once per noise level
-# ------------------------------------------------------------------------------------------------------
-
-# (row label, chapter 03 method_key); the DDPM-alone row is the family's best on the validation images
-SUMMARY_METHODS = (("DIP, official protocol", "dip_official"), ("DIP, report's protocol", "dip_plain"),
-                   ("TDPM-DIP, matched state", "tdpm_matched"),
-                   ("TDPM-DIP, earlier variant: DIP then T_trunc polishing steps", "dip_polish"),
-                   ("Example 1: DIP then SDEdit", "sdedit"))
-# Rule 3 of the book: every denoising table carries the trivial floors.
-SUMMARY_FLOORS = (("Floor: non-local means", "nlm"), ("Floor: training-mean image", "train_mean"),
-                  ("Floor: noisy input", "noisy"))
-
-
-def summary_table(study_rows: pd.DataFrame, example2_rows: pd.DataFrame | None = None, *,
-                  sigmas=(25, 50)) -> pd.DataFrame:
-    """Per sigma (of ``sigmas`` that chapter 03 ran): the best DDPM alone (chosen on validation), both DIP
-    protocols, the matched TDPM-DIP, Example 1 and, from chapter 05's test rows, Example 2's DDPM-guided stop, with
-    mean test PSNR, SSIM, network evaluations, DIP iterations and seconds per image (DIP fitting included).
-    Chapter 05 scores its own test images (``n`` says how many). Columns: sigma, method, psnr, ssim, nfe,
-    dip_iterations, seconds, n."""
-    best = best_by_family(study_rows)
-    test = study_rows[study_rows["split"] == "test"]
-    rows = []
-    for sigma in [s for s in sigmas if s in set(test["sigma"])]:
-        t = test[test["sigma"] == sigma]
-        ddpm_key = best.loc[(best["sigma"] == sigma) & (best["family"] == "DDPM"), "method_key"]
-        entries = [(f"DDPM alone: {t.loc[t['method_key'] == k, 'method'].iloc[0]}", k) for k in ddpm_key]
-        for label, key in entries + [e for e in SUMMARY_METHODS if (t["method_key"] == e[1]).any()]:
-            r = t[t["method_key"] == key]
-            rows.append(dict(sigma=sigma, method=label, psnr=r["psnr"].mean(), ssim=r["ssim"].mean(),
-                             nfe=int(round(r["nfe"].mean())), dip_iterations=int(round(r["dip_iterations"].mean())),
-                             seconds=r["seconds"].mean(), n=len(r)))
-        if example2_rows is not None and len(example2_rows):
-            g = example2_rows[(example2_rows["rule_key"] == "guided")
-                              & (example2_rows["sigma255"].round() == sigma)]
-            if len(g):
-                rows.append(dict(sigma=sigma, method="Example 2: DIP stopped by the DDPM schedule", psnr=g["psnr"].mean(),
-                                 ssim=g["ssim"].mean(), nfe=0, dip_iterations=int(round(g["iterations"].mean())),
-                                 seconds=g["seconds"].mean(), n=len(g)))
-        for label, key in [e for e in SUMMARY_FLOORS if (t["method_key"] == e[1]).any()]:
-            r = t[t["method_key"] == key]
-            rows.append(dict(sigma=sigma, method=label, psnr=r["psnr"].mean(), ssim=r["ssim"].mean(), nfe=0,
-                             dip_iterations=0, seconds=r["seconds"].mean(), n=len(r)))
-    return pd.DataFrame(rows, columns=["sigma", "method", "psnr", "ssim", "nfe", "dip_iterations", "seconds", "n"])
-
-
-# ------------------------------------------------------------------------------------------------------
 # The executive summary (the intro and the end of chapter 07): a few sentences with the measured numbers
 # ------------------------------------------------------------------------------------------------------
 
@@ -342,8 +285,9 @@ def _versus(g: pd.DataFrame, family: str) -> str:
         which = f" ({names[0]})" if len(names) == 1 else ""
         parts.append(f"{o} the best {family} alone{which} {where}{size}")
     wins = _span(g["wins"], lambda v: f"{int(v)}")
-    return (comparison.join_and(parts) + f" (it wins on {wins} of {int(g['n'].max())} test images, and takes "
-            f"{_span(g['time_ratio'], _ratio)} times as long per image)")
+    took = (f", and takes {_span(g['time_ratio'], _ratio)} times as long per image"
+            if g["time_ratio"].map(_timed).all() else "")
+    return comparison.join_and(parts) + f" (it wins on {wins} of {int(g['n'].max())} test images{took})"
 
 
 def _verdict(ans: pd.DataFrame) -> str:
@@ -359,11 +303,13 @@ def _verdict(ans: pd.DataFrame) -> str:
         head = "no: in quality the best combination beats neither method alone at every noise level tested"
     speed = []
     for fam, g in ans.groupby("family", sort=False):
+        if not g["time_ratio"].map(_timed).all():
+            continue
         fast = g["time_ratio"] < 1
         speed.append(f"faster than the {fam} alone" if fast.all() else f"slower than the {fam} alone" if not fast.any()
                      else f"about as fast as the {fam} alone")
-    return (f"Does combining a DDPM with a DIP beat each alone? In this run the answer is {head}, and in speed it is "
-            f"{comparison.join_and(speed)}.")
+    tail = f", and in speed it is {comparison.join_and(speed)}" if speed else ""
+    return f"Does combining a DDPM with a DIP beat each alone? In this run the answer is {head}{tail}."
 
 
 def executive_summary(comp: pd.DataFrame, *, best: dict, example2: pd.DataFrame | None = None, claims: str = "",
@@ -397,26 +343,3 @@ def executive_summary(comp: pd.DataFrame, *, best: dict, example2: pd.DataFrame 
         out.append(f"Example 2's DDPM-guided stop is {comparison.join_and(parts)}.")
     out += [c for c in (claims, context) if c]
     return " ".join(out)
-
-
-def generation_summary(gen: pd.DataFrame, *, speedup: float | None = None, speed_source: str = "") -> str:
-    """One sentence on TDPM-DIP as a generator (chapter 03's generation.csv): its speed against DDPM-1000, and
-    what its samples are (the fraction that copy the images its DIPs were fit to, ``frac_copies_fit``), with the
-    SWD of both and of real images. ``speedup`` (with ``speed_source``, e.g. "in chapter 08's benchmark")
-    replaces the ratio of chapter 03's own timings. Empty when the table lacks those rows."""
-    g = gen.set_index("method_key")
-    if not {"tdpm_train", "ddpm"} <= set(g.index):
-        return ""
-    t, d = g.loc["tdpm_train"], g.loc["ddpm"]
-    ratio = d["seconds_per_image"] / t["seconds_per_image"] if speedup is None else speedup
-    where = f" {speed_source}" if speed_source else ""
-    text = (f"As a generator, TDPM-DIP as the report runs it is {ratio:.1f} times faster per sample than the DDPM with "
-            f"1000 steps{where}, but {t['frac_copies_fit']:.0%} of its samples are "
-            f"copies of the training images its DIPs were fit to (of the DDPM's samples, {d['frac_copies']:.0%} copy a "
-            f"training image)")
-    if "tdpm_held" in g.index:
-        text += f", and {g.loc['tdpm_held', 'frac_copies_fit']:.0%} when the DIPs are fit to held-out images instead"
-    swd = f"sliced Wasserstein distance to held-out images, lower is better: {t['swd']:.1f} against the DDPM's {d['swd']:.1f}"
-    if "real" in g.index:
-        swd += f" and real images' {g.loc['real', 'swd']:.1f}"
-    return f"{text} ({swd})."

@@ -27,6 +27,8 @@ it is given; ``denoise`` is the variant that sees only an observation y at level
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -139,20 +141,49 @@ def denoise(unet, scheduler, y: torch.Tensor, t_obs: int, *, t_trunc: int, dip_i
                 device=device, reference=reference, dip_kwargs=dip_kwargs, fast=fast)
 
 
-def estimated_error_var(x_hat: torch.Tensor, y_scaled: torch.Tensor, v_obs: float) -> torch.Tensor:
-    """Per image, from the observation alone: E||x_hat - x0||^2 / D estimated as the residual variance
-    against y / sqrt(abar_obs) minus the known noise variance v_obs (clamped at 0). Unbiased when x_hat
-    has not fit the noise (the cross term then vanishes); low when it has."""
-    return ((x_hat.float() - y_scaled.float()).flatten(1).pow(2).mean(1) - v_obs).clamp_min(0)
+def check_absorbed(absorbed) -> float:
+    """``absorbed`` (the fraction of the observation noise a DIP estimate has fitted) must be a finite number."""
+    if isinstance(absorbed, bool) or not isinstance(absorbed, numbers.Real) or not math.isfinite(absorbed):
+        raise ValueError(f"absorbed={absorbed!r} is not allowed; use a finite number (0 = no noise fitted)")
+    return float(absorbed)
+
+
+def estimated_error_var(x_hat: torch.Tensor, y_scaled: torch.Tensor, v_obs: float, *,
+                        absorbed: float = 0.0) -> torch.Tensor:
+    """Per image, from the observation alone: E||x_hat - x0||^2 / D estimated from the residual variance
+    resid = ||x_hat - y / sqrt(abar_obs)||^2 / D as resid - v_obs (1 - 2 absorbed), clamped at 0.
+
+    If x_hat = x0 + e + a n has fitted a fraction a of the observation noise n (variance v_obs), then
+    E[resid] = E||e + a n||^2 / D - 2 a v_obs + v_obs: with ``absorbed`` = a the estimate is unbiased; with
+    ``absorbed`` = 0 (the default, a DIP that has fitted no noise) it is low by 2 a v_obs.
+    ``calibrate_absorbed`` fits a on images whose clean version is known (validation images)."""
+    absorbed = check_absorbed(absorbed)
+    resid = (x_hat.float() - y_scaled.float()).flatten(1).pow(2).mean(1)
+    return (resid - v_obs * (1 - 2 * absorbed)).clamp_min(0)
+
+
+def calibrate_absorbed(x_hat: torch.Tensor, y_scaled: torch.Tensor, clean: torch.Tensor, v_obs: float) -> float:
+    """The fraction a of the observation noise that makes ``estimated_error_var``'s mean over these images
+    unbiased: the mean over images of (||x_hat - clean||^2 / D - resid + v_obs) / (2 v_obs), resid as there
+    (not clamped). It needs the clean images: compute it on validation images and use it on test images."""
+    if isinstance(v_obs, bool) or not isinstance(v_obs, numbers.Real) or not 0 < v_obs < math.inf:
+        raise ValueError(f"v_obs={v_obs!r} is not allowed; use a positive number (the observation's noise variance)")
+    if not x_hat.shape == y_scaled.shape == clean.shape or len(x_hat) == 0:
+        raise ValueError(f"x_hat, y_scaled, clean have shapes {tuple(x_hat.shape)}, {tuple(y_scaled.shape)}, "
+                         f"{tuple(clean.shape)}; use the same non-empty shape")
+    err = (x_hat.double() - clean.double()).flatten(1).pow(2).mean(1)
+    resid = (x_hat.double() - y_scaled.double()).flatten(1).pow(2).mean(1)
+    return float(((err - resid + v_obs) / (2 * v_obs)).mean())
 
 
 def matched_state(x_hat: torch.Tensor, y: torch.Tensor, t_obs: int, t_trunc: int, scheduler, *,
-                  generator: torch.Generator) -> torch.Tensor:
+                  generator: torch.Generator, absorbed: float = 0.0) -> torch.Tensor:
     """The state at T_trunc built from a DIP estimate ``x_hat`` of x_0 and the observation y at t_obs:
-    x_T = sqrt(abar_T) (x_hat + sqrt(max(0, v_T - e_hat)) n), e_hat = ``estimated_error_var`` (module doc).
-    Fresh noise n comes from ``generator``; T_trunc = 0 returns x_hat."""
+    x_T = sqrt(abar_T) (x_hat + sqrt(max(0, v_T - e_hat)) n), e_hat = ``estimated_error_var`` with ``absorbed``
+    (module doc). Fresh noise n comes from ``generator``; T_trunc = 0 returns x_hat."""
     schedules.check_level("t_obs", t_obs, scheduler, allow_zero=False)
     check_t_trunc(t_trunc, scheduler)
+    absorbed = check_absorbed(absorbed)
     if t_trunc > t_obs:
         raise ValueError(f"t_trunc={t_trunc!r} is not allowed; use 0..t_obs={t_obs}")
     if t_trunc == 0:
@@ -160,25 +191,29 @@ def matched_state(x_hat: torch.Tensor, y: torch.Tensor, t_obs: int, t_trunc: int
     ab_obs, ab_t = float(schedules.alpha_bar(scheduler, t_obs)), float(schedules.alpha_bar(scheduler, t_trunc))
     v_obs, v_t = (1 - ab_obs) / ab_obs, (1 - ab_t) / ab_t
     x_hat = x_hat.float().cpu()
-    e_hat = estimated_error_var(x_hat, (y.cpu() / ab_obs ** 0.5).float(), v_obs)
+    e_hat = estimated_error_var(x_hat, (y.cpu() / ab_obs ** 0.5).float(), v_obs, absorbed=absorbed)
     top_up = (v_t - e_hat).clamp_min(0).sqrt().view(-1, 1, 1, 1)
     return (ab_t ** 0.5 * (x_hat + top_up * torch.randn(x_hat.shape, generator=generator))).float()
 
 
 def denoise_matched(unet, scheduler, y: torch.Tensor, t_obs: int, *, t_trunc: int, dip_iterations: int = 100,
                     generator: torch.Generator, device="cpu", reference: torch.Tensor | None = None,
-                    z: torch.Tensor | None = None, fast: bool | None = None, **dip_kwargs) -> TDPMResult:
+                    z: torch.Tensor | None = None, fast: bool | None = None, absorbed: float = 0.0,
+                    **dip_kwargs) -> TDPMResult:
     """TDPM-DIP with a matched state: DIP on y / sqrt(abar_obs), then ``matched_state`` (topped up with fresh
-    noise to the level T_trunc expects), then T_trunc reverse steps. Sees only y; ``reference`` (the clean
-    image) is used for the recorded curves and ``noise_ratio`` only. T_trunc = 0 returns the DIP output."""
+    noise to the level T_trunc expects; ``absorbed`` as there), then T_trunc reverse steps. Sees only y;
+    ``reference`` (the clean image) is used for the recorded curves and ``noise_ratio`` only. T_trunc = 0
+    returns the DIP output."""
     schedules.check_level("t_obs", t_obs, scheduler, allow_zero=False)
     check_t_trunc(t_trunc, scheduler)
+    check_absorbed(absorbed)
     if t_trunc > t_obs:
         raise ValueError(f"t_trunc={t_trunc!r} is not allowed; use 0..t_obs={t_obs}")
     y_scaled = (y / float(schedules.alpha_bar(scheduler, t_obs)) ** 0.5).float()
     return _run(unet, scheduler, y_scaled, z, t_trunc=t_trunc, dip_iterations=dip_iterations, generator=generator,
                 device=device, reference=reference, dip_kwargs=dip_kwargs, fast=fast,
-                to_state=lambda x_hat: matched_state(x_hat, y, t_obs, t_trunc, scheduler, generator=generator))
+                to_state=lambda x_hat: matched_state(x_hat, y, t_obs, t_trunc, scheduler, generator=generator,
+                                                     absorbed=absorbed))
 
 
 def reverse_from_state(unet, scheduler, state: torch.Tensor, t_trunc: int, *, generator: torch.Generator,

@@ -31,6 +31,12 @@ def test_settings_fill_the_plan_and_check_every_parameter():
         ablate.settings("cpu", lr_sigmas="15")
     assert ablate.settings("paper", sigmas="15,50")["lr_sigmas"] == (50,)   # the plan's levels cut to this run's
     assert ablate.settings("cpu", sigmas="15")["lr_sigmas"] == (15,)
+    assert cpu["readouts"] == tdpm.READOUTS and cpu["readout_chains"] == 4
+    r = ablate.settings("cpu", readouts="posterior_mean", readout_chains="8")
+    assert r["readouts"] == ("ancestral", "posterior_mean") and r["readout_chains"] == 8  # ancestral always runs
+    for bad in (dict(readouts="tweedie"), dict(readout_chains="0"), dict(readout_chains="2,4"), dict(readout_chains="x")):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}="):
+            ablate.settings("cpu", **bad)
     with pytest.raises(ValueError, match='or "" for none'):
         ablate.settings("cpu", lr_factors="x")
     with pytest.raises(ValueError, match="unknown ablation parameter"):
@@ -44,6 +50,12 @@ def test_settings_fill_the_plan_and_check_every_parameter():
 def test_levels_round_fractions_and_keep_the_first():
     assert ablate.levels(57, (0, 0.0625, 0.125, 0.25, 0.5)) == {0: 0, 4: 0.0625, 7: 0.125, 14: 0.25, 28: 0.5}
     assert ablate.levels(4, (0, 0.0625, 0.125, 1)) == {0: 0, 1: 0.0625, 4: 1}  # 0.125 * 4 lands on 1 too
+    # chapter 03's level joins the grid at level / t, in level order; a level the grid has keeps its fraction
+    assert ablate.levels(115, (0, 0.125, 0.5), extra_levels=(29, 14)) == {0: 0, 14: 0.125, 29: 29 / 115, 58: 0.5}
+    assert list(ablate.levels(115, (0, 0.5), extra_levels=(29,))) == [0, 29, 58]
+    for bad in ((116,), (-1,), (2.0,), (True,)):
+        with pytest.raises(ValueError, match="extra_levels="):
+            ablate.levels(115, (0,), extra_levels=bad)
     assert ablate_paired.fmt_level(7, 0.125) == "7 (t/8)" and ablate_paired.fmt_level(0, 0) == "0 (DIP alone)"
     assert ablate_paired.fmt_level(57, 1.0) == "57 (t)" and ablate_paired.fmt_level(20, 0.35) == "20 (0.35 t)"
 
@@ -63,6 +75,20 @@ def test_matched_state_equals_tdpm_for_the_observations_own_schedule():
     ref = tdpm.matched_state(x_hat, y, t_obs, level, sched, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     assert ablate.matched_state(x_hat, y, 0.1, 0, sched, generator=g) is x_hat
+    # an estimate that has fitted half the observation noise: the calibrated state is tdpm's and carries the
+    # noise the level expects; the uncalibrated one (error estimate low by 2 a v_obs) tops up too much
+    v_obs = schedules.noise_var(sched, t_obs)
+    x_half = (x0 + 0.5 * (y / ab ** 0.5 - x0)).float()
+    a = tdpm.calibrate_absorbed(x_half, y / ab ** 0.5, x0, v_obs)
+    assert a == pytest.approx(0.5, abs=1e-4)
+    states = {aa: ablate.matched_state(x_half, y / ab ** 0.5, v_obs, t_obs, sched, absorbed=aa,
+                                       generator=torch.Generator().manual_seed(5)) for aa in (0.0, a)}
+    ref_a = tdpm.matched_state(x_half, y, t_obs, t_obs, sched, generator=torch.Generator().manual_seed(5), absorbed=a)
+    torch.testing.assert_close(states[a], ref_a, rtol=1e-5, atol=1e-5)
+    ratio = {aa: float(tdpm.noise_ratio(st, x0, t_obs, sched).mean()) for aa, st in states.items()}
+    assert abs(ratio[a] - 1) < 0.1 and ratio[0.0] > ratio[a] + 0.05
+    with pytest.raises(ValueError, match="absorbed="):
+        ablate.matched_state(x_hat, y, v_obs, level, sched, generator=g, absorbed=float("nan"))
 
 
 def test_matched_state_carries_the_noise_the_other_schedule_expects():
@@ -132,17 +158,62 @@ def fit(tiny):
 
 def test_t_trunc_rows_start_from_the_dip_alone(tiny, fit):
     models_, obs = tiny
-    rows = ablate.t_trunc_rows(*models_["linear"], "linear", obs, fit, 4, (0, 0.125, 0.5), seed=0, device="cpu")
-    assert list(rows.columns) == list(ablate.ROW_COLUMNS)
-    assert sorted(rows["nfe"].unique()) == [0, 14, 58] and len(rows) == 3 * 7
+    rows = ablate.t_trunc_rows(*models_["linear"], "linear", obs, fit, 4, (0, 0.125, 0.5), seed=0)
+    assert list(rows.columns) == list(ablate.ROW_COLUMNS) and "seconds" not in rows.columns
+    assert sorted(rows["nfe"].unique()) == [0, 14, 58] and len(rows) == 3 * 7 and set(rows["readout"]) == {"ancestral"}
     dip_alone = rows[rows["nfe"] == 0].sort_values("image")["psnr"].to_numpy()
     np.testing.assert_allclose(dip_alone, study.metrics.psnr(fit["outputs"][4].clamp(-1, 1), obs.clean).numpy(), rtol=1e-5)
     assert rows.loc[rows["nfe"] > 0, "noise_ratio"].notna().all() and rows.loc[rows["nfe"] == 0, "noise_ratio"].isna().all()
-    assert (rows.loc[rows["nfe"] > 0, "seconds"] >= ablate.dip_seconds(fit, 4)).all()
-    cos = ablate.t_trunc_rows(*models_["cosine"], "cosine", obs, fit, 4, (0, 0.5), seed=0, device="cpu")
+    cos = ablate.t_trunc_rows(*models_["cosine"], "cosine", obs, fit, 4, (0, 0.5), seed=0)
     assert cos["t"].iloc[0] == ablate.schedule_level(models_["cosine"][1], obs.v_obs)[0] > obs.t
     # the same DIP output under both schedules: the DIP alone is identical
     np.testing.assert_allclose(cos[cos["nfe"] == 0]["psnr"], rows[rows["nfe"] == 0]["psnr"])
+    # chapter 03's level joins the grid; the other levels' draws do not change
+    extra = ablate.t_trunc_rows(*models_["linear"], "linear", obs, fit, 4, (0, 0.125, 0.5), seed=0, extra_levels=(29,))
+    assert sorted(extra["nfe"].unique()) == [0, 14, 29, 58]
+    assert extra.loc[extra["nfe"] == 29, "value"].iloc[0] == pytest.approx(29 / 115)
+    pd.testing.assert_frame_equal(extra[extra["nfe"] != 29].reset_index(drop=True), rows)
+
+
+def test_every_readout_reads_the_same_state(tiny, fit):
+    """The readouts of one level read the one state: "ancestral" is the draw without other readouts, the mean of
+    one chain is that draw, the posterior mean is Tweedie on the state; the NFE are ``tdpm.readout_nfe``'s."""
+    models_, obs = tiny
+    unet, sched = models_["linear"]
+    a = ablate.absorbed(fit, 4, obs)
+    val = slice(0, obs.n_val)
+    assert a == tdpm.calibrate_absorbed(fit["outputs"][4][val], obs.y_scaled[val], obs.clean[val], obs.v_obs)
+    kw = dict(seed=0, absorbed=a)
+    anc = ablate.t_trunc_rows(unet, sched, "linear", obs, fit, 4, (0, 0.125, 0.5), **kw)
+    allr = ablate.t_trunc_rows(unet, sched, "linear", obs, fit, 4, (0, 0.125, 0.5), readouts=tdpm.READOUTS,
+                               n_chains=3, **kw)
+    pd.testing.assert_frame_equal(allr[allr["readout"] == "ancestral"].reset_index(drop=True), anc)
+    assert len(allr[allr["nfe"] == 0]) == 7  # the DIP alone once, whatever the readouts
+    key = allr.set_index(["readout", "value"])["method_key"].groupby(level=[0, 1]).first()
+    assert key[("ancestral", 0.125)] == "t_trunc=14" and key[("posterior_mean", 0.125)] == "t_trunc=14, posterior_mean"
+    assert key[("mean_chains", 0.5)] == "t_trunc=58, mean_chains n=3"
+    nfe = allr.groupby(["readout", "value"])["nfe"].first()
+    assert nfe[("posterior_mean", 0.5)] == 1 and nfe[("mean_chains", 0.5)] == 3 * 58 and nfe[("ancestral", 0.5)] == 58
+    # the same state: rebuilt from the same generator, its posterior mean is the posterior_mean rows
+    state = ablate.matched_state(fit["outputs"][4], obs.y_scaled, obs.v_obs, 14, sched, absorbed=a,
+                                 generator=ablate.generator(0, "t_trunc", 50, "linear", 14))
+    pm = study.metrics.psnr(tdpm.tweedie(unet, sched, state, 14), obs.clean).numpy()
+    got = allr[allr["method_key"] == "t_trunc=14, posterior_mean"].sort_values("image")["psnr"].to_numpy()
+    np.testing.assert_allclose(got, pm, rtol=1e-5)
+    # the mean of one chain is the ancestral draw; the noise ratio is the state's, the same for every readout
+    one = ablate.t_trunc_rows(unet, sched, "linear", obs, fit, 4, (0, 0.125), readouts=("ancestral", "mean_chains"),
+                              n_chains=1, **kw)
+    by = one[one["nfe"] == 14].pivot(index="image", columns="readout", values="psnr")
+    np.testing.assert_array_equal(by["mean_chains"].to_numpy(), by["ancestral"].to_numpy())
+    ratios = allr[allr["value"] == 0.125].pivot(index="image", columns="readout", values="noise_ratio")
+    assert (ratios.nunique(axis=1) == 1).all()
+    # the other readouts only at readout_levels
+    some = ablate.t_trunc_rows(unet, sched, "linear", obs, fit, 4, (0, 0.125, 0.5), readouts=tdpm.READOUTS,
+                               readout_levels=(58,), **kw)
+    assert set(some.loc[some["readout"] != "ancestral", "value"]) == {0.5}
+    for bad in (("posterior_mean",), ("ancestral", "ancestral"), ("ancestral", "tweedie")):
+        with pytest.raises(ValueError, match="readout"):
+            ablate.t_trunc_rows(unet, sched, "linear", obs, fit, 4, (0,), seed=0, readouts=bad)
 
 
 def test_ddpm_and_chain_rows_on_the_test_images(tiny, fit):
@@ -150,7 +221,8 @@ def test_ddpm_and_chain_rows_on_the_test_images(tiny, fit):
     d = ablate.ddpm_rows(*models_["cosine"], "cosine", obs, seed=0, device="cpu")
     assert set(d["split"]) == {"test"} and set(d["method_key"]) == {"tweedie", "ddpm"}
     assert d.loc[d["method_key"] == "ddpm", "nfe"].iloc[0] == d["t"].iloc[0]
-    c = ablate.chains_rows(*models_["linear"], "linear", obs, fit, 4, 7, (1, 2, 4), seed=0, device="cpu")
+    assert d.groupby("method_key")["readout"].first().to_dict() == dict(ddpm="ancestral", tweedie="posterior_mean")
+    c = ablate.chains_rows(*models_["linear"], "linear", obs, fit, 4, 7, (1, 2, 4), seed=0)
     assert set(c["value"]) == {1, 2, 4} and set(c["split"]) == {"test"} and list(c["nfe"].unique()) == [7, 14, 28]
     assert sorted(c["image"].unique()) == [3, 4, 5, 6]  # the test images keep their index among val + test
 
@@ -160,22 +232,22 @@ def test_the_first_chain_can_be_the_t_trunc_draw(tiny, fit):
     the mean of K chains includes it."""
     models_, obs = tiny
     keep = {}
-    rows = ablate.t_trunc_rows(*models_["linear"], "linear", obs, fit, 4, (0, 0.125), seed=0, device="cpu", keep=keep)
+    rows = ablate.t_trunc_rows(*models_["linear"], "linear", obs, fit, 4, (0, 0.125), seed=0, keep=keep,
+                               readouts=tdpm.READOUTS, n_chains=2)
     assert list(keep) == [(50, "linear", 14)]
-    x1, sec = keep[(50, "linear", 14)]
-    assert x1.shape == obs.clean[obs.test].shape and sec >= 0
-    c = ablate.chains_rows(*models_["linear"], "linear", obs, fit, 4, 14, (1, 3), seed=0, device="cpu", first=keep[(50, "linear", 14)])
+    x1 = keep[(50, "linear", 14)]
+    assert x1.shape == obs.clean[obs.test].shape
+    c = ablate.chains_rows(*models_["linear"], "linear", obs, fit, 4, 14, (1, 3), seed=0, first=x1)
     one = c[c["value"] == 1].sort_values("image")
-    same = rows[(rows["nfe"] == 14) & (rows["split"] == "test")].sort_values("image")
+    same = rows[(rows["method_key"] == "t_trunc=14") & (rows["split"] == "test")].sort_values("image")
     np.testing.assert_array_equal(one["psnr"].to_numpy(), same["psnr"].to_numpy())
     three = c[c["value"] == 3]
     assert not np.allclose(three["psnr"].to_numpy(), one["psnr"].to_numpy())
-    assert list(c["nfe"].unique()) == [14, 42] and (c["seconds"] >= ablate.dip_seconds(fit, 4)).all()
-    c1 = ablate.chains_rows(*models_["linear"], "linear", obs, fit, 4, 14, (1,), seed=0, device="cpu", first=keep[(50, "linear", 14)])
+    assert list(c["nfe"].unique()) == [14, 42]
+    c1 = ablate.chains_rows(*models_["linear"], "linear", obs, fit, 4, 14, (1,), seed=0, first=x1)
     np.testing.assert_array_equal(c1["psnr"].to_numpy(), one["psnr"].to_numpy())
     with pytest.raises(ValueError, match="first chain"):
-        ablate.chains_rows(*models_["linear"], "linear", obs, fit, 4, 14, (1, 2), seed=0, device="cpu",
-                           first=(x1[:1], sec))
+        ablate.chains_rows(*models_["linear"], "linear", obs, fit, 4, 14, (1, 2), seed=0, first=x1[:1])
 
 
 def test_iteration_rows_and_report_table3(tiny, fit):
@@ -186,9 +258,10 @@ def test_iteration_rows_and_report_table3(tiny, fit):
     assert set(lr["value"]) == {0.01} and set(lr["method_key"]) == {"lr=0.01, k=2", "lr=0.01, k=4"}
     t3 = ablate.report_table3(*models_["linear"], obs.clean[:2], t_truncs=(0, 5), dip_iterations=2, preset="tiny",
                               lr=1e-3, seed=0, device="cpu")
-    assert len(t3) == 2 * 2 * 2 and set(t3["protocol"]) == {"report", "corrected"}
+    assert len(t3) == 2 * 2 * 2 and set(t3["protocol"]) == {"report", "corrected"} and "seconds" not in t3.columns
     summ = ablate_paired.table3_summary(t3)
     assert list(summ["protocol"]) == ["report", "report", "corrected", "corrected"] and (summ["n"] == 2).all()
+    assert list(summ["nfe"]) == [1, 6, 1, 6] and not any("second" in c for c in summ.columns)
 
 
 # ------------------------------------------------------------------------------- choices and comparisons
@@ -206,25 +279,25 @@ def fake_rows():
                         rows.append(dict(ablation="t_trunc", sigma=sigma, schedule=sch, t=57, method_key=f"t_trunc={level}",
                                          method="x", value=frac, split=split, image=i,
                                          psnr=20 + i + (d + shift if level else 0) + noise * (level > 0), ssim=0.5,
-                                         seconds=1.0, nfe=level, dip_iterations=4,
+                                         readout="ancestral", nfe=level, dip_iterations=4,
                                          noise_ratio=np.nan if level == 0 else 28 / level + 0.01 * i))
             for key, d in (("tweedie", 0.3), ("ddpm", -0.2)):
                 for i in range(3, 8):
                     rows.append(dict(ablation="schedule", sigma=sigma, schedule=sch, t=57, method_key=key, method=key,
                                      value=57, split="test", image=i, psnr=18 + i + (d if sch == "cosine" else 0) * (1 + i % 2),
-                                     ssim=0.5, seconds=1.0, nfe=57, dip_iterations=0, noise_ratio=np.nan))
+                                     ssim=0.5, readout="ancestral", nfe=57, dip_iterations=0, noise_ratio=np.nan))
         for K in (1, 2):
             for i in range(3, 8):
                 rows.append(dict(ablation="chains", sigma=sigma, schedule="linear", t=57, method_key=f"K={K}",
                                  method=f"mean of {K}", value=K, split="test", image=i, psnr=21 + i + 0.5 * (K - 1),
-                                 ssim=0.5, seconds=1.0, nfe=7 * K, dip_iterations=4, noise_ratio=np.nan))
+                                 ssim=0.5, readout="ancestral", nfe=7 * K, dip_iterations=4, noise_ratio=np.nan))
         for k, d in ((2, -1.0), (4, 0.0), (8, 0.2)):
             for split, images in (("val", range(3)), ("test", range(3, 8))):
                 for i in images:
                     rows.append(dict(ablation="dip_iterations", sigma=sigma, schedule="linear", t=57, method_key=f"k={k}",
                                      method=f"DIP, {k} iterations", value=k, split=split, image=i,
-                                     psnr=20 + i + (d if split == "test" or k < 8 else -5), ssim=0.5, seconds=1.0, nfe=0,
-                                     dip_iterations=k, noise_ratio=np.nan))
+                                     psnr=20 + i + (d if split == "test" or k < 8 else -5), ssim=0.5, nfe=0,
+                                     readout="ancestral", dip_iterations=k, noise_ratio=np.nan))
     return pd.DataFrame(rows, columns=list(ablate.ROW_COLUMNS))
 
 
@@ -334,13 +407,13 @@ def test_sentences_follow_the_outcomes():
     ps = ablate_paired.schedule_paired(rows, hybrid, seed=0)
     pc = ablate_paired.chains_paired(rows, schedule="linear", seed=0)
     summary = ablate_paired.summary_text(pt, hybrid, ps, pc, "linear")
-    assert summary.startswith("At σ = 25 the matched TDPM-DIP at the T_trunc > 0 that does best on the validation "
+    assert summary.startswith("At σ = 25 the matched TDPM-DIP at the T_trunc > 0 chosen on the validation "
                               "images, 7 (t/8), is better than the DIP alone (+1.")
     assert "for TDPM-DIP the cosine schedule is better than the linear one at σ = 25" in summary
     assert "Averaging 2 chains is better than one chain at σ = 25 (+0.50 dB" in summary
     assert "the mean of 2 chains is better than one chain" in ablate_paired.chains_text(pc)
     t3 = pd.DataFrame([dict(protocol=p, t_trunc=tt, image=i, psnr=10 + tt / 10 + (5 if p == "report" else 0) + 0.1 * i,
-                            ssim=0.5, seconds=1.0, nfe=tt, dip_iterations=100)
+                            ssim=0.5, nfe=tt, dip_iterations=100)
                        for p in ("report", "corrected") for tt in (0, 5, 10, 50) for i in range(4)])
     text = ablate_paired.table3_text(t3)
     assert "the report's protocol scores 15.15, 15.65, 16.15, 20.15 dB" in text

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tdpmlib import assessment, claims, comparison, synthesis
+from tdpmlib import assessment, claims, comparison, synthesis, timing
 from tdpmlib.claims import CONFIGURATION, NOT_COMPARABLE, NOT_REPRODUCED, REPRODUCED, verdict
 
 
@@ -25,10 +25,14 @@ def test_claims_table_is_consistent():
         assert c["a"] in values.index and c["b"] in values.index
         assert values.at[c["a"], "metric"] == values.at[c["b"], "metric"] == c["metric"]
         assert c["a_label"] and c["b_label"]
-        if c["source"] != "generation":  # every per-image direction says how to select both sides
+        if c["source"] not in ("generation", "timings"):  # every per-image direction says how to select both sides
             assert c["sel_a"] and c["sel_b"] and c["source"] in claims.SOURCES
     for c in values.reset_index().to_dict("records"):
-        assert c["source"] in ("generation", "denoising", "table3") and c["same"] and c["corrected"]
+        assert c["source"] in ("generation", "denoising", "table3", "timings") and c["same"] and c["corrected"]
+    # seconds are read from chapter 08's timing benchmark only, and name its cases
+    assert set(t.loc[t["metric"] == "seconds", "source"]) == {"timings"}
+    assert set(t.loc[(t["metric"] == "seconds") & (t["kind"] == "value"), "corrected"]) == {
+        timing.GEN_DDPM, timing.GEN_TDPM, claims.T600_DDPM}
     # step counts are configuration, not claims; nothing else is
     assert set(t.loc[t["kind"] == "configuration", "metric"]) == {"steps"}
     assert set(t.loc[t["metric"] == "steps", "kind"]) == {"configuration"}
@@ -235,10 +239,19 @@ def fake_choices():
                          for s in (25, 50) for sch in ("linear", "cosine")])
 
 
+def fake_timings(rows=None):
+    """Chapter 08's timings.csv: each study method's seconds per image (the fake rows' ``seconds``) and the
+    generation cases (DDPM 2 s, TDPM-DIP 0.5 s per image)."""
+    rows = fake_study_rows() if rows is None else rows
+    study = rows.groupby(["sigma", "method_key"])["seconds"].first()
+    keys = [timing.study_key(s, k) for s, k in study.index] + [timing.GEN_DDPM, timing.GEN_TDPM]
+    return pd.DataFrame(dict(key=keys, seconds_per_image=list(study) + [2.0, 0.5]))
+
+
 def all_tables(**kw):
     return dict(generation=fake_generation(**kw), denoising=fake_denoising(), table3=fake_table3(),
                 denoising_rows=fake_denoising_rows(), table3_rows=fake_table3_rows(), study_rows=fake_study_rows(),
-                ablation_rows=fake_ablation_rows(), choices=fake_choices())
+                ablation_rows=fake_ablation_rows(), choices=fake_choices(), timings=fake_timings())
 
 
 def measured(**kw):
@@ -399,7 +412,7 @@ def test_best_by_family_uses_the_validation_images():
 def test_answer_in_quality_and_speed():
     rows = fake_study_rows()
     fam = dict(zip(rows["method"], rows["family"]))
-    ans = synthesis.answer(study_paired(rows))
+    ans = synthesis.answer(study_paired(rows), timings=fake_timings(rows))
     assert list(ans["outcome"]) == ["worse than", "better than"] * 2
     details = synthesis.answer_details(ans, families=fam)
     assert details.startswith("At σ = 25 the best hybrid on the validation images, TDPM-DIP, matched state, is worse "
@@ -421,7 +434,8 @@ def test_answer_in_quality_and_speed():
 
 def test_hybrid_comparisons_and_speed():
     rows = fake_study_rows()
-    comp = synthesis.hybrid_comparisons(rows)
+    comp = synthesis.hybrid_comparisons(rows, timings=fake_timings(rows))
+    assert synthesis.hybrid_comparisons(rows)["time_ratio"].isna().all()  # no benchmark, no time ratio
     assert len(comp) == 2 * 2 * 2 and set(comp["against_key"]) == {"tweedie", "dip_official"}
     r = comp[(comp["sigma"] == 25) & (comp["hybrid_key"] == "sdedit") & (comp["family"] == "DIP")].iloc[0]
     assert r["mean_diff"] == pytest.approx(-0.975) and r["outcome"] == "worse than" and r["time_ratio"] == pytest.approx(1.2)
@@ -429,7 +443,9 @@ def test_hybrid_comparisons_and_speed():
     assert text.startswith("The matched TDPM-DIP: at σ = 25 it is worse than the best DDPM alone (-2.")
     assert "better than the best DIP alone (+0.33" in text and text.endswith(").")
     assert synthesis.hybrid_text(comp, "dip_polish", "X") == "X is not in this run's study."
-    sp = synthesis.speed_table(rows)
+    assert synthesis.speed_table(rows)["seconds"].isna().all()  # seconds only from chapter 08's benchmark
+    sp = synthesis.speed_table(rows, fake_timings(rows))
+    assert sp.loc[0, "seconds"] == pytest.approx(0.1) and sp.loc[1, "seconds"] == pytest.approx(5.0)
     assert list(sp.loc[sp["sigma"] == 25, "method"]) == ["DDPM posterior mean", "DIP, official protocol",
                                                         "TDPM-DIP, matched state", "DIP then SDEdit (Example 1)"]
     assert sp.loc[0, "nfe"] == 1 and sp.loc[1, "dip_iterations"] == 400
@@ -483,7 +499,7 @@ def test_summary_table_one_row_per_approach_and_level():
 
 def test_executive_summary_reads_outcomes_numbers_and_time_ratios():
     rows = fake_study_rows()
-    comp = synthesis.hybrid_comparisons(rows)
+    comp = synthesis.hybrid_comparisons(rows, timings=fake_timings(rows))
     text = synthesis.executive_summary(comp, best={25: "tdpm_matched", 50: "tdpm_matched"}, claims="Audit.",
                                        context="Scope.")
     assert ("the answer is no: in quality the best combination beats the DIP alone but not the DDPM alone, and in "
@@ -509,7 +525,8 @@ def test_generation_summary_reads_speed_copies_and_swd():
     gen = pd.DataFrame([dict(method_key="ddpm", seconds_per_image=10.0, frac_copies=0.0, frac_copies_fit=np.nan, swd=40.0),
                         dict(method_key="tdpm_train", seconds_per_image=2.5, frac_copies=1.0, frac_copies_fit=0.75, swd=50.0),
                         dict(method_key="real", seconds_per_image=0.0, frac_copies=1.0, frac_copies_fit=np.nan, swd=39.5)])
-    text = synthesis.generation_summary(gen)
+    assert "times" not in synthesis.generation_summary(gen).split(", but")[0]  # no benchmark, no speed-up
+    text = synthesis.generation_summary(gen, speedup=4.0)
     assert "4.0 times faster per sample" in text and "75% of its samples are copies" in text
     assert "50.0 against the DDPM's 40.0 and real images' 39.5" in text and "held-out images instead" not in text
     assert synthesis.generation_summary(gen[gen["method_key"] != "ddpm"]) == ""

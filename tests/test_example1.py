@@ -124,7 +124,7 @@ def test_denoising_sweep_rows_and_dip_outputs(sched, tiny_unet):
     np.testing.assert_allclose(row.psnr.values, metrics.psnr(example1.observation_x0(y, 10, sched).clamp(-1, 1), clean).numpy(),
                                rtol=1e-5)
     assert df.ssim.isna().all()  # 8 px: SSIM's window does not fit
-    assert (df[df.start != "observation as is"].seconds > 0).all() and (df[df.start == "observation as is"].seconds == 0).all()
+    assert "seconds" not in df.columns  # cost: nfe and dip_iterations; seconds come from chapter 08's benchmark
 
 
 def test_generation_sweep_metrics(tiny_unet):

@@ -168,10 +168,7 @@ def test_stopping_study_rules_fixed_budget_on_validation_and_oracles(sched):
     assert r.loc["guided"].stop.tolist() == res.guided.stop_iteration.tolist()
     assert r.loc["discrepancy"].stop.tolist() == res.discrepancy.stop_iteration[N_VAL:].tolist()
     assert rows[rows.rule_key.isin(["fixed", "oracle", "eswmv_oracle"])].rule_fired.isna().all()
-    # seconds: one measured cost per image-iteration per fit, times the iterations each rule needs
-    assert (rows.seconds > 0).all()
-    for fit, g in rows.groupby("fit"):
-        np.testing.assert_allclose((g.seconds / g.iterations).values, (g.seconds / g.iterations).iloc[0], rtol=1e-9)
+    assert "seconds" not in rows.columns  # a rule's cost is its iterations; seconds come from chapter 08's benchmark
     # patience 100 in a 20-iteration budget: ES-WMV cannot fire, its fit runs to the cap, and the rows say so
     assert res.eswmv.iterations == 20 and not r.loc["eswmv"].rule_fired.any() and (r.loc["eswmv"].iterations == 20).all()
     assert set(res.outputs) == set(example2.RULE_LABELS) and res.outputs["fixed"].shape == (N_TEST, 3, 8, 8)

@@ -40,8 +40,7 @@ def test_generation_table(generation):
     assert list(t.dip_iterations) == [0, 0, 0, 2, 2, 0]
     assert list(t.n) == [4, 4, 4, 4, 3, 4] and "capped" in t.loc["tdpm_held", "note"]
     assert t.loc["tdpm_held", "reference_set"].startswith("training images it did not fit")
-    assert (t.drop(index="real").seconds > 0).all()
-    assert t.loc["ddpm", "seconds_per_image"] == pytest.approx(t.loc["ddpm", "seconds"] / 4)
+    assert not {"seconds", "seconds_per_image"} & set(table.columns)  # seconds: chapter 08's benchmark only
     assert (t.fid_status == "ok (custom feature extractor)").all() and t.kid_mean.notna().all()
     # the floor row is the shuffled training images the train-fit TDPM-DIP used: exact copies of training data
     perm = torch.randperm(len(train), generator=gen_fn(G.OFFSETS["gen_shuffle"]))

@@ -217,3 +217,61 @@ def test_bad_readout(setup, kw):
     unet, s = setup
     with pytest.raises(ValueError, match=next(iter(kw)) if kw.get("readout") == "chains" else "n_chains"):
         tdpm.read_out(unet, s, torch.zeros(1, 3, 8, 8), 5, **kw)
+
+
+def test_estimated_error_var_with_absorbed_by_hand_and_zero_is_the_old_estimate():
+    """resid - v_obs (1 - 2a), clamped at 0: resid = [0.25, 0.01], v_obs = 0.05, a = 0.3 -> [0.23, 0.0]
+    (0.01 - 0.02 < 0); a = 0 is the earlier estimate resid - v_obs bit for bit."""
+    x_hat = torch.zeros(2, 3, 4, 4)
+    y_scaled = torch.full((2, 3, 4, 4), 0.5)
+    y_scaled[1] = 0.1
+    torch.testing.assert_close(tdpm.estimated_error_var(x_hat, y_scaled, 0.05, absorbed=0.3), torch.tensor([0.23, 0.0]))
+    g = torch.Generator().manual_seed(0)
+    x_hat, y_scaled = torch.randn(5, 3, 8, 8, generator=g), torch.randn(5, 3, 8, 8, generator=g)
+    old = ((x_hat.float() - y_scaled.float()).flatten(1).pow(2).mean(1) - 0.37).clamp_min(0)  # the earlier code
+    assert torch.equal(tdpm.estimated_error_var(x_hat, y_scaled, 0.37), old)
+    assert torch.equal(tdpm.estimated_error_var(x_hat, y_scaled, 0.37, absorbed=0.0), old)
+    with pytest.raises(ValueError, match="absorbed=nan"):
+        tdpm.estimated_error_var(x_hat, y_scaled, 0.37, absorbed=float("nan"))
+
+
+def test_calibrate_absorbed_by_hand():
+    """One image: ||x_hat - clean||^2/D = 0.04, resid = ||x_hat - y||^2/D = 0.09, v_obs = 0.1:
+    (0.04 - 0.09 + 0.1) / 0.2 = 0.25; two images average their terms."""
+    clean = torch.zeros(2, 3, 4, 4)
+    x_hat = torch.full((2, 3, 4, 4), 0.2)
+    y_scaled = torch.full((2, 3, 4, 4), -0.1)
+    y_scaled[1] = 0.2  # image 1: err 0.04, resid 0 -> (0.04 + 0.1) / 0.2 = 0.7
+    assert tdpm.calibrate_absorbed(x_hat[:1], y_scaled[:1], clean[:1], 0.1) == pytest.approx(0.25, abs=1e-6)
+    assert tdpm.calibrate_absorbed(x_hat, y_scaled, clean, 0.1) == pytest.approx((0.25 + 0.7) / 2, abs=1e-6)
+    with pytest.raises(ValueError, match="v_obs=0"):
+        tdpm.calibrate_absorbed(x_hat, y_scaled, clean, 0)
+    with pytest.raises(ValueError, match="same non-empty shape"):
+        tdpm.calibrate_absorbed(x_hat[:1], y_scaled, clean, 0.1)
+
+
+def test_calibrated_absorbed_recovers_a_and_brings_the_noise_ratio_to_one(setup):
+    """x_hat = clean + e0 + a n with n the observation's own noise: calibrate_absorbed recovers a, and the state
+    matched with it at T_trunc = t has the noise the level expects (ratio ~ 1), where absorbed = 0 (the
+    estimate low by 2 a v_obs) hands over too much noise (ratio ~ sqrt(1 + 2 a v_obs / v_T) > 1)."""
+    _, s = setup
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(8, 3, 32, 32, generator=g) * 1.6 - 0.8
+    t_obs = schedules.t_for_sigma(s, 25)
+    ab = abar(s, t_obs)
+    v_obs = (1 - ab) / ab
+    y = tdpm.observe(clean, t_obs, s, generator=g)
+    y_scaled = (y / ab ** 0.5).float()
+    noise = y_scaled - clean
+    a = 0.3
+    x_hat = clean + torch.randn(clean.shape, generator=g) * (0.05 * v_obs) ** 0.5 + a * noise
+    a_hat = tdpm.calibrate_absorbed(x_hat, y_scaled, clean, v_obs)
+    assert a_hat == pytest.approx(a, abs=0.03)
+    ratios = {}
+    for name, absorbed in (("old", 0.0), ("calibrated", a_hat)):
+        state = tdpm.matched_state(x_hat, y, t_obs, t_obs, s, generator=torch.Generator().manual_seed(1),
+                                   absorbed=absorbed)
+        ratios[name] = tdpm.noise_ratio(state, clean, t_obs, s)
+    assert torch.all((ratios["calibrated"] - 1).abs() < 0.04) and (ratios["calibrated"].mean() - 1).abs() < 0.015, ratios
+    assert torch.all(ratios["old"] > 1.04), ratios  # sqrt(1 + 0.05 + 0.09) ~ 1.07 expected
+    assert torch.all((ratios["calibrated"] - 1).abs() < (ratios["old"] - 1).abs())
