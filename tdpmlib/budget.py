@@ -92,7 +92,9 @@ def workload(profile: str, *, n_train: int = 737) -> dict:
                             dip_official=sigmas * images * off, dip_plain=2 * p["n_generate"] * p["dip_iterations"]),
         "04_example1_dip_init_ddpm": dict(dip_official=2 * images * off, nfe=2 * images * 4 * 100),
         "05_example2_guided_early_stopping": dict(dip_official=2 * images * (2 * off + stopping.eswmv_cap(profile))),
-        "06_ablations": dict(nfe=2 * 2 * images * 4 * 100 + 2 * p["n_denoise"] * REPORT_T600),
+        # 06: the T_trunc sweep (2 sigmas, 2 schedules, 4 levels of up to 100 steps), then the other readouts of the
+        # matched state at 2 sigmas (the posterior mean, 1 evaluation; the mean of 4 chains at T_trunc up to 29)
+        "06_ablations": dict(nfe=2 * 2 * images * 4 * 100 + 2 * images * (1 + 4 * 29) + 2 * p["n_denoise"] * REPORT_T600),
     }
 
 

@@ -120,7 +120,7 @@ def resolve_device(device: str) -> torch.device:
 GPU_ONLY = {"paper": "the report's full configuration: about 70-80 min on an H200 and many hours on a T4, "
                      "estimated from its FLOP count; days on a CPU",
             # tests/test_budget.py keeps these figures equal to tdpmlib.budget's count
-            "colab": "the report's networks at 64 px: about 57 min of arithmetic on a T4 and 1 min on an H200 by its "
+            "colab": "the report's networks at 64 px: about 58 min of arithmetic on a T4 and 1 min on an H200 by its "
                      "FLOP count; many hours on a CPU"}
 
 

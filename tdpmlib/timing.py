@@ -246,9 +246,9 @@ def generation_speedup(frame: pd.DataFrame) -> float:
 # A column holding a method's wall clock per image (or a ratio of two): "seconds", "seconds_per_image",
 # "s / image", "s per image", "s/image σ=25", "time_ratio".
 SECONDS_COLUMN = re.compile(r"^(seconds|seconds_per_image|time_ratio)$|\bs ?(/|per) ?image\b", re.IGNORECASE)
-# Not per-image method costs: training wall clock (chapters 01 and 04b, the models' logs, the pilot) and the
+# Not per-image method costs: training wall clock (chapter 04b, the models' logs, the pilot) and the
 # benchmark's own file.
-AUDIT_SKIP = ("01_ddpm_training", "04b_example1_training", "models", "pilot", "cache")
+AUDIT_SKIP = ("04b_example1_training", "models", "pilot", "cache")
 
 
 def audit(results_root, *, skip=AUDIT_SKIP) -> pd.DataFrame:

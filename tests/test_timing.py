@@ -142,12 +142,13 @@ def test_audit_finds_seconds_columns(tmp_path):
     (tmp_path / "07_conclusions" / "hybrids.csv").write_text("sigma,time_ratio\n25,2\n")
     (tmp_path / "08_performance").mkdir()
     (tmp_path / "08_performance" / "timings.csv").write_text("key,seconds_per_image\na,1\n")
-    (tmp_path / "01_ddpm_training").mkdir()  # training wall clock is not a method's per-image cost
-    (tmp_path / "01_ddpm_training" / "cost.csv").write_text("schedule,DDPM-1000 s per image\nlinear,3\n")
-    (tmp_path / "04b_example1_training").mkdir()
+    (tmp_path / "01_ddpm_training").mkdir()  # a sampler's seconds are a method's per-image cost, training hours are not
+    (tmp_path / "01_ddpm_training" / "cost.csv").write_text("schedule,DDPM-1000 s per image,training (h)\nlinear,3,2\n")
+    (tmp_path / "04b_example1_training").mkdir()  # training wall clock is not a method's per-image cost
     (tmp_path / "04b_example1_training" / "variants.csv").write_text("Variant,s / step\na,1\n")
     found = timing.audit(tmp_path).set_index("path")["columns"].to_dict()
-    assert found == {"02_dip_fitting/test_images.csv": "seconds", "04_example1_dip_init_ddpm/table.csv": "s / image",
+    assert found == {"01_ddpm_training/cost.csv": "DDPM-1000 s per image",
+                     "02_dip_fitting/test_images.csv": "seconds", "04_example1_dip_init_ddpm/table.csv": "s / image",
                      "07_conclusions/hybrids.csv": "time_ratio"}
     with pytest.raises(ValueError, match="results_root"):
         timing.audit(tmp_path / "nowhere")
