@@ -154,7 +154,6 @@ def test_audit_finds_seconds_columns(tmp_path):
         timing.audit(tmp_path / "nowhere")
 
 
-@pytest.mark.xfail(strict=True, reason="until the cpu re-run")
 def test_committed_results_have_one_source_of_seconds():
     found = timing.audit(ROOT / "results" / "cpu")
     assert found.empty, f"results files with seconds of their own:\n{found.to_string(index=False)}"
