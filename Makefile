@@ -11,7 +11,7 @@ BOOK    := $(VENV)/.installed-book
 TORCH   := "torch===2.14.1" "torchvision===0.29.2"
 # cpu unless asked: `make report PROFILE=smoke|cpu|colab|paper`. colab (the report's networks at 64 px, about an
 # hour on a T4) and paper (the report's full configuration, about 70-80 min on an H200, many hours on a T4) need a
-# CUDA GPU and are refused on a CPU. `python -m tdpmlib.budget --profile colab` prints the estimate per notebook.
+# CUDA GPU and are refused on a CPU. `python -m tdpmlib.workflow.budget --profile colab` prints the estimate per notebook.
 PROFILE ?= cpu
 
 .PHONY: venv test report train train-reading book pdf site publish screenshots smoke bench clean
@@ -43,7 +43,7 @@ report: $(BOOK)
 train: venv
 	mkdir -p results/$(PROFILE)/models
 	for s in linear cosine; do \
-	  OMP_NUM_THREADS=1 $(PY) -m tdpmlib.train --profile $(PROFILE) --schedule $$s \
+	  OMP_NUM_THREADS=1 $(PY) -m tdpmlib.workflow.train --profile $(PROFILE) --schedule $$s \
 	    > results/$(PROFILE)/models/train-$$s.log 2>&1 & \
 	done; wait
 
@@ -52,7 +52,7 @@ train: venv
 train-reading: venv
 	mkdir -p results/$(PROFILE)/models
 	for w in 0 1; do \
-	  OMP_NUM_THREADS=1 $(PY) -m tdpmlib.convergence --profile $(PROFILE) --worker $$w \
+	  OMP_NUM_THREADS=1 $(PY) -m tdpmlib.studies.dip_init_training --profile $(PROFILE) --worker $$w \
 	    > results/$(PROFILE)/models/reading-$$w.log 2>&1 & \
 	done; wait
 

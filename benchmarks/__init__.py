@@ -13,7 +13,7 @@ always timed in full.
 
 The suite measures the library's fast paths against their baselines. What a *method* costs per image (every
 second per image the book shows, and its one generation speed-up) comes from the timing benchmark of chapter 08
-instead (``tdpmlib.timing``, ``tdpmlib.timing_cases``): each method alone, at its validated budget; the suite's
+instead (``tdpmlib.studies.timing``, ``tdpmlib.studies.timing_cases``): each method alone, at its validated budget; the suite's
 former end-to-end case is retired for that reason, and rows of retired cases are not loaded.
 
 Modules: ``common`` (timing, memory, hardware, FLOPs), ``cases`` (the three cases), ``report`` (table,

@@ -1,9 +1,9 @@
-"""Steps per second of DDPM training on 1 and 2 processes at the same global batch (``tdpmlib.ddpm_parallel``).
+"""Steps per second of DDPM training on 1 and 2 processes at the same global batch (``tdpmlib.methods.ddpm_parallel``).
 
     python -m benchmarks.bench_parallel [--preset ddpm-cpu-1m] [--steps 30] [--warmup 5] [--device cpu] [--out FILE]
 
 Three runs of the cpu profile's training step (its batch of 32 at 32 px) on one network preset, each in
-its own processes: ``ddpm.train_ddpm`` on 1 process with torch's default threads, the same with
+its own processes: ``ddpm_training.train_ddpm`` on 1 process with torch's default threads, the same with
 ``OMP_NUM_THREADS=1``, and ``ddpm_parallel.train_ddpm_parallel`` on 2 processes of one thread each
 (``accelerate launch --multi_gpu``, gloo on the CPU, NCCL on GPUs), each process taking half of every
 batch. Throughput is timed from the loss log's clock over the steps after ``--warmup``, so start-up,
@@ -29,7 +29,8 @@ def worker(a) -> None:
     """One measurement (in the launched processes): train, then the main process writes steps/s to ``a.worker``."""
     import torch
 
-    from tdpmlib import config, ddpm, ddpm_parallel, models, schedules
+    from tdpmlib.methods import ddpm_parallel, ddpm_training, models, schedules
+    from tdpmlib.workflow import config
 
     threads = torch.get_num_threads()
     images = torch.rand((256, 3, 32, 32), generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -45,7 +46,7 @@ def worker(a) -> None:
                                                     accelerator=acc, **kw)
             main, nproc = acc.is_main_process, acc.num_processes
         else:
-            out = ddpm.train_ddpm(unet, images, schedules.make_scheduler("linear"), out_dir=d, device=a.device, **kw)
+            out = ddpm_training.train_ddpm(unet, images, schedules.make_scheduler("linear"), out_dir=d, device=a.device, **kw)
             main, nproc = True, 1
     if main:
         sec = out["log"]["seconds"].tolist()

@@ -18,9 +18,9 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
-from tdpmlib import ddpm, dip, models, schedules
+from tdpmlib.methods import ddpm, ddpm_training, dip, models, schedules
 
-from .common import PeakMemory, forward_flops_per_image, median, target_met, timed
+from .common import forward_flops_per_image, median, PeakMemory, target_met, timed
 
 NOT_CUDA = "not measured (no CUDA)"
 FP32 = "fp32 eager"
@@ -268,7 +268,7 @@ def memory_check_row(ctx, case: str, row: str, target_id: str, preset: str, reso
 # --- DDPM training ------------------------------------------------------------------------------------------
 
 def training_case(ctx) -> list[dict]:
-    """``ddpm.train_ddpm`` itself (AdamW, clipping, EMA, data indexing, one loss.item() per step) on random
+    """``ddpm_training.train_ddpm`` itself (AdamW, clipping, EMA, data indexing, one loss.item() per step) on random
     images; the throughput is over the steps after the warm-up, from the training log's clock. Model FLOP
     utilisation = 3 x (forward FLOPs per image) x images/s / the measured matmul peak."""
     s = ctx.settings["training"]
@@ -285,7 +285,7 @@ def training_case(ctx) -> list[dict]:
         measured = {}
         for name, fast in variants:
             with tempfile.TemporaryDirectory() as tmp, PeakMemory(ctx.device) as mem:
-                out = ddpm.train_ddpm(seeded_unet(preset, r), data, sched, out_dir=tmp,
+                out = ddpm_training.train_ddpm(seeded_unet(preset, r), data, sched, out_dir=tmp,
                                       steps=s["warmup"] + s["steps"], batch_size=B, warmup_steps=0,
                                       checkpoint_every=10**9, device=ctx.device, fast=fast, progress=False)
             log = out["log"]

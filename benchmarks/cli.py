@@ -13,9 +13,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from tdpmlib import config, ddpm, pipeline, results
+from tdpmlib.methods import ddpm
+from tdpmlib.workflow import config, pipeline, results
 
-from . import CASES, COLUMNS, cases, report
+from . import CASES, cases, COLUMNS, report
 from .common import Context, cpu_model, device_memory_mb, hardware_name, hardware_slug, peak_flops
 
 

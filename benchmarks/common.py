@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tdpmlib import metrics
+from tdpmlib.evaluation import metrics
 
 from . import COLUMNS
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tdpmlib import results
-from tdpmlib.tables import typeset
+from tdpmlib.book.tables import typeset
+from tdpmlib.workflow import results
 
 from . import CASES, COLUMNS
 from .common import fmt_mb

@@ -15,7 +15,7 @@ ancestral steps exactly as the book samples (``ddpm.sample``: batches of ``memor
 CPU generator, its noise drawn on the device by default, and once more with ``noise="cpu"``, the same draws on
 every device, to price that option); the report's DIP at B = 16 and 64 and the official skip network at B = 64
 for 5 iterations (batches of ``memory.dip_batch_limit``), each on the fast path and in fp32. The extrapolation
-multiplies each notebook's dominant work (``tdpmlib.budget.workload``: training steps, network evaluations, DIP
+multiplies each notebook's dominant work (``tdpmlib.workflow.budget.workload``: training steps, network evaluations, DIP
 network-iterations, by the paper profile's sizes) by the measured cost of a unit; a dry run's tiny sizes make it
 meaningless, so a dry run reports none.
 """
@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tdpmlib import budget, config, ddpm, dip, memory, models, schedules  # noqa: E402
+from tdpmlib.methods import ddpm, ddpm_training, dip, memory, models, schedules
+from tdpmlib.workflow import budget, config  # noqa: E402
 
 FAST_TOL = 2e-2  # bf16 operands: relative errors of 1e-3..1e-2 are expected (about 8 bits of mantissa)
 SIZES = {  # (DDPM preset, DIP preset, resolution, train batch, sample batch, DIP batches, iterations)
@@ -98,7 +99,7 @@ def time_cases(unet, sched, size, device) -> list[dict]:
         images = torch.rand(max(train_b, 8), 3, res, res) * 2 - 1
         with tempfile.TemporaryDirectory() as tmp:
             net = models.make_unet(ddpm_preset, resolution=res)
-            s, peak = timed(device, lambda: ddpm.train_ddpm(net, images, sched, out_dir=tmp, steps=its["train"],
+            s, peak = timed(device, lambda: ddpm_training.train_ddpm(net, images, sched, out_dir=tmp, steps=its["train"],
                                                             batch_size=train_b, warmup_steps=1, device=device,
                                                             checkpoint_every=10 ** 6, fast=fast,
                                                             progress=False))

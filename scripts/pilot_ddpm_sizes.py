@@ -27,7 +27,9 @@ import pandas as pd
 import torch
 from diffusers import UNet2DModel
 
-from tdpmlib import data, ddpm, metrics, models, results, schedules, tdpm
+from tdpmlib.evaluation import metrics, sample_metrics
+from tdpmlib.methods import ddpm, ddpm_training, models, schedules, tdpm
+from tdpmlib.workflow import data, results
 
 
 class _Budget(Exception):
@@ -64,7 +66,7 @@ def main(argv=None) -> int:
     y = tdpm.observe(held, 600, sched, generator=torch.Generator().manual_seed(1))
     mean_img = train.mean(0, keepdim=True).expand_as(held)
     psnr_mean = float(metrics.psnr(mean_img, held).mean())
-    floor = metrics.swd(held, train[torch.randperm(len(train), generator=torch.Generator().manual_seed(2))[:a.n_samples]])["swd_mean"]
+    floor = sample_metrics.swd(held, train[torch.randperm(len(train), generator=torch.Generator().manual_seed(2))[:a.n_samples]])["swd_mean"]
     rows, eval_s = [], [0.0]
     t0 = time.perf_counter()
 
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
             pm = float(metrics.psnr(tdpm.tweedie(net, sched, y, 600), held).mean())
             fake = ddpm.sample(net, sched, n=a.n_samples, resolution=32, generator=torch.Generator().manual_seed(3),
                                method="ddim", num_steps=50, batch_size=a.n_samples)
-            s = metrics.swd(held, fake)["swd_mean"]
+            s = sample_metrics.swd(held, fake)["swd_mean"]
         rows.append(dict(channels=str(tuple(a.channels)), layers=a.layers, parameters=n_params, lr=a.lr, step=step,
                          train_seconds=train_s, psnr_posterior_mean_600=pm, psnr_training_mean=psnr_mean,
                          swd_ddim50=s, swd_floor=floor, swd_ratio=s / floor))
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
 
     work = Path(a.out).with_suffix("")
     try:
-        ddpm.train_ddpm(unet, train, sched, out_dir=work, steps=100_000, batch_size=32, lr=a.lr, warmup_steps=100,
+        ddpm_training.train_ddpm(unet, train, sched, out_dir=work, steps=100_000, batch_size=32, lr=a.lr, warmup_steps=100,
                         checkpoint_every=10**9, callback=evaluate, callback_every=a.eval_every, progress=False)
     except _Budget:
         pass

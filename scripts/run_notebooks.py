@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow-cpu", action="store_true", help="run a GPU-only profile (colab, paper) on the CPU anyway")
     args = ap.parse_args(argv)
     if not args.allow_cpu:
-        from tdpmlib import config
+        from tdpmlib.workflow import config
 
         try:
             config.check_profile_device(args.profile, str(dict(args.param).get("device", "auto")))

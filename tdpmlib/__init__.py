@@ -1,11 +1,9 @@
 """tdpmlib: DDPM, Deep Image Prior and the TDPM-DIP truncated sampler, for the tdpm-dip report.
 
-Modules, one concept each: ``data``, ``models``, ``schedules``, ``ddpm``, ``dip``, ``tdpm``, ``metrics``,
-``plotting``, ``results``, ``memory``, ``config``, ``pipeline`` (notebook glue) and ``sweep`` (CLI; one grid point
-in ``sweep_point``, pools on one machine in ``sweep_exec``, cluster jobs in ``sweep_cluster``); the notebooks' protocols
-``generation`` and ``experiments`` (its methods in ``denoisers``), ``example1``, ``example2`` (its stopping rules
-in ``stopping``), ``ablate`` and ``ablate_paired`` (chapter 06), ``synthesis``, ``claims`` and ``assessment``
-(chapter 07).
+Five packages, each importing only from those before it: ``evaluation`` (metrics and paired statistics),
+``methods`` (schedules, networks, DDPM, DIP, TDPM-DIP, stopping rules), ``book`` (tables, figures, verdict
+phrases), ``workflow`` (config, data, results, notebook glue, budgets, training CLI, sweeps) and ``studies`` (one
+study per chapter). The README's "How the code is organised" lists their modules.
 """
 
 import warnings

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from tdpmlib import ddpm_parallel, models, schedules
+from tdpmlib.methods import ddpm_parallel, models, schedules
 
 torch.set_num_threads(1)
 # batch 5 of 16 images: shares of 3 and 2, and every epoch's last batch (1 image) leaves rank 1 without one

@@ -1,5 +1,5 @@
-"""tdpmlib.ablate (chapter 06's grid, the matched state across schedules, the rows), tdpmlib.comparison (choices,
-paired comparisons, their vocabulary) and tdpmlib.ablate_paired (the paired tables, the sentences)."""
+"""tdpmlib.studies.ablations (chapter 06's grid, the matched state across schedules, the rows), tdpmlib.book.comparison (choices,
+paired comparisons, their vocabulary) and tdpmlib.studies.ablations_paired (the paired tables, the sentences)."""
 
 from __future__ import annotations
 
@@ -10,54 +10,57 @@ import pandas as pd
 import pytest
 import torch
 
-from tdpmlib import ablate, ablate_paired, comparison, models, schedules, stats, study, tdpm
+from tdpmlib.book import comparison
+from tdpmlib.evaluation import stats
+from tdpmlib.methods import models, schedules, tdpm
+from tdpmlib.studies import ablations, ablations_paired, denoising
 
 
 # ------------------------------------------------------------------------------------------------ settings
 
 def test_settings_fill_the_plan_and_check_every_parameter():
-    cpu = ablate.settings("cpu")
+    cpu = ablations.settings("cpu")
     assert cpu["sigmas"] == (25, 50) and cpu["fractions"][0] == 0.0 and cpu["chains"][0] == 1
     assert cpu["lr_factors"] == () and cpu["report_t_truncs"] == (0, 5, 10, 50)
-    assert ablate.FEW in cpu["fractions"] and ablate.MANY in cpu["fractions"]
-    s = ablate.settings("smoke", fractions="0.5,0.25", chains="4", lr_factors="1,2")
+    assert ablations.FEW in cpu["fractions"] and ablations.MANY in cpu["fractions"]
+    s = ablations.settings("smoke", fractions="0.5,0.25", chains="4", lr_factors="1,2")
     assert s["fractions"] == (0.0, 0.25, 0.5) and s["chains"] == (1, 4) and s["lr_factors"] == (2.0,)
     for bad in (dict(fractions="0,2"), dict(sigmas="25,x"), dict(chains="0"), dict(sigmas="2.5"),
                 dict(report_t_truncs="700")):
         name = next(iter(bad))
         with pytest.raises(ValueError, match=f"{name}="):
-            ablate.settings("cpu", **bad)
+            ablations.settings("cpu", **bad)
     with pytest.raises(ValueError, match="lr_sigmas="):
-        ablate.settings("cpu", lr_sigmas="15")
-    assert ablate.settings("paper", sigmas="15,50")["lr_sigmas"] == (50,)   # the plan's levels cut to this run's
-    assert ablate.settings("cpu", sigmas="15")["lr_sigmas"] == (15,)
+        ablations.settings("cpu", lr_sigmas="15")
+    assert ablations.settings("paper", sigmas="15,50")["lr_sigmas"] == (50,)   # the plan's levels cut to this run's
+    assert ablations.settings("cpu", sigmas="15")["lr_sigmas"] == (15,)
     assert cpu["readouts"] == tdpm.READOUTS and cpu["readout_chains"] == 4
-    r = ablate.settings("cpu", readouts="posterior_mean", readout_chains="8")
+    r = ablations.settings("cpu", readouts="posterior_mean", readout_chains="8")
     assert r["readouts"] == ("ancestral", "posterior_mean") and r["readout_chains"] == 8  # ancestral always runs
     for bad in (dict(readouts="tweedie"), dict(readout_chains="0"), dict(readout_chains="2,4"), dict(readout_chains="x")):
         with pytest.raises(ValueError, match=f"{next(iter(bad))}="):
-            ablate.settings("cpu", **bad)
+            ablations.settings("cpu", **bad)
     with pytest.raises(ValueError, match='or "" for none'):
-        ablate.settings("cpu", lr_factors="x")
+        ablations.settings("cpu", lr_factors="x")
     with pytest.raises(ValueError, match="unknown ablation parameter"):
-        ablate.settings("cpu", t_trunc="5")
+        ablations.settings("cpu", t_trunc="5")
     with pytest.raises(ValueError, match="profile="):
-        ablate.settings("gpu")
+        ablations.settings("gpu")
     with pytest.raises(ValueError, match="chains=3 is not allowed"):
-        ablate.check_optional_list("chains", 3)
+        ablations.check_optional_list("chains", 3)
 
 
 def test_levels_round_fractions_and_keep_the_first():
-    assert ablate.levels(57, (0, 0.0625, 0.125, 0.25, 0.5)) == {0: 0, 4: 0.0625, 7: 0.125, 14: 0.25, 28: 0.5}
-    assert ablate.levels(4, (0, 0.0625, 0.125, 1)) == {0: 0, 1: 0.0625, 4: 1}  # 0.125 * 4 lands on 1 too
+    assert ablations.levels(57, (0, 0.0625, 0.125, 0.25, 0.5)) == {0: 0, 4: 0.0625, 7: 0.125, 14: 0.25, 28: 0.5}
+    assert ablations.levels(4, (0, 0.0625, 0.125, 1)) == {0: 0, 1: 0.0625, 4: 1}  # 0.125 * 4 lands on 1 too
     # chapter 03's level joins the grid at level / t, in level order; a level the grid has keeps its fraction
-    assert ablate.levels(115, (0, 0.125, 0.5), extra_levels=(29, 14)) == {0: 0, 14: 0.125, 29: 29 / 115, 58: 0.5}
-    assert list(ablate.levels(115, (0, 0.5), extra_levels=(29,))) == [0, 29, 58]
+    assert ablations.levels(115, (0, 0.125, 0.5), extra_levels=(29, 14)) == {0: 0, 14: 0.125, 29: 29 / 115, 58: 0.5}
+    assert list(ablations.levels(115, (0, 0.5), extra_levels=(29,))) == [0, 29, 58]
     for bad in ((116,), (-1,), (2.0,), (True,)):
         with pytest.raises(ValueError, match="extra_levels="):
-            ablate.levels(115, (0,), extra_levels=bad)
-    assert ablate_paired.fmt_level(7, 0.125) == "7 (t/8)" and ablate_paired.fmt_level(0, 0) == "0 (DIP alone)"
-    assert ablate_paired.fmt_level(57, 1.0) == "57 (t)" and ablate_paired.fmt_level(20, 0.35) == "20 (0.35 t)"
+            ablations.levels(115, (0,), extra_levels=bad)
+    assert ablations_paired.fmt_level(7, 0.125) == "7 (t/8)" and ablations_paired.fmt_level(0, 0) == "0 (DIP alone)"
+    assert ablations_paired.fmt_level(57, 1.0) == "57 (t)" and ablations_paired.fmt_level(20, 0.35) == "20 (0.35 t)"
 
 
 # ----------------------------------------------------------------------------------- the matched state
@@ -70,25 +73,25 @@ def test_matched_state_equals_tdpm_for_the_observations_own_schedule():
     y = schedules.q_sample(x0, t_obs, torch.randn(x0.shape, generator=g), sched).float()
     x_hat = (x0 + 0.1 * torch.randn(x0.shape, generator=g)).float()
     ab = float(schedules.alpha_bar(sched, t_obs))
-    ours = ablate.matched_state(x_hat, y / ab ** 0.5, schedules.noise_var(sched, t_obs), level, sched,
+    ours = ablations.matched_state(x_hat, y / ab ** 0.5, schedules.noise_var(sched, t_obs), level, sched,
                                 generator=torch.Generator().manual_seed(5))
     ref = tdpm.matched_state(x_hat, y, t_obs, level, sched, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
-    assert ablate.matched_state(x_hat, y, 0.1, 0, sched, generator=g) is x_hat
+    assert ablations.matched_state(x_hat, y, 0.1, 0, sched, generator=g) is x_hat
     # an estimate that has fitted half the observation noise: the calibrated state is tdpm's and carries the
     # noise the level expects; the uncalibrated one (error estimate low by 2 a v_obs) tops up too much
     v_obs = schedules.noise_var(sched, t_obs)
     x_half = (x0 + 0.5 * (y / ab ** 0.5 - x0)).float()
     a = tdpm.calibrate_absorbed(x_half, y / ab ** 0.5, x0, v_obs)
     assert a == pytest.approx(0.5, abs=1e-4)
-    states = {aa: ablate.matched_state(x_half, y / ab ** 0.5, v_obs, t_obs, sched, absorbed=aa,
+    states = {aa: ablations.matched_state(x_half, y / ab ** 0.5, v_obs, t_obs, sched, absorbed=aa,
                                        generator=torch.Generator().manual_seed(5)) for aa in (0.0, a)}
     ref_a = tdpm.matched_state(x_half, y, t_obs, t_obs, sched, generator=torch.Generator().manual_seed(5), absorbed=a)
     torch.testing.assert_close(states[a], ref_a, rtol=1e-5, atol=1e-5)
     ratio = {aa: float(tdpm.noise_ratio(st, x0, t_obs, sched).mean()) for aa, st in states.items()}
     assert abs(ratio[a] - 1) < 0.1 and ratio[0.0] > ratio[a] + 0.05
     with pytest.raises(ValueError, match="absorbed="):
-        ablate.matched_state(x_hat, y, v_obs, level, sched, generator=g, absorbed=float("nan"))
+        ablations.matched_state(x_hat, y, v_obs, level, sched, generator=g, absorbed=float("nan"))
 
 
 def test_matched_state_carries_the_noise_the_other_schedule_expects():
@@ -98,7 +101,7 @@ def test_matched_state_carries_the_noise_the_other_schedule_expects():
     x0 = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
     v_obs = 0.04
     y_scaled = x0 + v_obs ** 0.5 * torch.randn(x0.shape, generator=g)
-    state = ablate.matched_state(x0, y_scaled, v_obs, 200, cos, generator=g)
+    state = ablations.matched_state(x0, y_scaled, v_obs, 200, cos, generator=g)
     assert tdpm.noise_ratio(state, x0, 200, cos).tolist() == pytest.approx([1.0, 1.0], abs=0.02)
 
 
@@ -106,8 +109,8 @@ def test_schedule_level_is_exact_for_the_own_schedule_and_near_for_the_other():
     lin, cos = schedules.make_scheduler("linear"), schedules.make_scheduler("cosine")
     for t in (33, 57, 115):
         v = schedules.noise_var(lin, t)
-        assert ablate.schedule_level(lin, v) == (t, pytest.approx(1.0))
-        tc, ratio = ablate.schedule_level(cos, v)
+        assert ablations.schedule_level(lin, v) == (t, pytest.approx(1.0))
+        tc, ratio = ablations.schedule_level(cos, v)
         assert tc > t and abs(ratio - 1) < 0.02
 
 
@@ -115,8 +118,8 @@ def test_observe_is_the_studys_observation():
     sched = schedules.make_scheduler("linear")
     g = torch.Generator().manual_seed(0)
     val, test = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1, torch.rand(3, 3, 8, 8, generator=g) * 2 - 1
-    obs = ablate.observe(val, test, 25, sched, seed=3)
-    y, t = study.observe(torch.cat([val, test]), 25, sched, seed=3)
+    obs = ablations.observe(val, test, 25, sched, seed=3)
+    y, t = denoising.observe(torch.cat([val, test]), 25, sched, seed=3)
     assert obs.t == t and obs.split == ["val"] * 2 + ["test"] * 3 and obs.test == slice(2, 5)
     ab = float(schedules.alpha_bar(sched, t))
     torch.testing.assert_close(obs.y_scaled, y / ab ** 0.5)
@@ -132,44 +135,44 @@ def tiny():
     models_ = {s: (models.make_unet("tiny", resolution=8).eval(), schedules.make_scheduler(s)) for s in ("linear", "cosine")}
     g = torch.Generator().manual_seed(0)
     images = torch.nn.functional.interpolate(torch.rand(7, 3, 2, 2, generator=g) * 2 - 1, size=8, mode="bilinear")
-    obs = ablate.observe(images[:3], images[3:], 50, models_["linear"][1], seed=0)
+    obs = ablations.observe(images[:3], images[3:], 50, models_["linear"][1], seed=0)
     return models_, obs
 
 
 def test_official_fit_shares_the_studys_cache(tiny, tmp_path):
     _, obs = tiny
-    fit = ablate.official_fit(obs, budgets=(2, 4), seed=0, device="cpu", preset="skip-tiny", cache_dir=tmp_path)
+    fit = ablations.official_fit(obs, budgets=(2, 4), seed=0, device="cpu", preset="skip-tiny", cache_dir=tmp_path)
     files = sorted(tmp_path.iterdir())
     assert len(files) == 1
     # study.run's own call (same arguments) loads that file instead of fitting again
-    again = study.fit_budgets(obs.y_scaled, obs.clean, protocol="official", budgets=(2, 4), seed=0, sigma=50,
+    again = denoising.fit_budgets(obs.y_scaled, obs.clean, protocol="official", budgets=(2, 4), seed=0, sigma=50,
                               device="cpu", preset="skip-tiny", cache_dir=tmp_path)
     assert sorted(tmp_path.iterdir()) == files
     torch.testing.assert_close(again["outputs"][4], fit["outputs"][4])
-    k, means = ablate.validated_budget(fit, obs)
+    k, means = ablations.validated_budget(fit, obs)
     assert k == int(means.idxmax()) and list(means.index) == [2, 4]
 
 
 @pytest.fixture(scope="module")
 def fit(tiny):
     _, obs = tiny
-    return ablate.official_fit(obs, budgets=(2, 4), seed=0, device="cpu", preset="skip-tiny")
+    return ablations.official_fit(obs, budgets=(2, 4), seed=0, device="cpu", preset="skip-tiny")
 
 
 def test_t_trunc_rows_start_from_the_dip_alone(tiny, fit):
     models_, obs = tiny
-    rows = ablate.t_trunc_rows(*models_["linear"], "linear", obs, fit, 4, (0, 0.125, 0.5), seed=0)
-    assert list(rows.columns) == list(ablate.ROW_COLUMNS) and "seconds" not in rows.columns
+    rows = ablations.t_trunc_rows(*models_["linear"], "linear", obs, fit, 4, (0, 0.125, 0.5), seed=0)
+    assert list(rows.columns) == list(ablations.ROW_COLUMNS) and "seconds" not in rows.columns
     assert sorted(rows["nfe"].unique()) == [0, 14, 58] and len(rows) == 3 * 7 and set(rows["readout"]) == {"ancestral"}
     dip_alone = rows[rows["nfe"] == 0].sort_values("image")["psnr"].to_numpy()
-    np.testing.assert_allclose(dip_alone, study.metrics.psnr(fit["outputs"][4].clamp(-1, 1), obs.clean).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(dip_alone, denoising.metrics.psnr(fit["outputs"][4].clamp(-1, 1), obs.clean).numpy(), rtol=1e-5)
     assert rows.loc[rows["nfe"] > 0, "noise_ratio"].notna().all() and rows.loc[rows["nfe"] == 0, "noise_ratio"].isna().all()
-    cos = ablate.t_trunc_rows(*models_["cosine"], "cosine", obs, fit, 4, (0, 0.5), seed=0)
-    assert cos["t"].iloc[0] == ablate.schedule_level(models_["cosine"][1], obs.v_obs)[0] > obs.t
+    cos = ablations.t_trunc_rows(*models_["cosine"], "cosine", obs, fit, 4, (0, 0.5), seed=0)
+    assert cos["t"].iloc[0] == ablations.schedule_level(models_["cosine"][1], obs.v_obs)[0] > obs.t
     # the same DIP output under both schedules: the DIP alone is identical
     np.testing.assert_allclose(cos[cos["nfe"] == 0]["psnr"], rows[rows["nfe"] == 0]["psnr"])
     # chapter 03's level joins the grid; the other levels' draws do not change
-    extra = ablate.t_trunc_rows(*models_["linear"], "linear", obs, fit, 4, (0, 0.125, 0.5), seed=0, extra_levels=(29,))
+    extra = ablations.t_trunc_rows(*models_["linear"], "linear", obs, fit, 4, (0, 0.125, 0.5), seed=0, extra_levels=(29,))
     assert sorted(extra["nfe"].unique()) == [0, 14, 29, 58]
     assert extra.loc[extra["nfe"] == 29, "value"].iloc[0] == pytest.approx(29 / 115)
     pd.testing.assert_frame_equal(extra[extra["nfe"] != 29].reset_index(drop=True), rows)
@@ -180,12 +183,12 @@ def test_every_readout_reads_the_same_state(tiny, fit):
     one chain is that draw, the posterior mean is Tweedie on the state; the NFE are ``tdpm.readout_nfe``'s."""
     models_, obs = tiny
     unet, sched = models_["linear"]
-    a = ablate.absorbed(fit, 4, obs)
+    a = ablations.absorbed(fit, 4, obs)
     val = slice(0, obs.n_val)
     assert a == tdpm.calibrate_absorbed(fit["outputs"][4][val], obs.y_scaled[val], obs.clean[val], obs.v_obs)
     kw = dict(seed=0, absorbed=a)
-    anc = ablate.t_trunc_rows(unet, sched, "linear", obs, fit, 4, (0, 0.125, 0.5), **kw)
-    allr = ablate.t_trunc_rows(unet, sched, "linear", obs, fit, 4, (0, 0.125, 0.5), readouts=tdpm.READOUTS,
+    anc = ablations.t_trunc_rows(unet, sched, "linear", obs, fit, 4, (0, 0.125, 0.5), **kw)
+    allr = ablations.t_trunc_rows(unet, sched, "linear", obs, fit, 4, (0, 0.125, 0.5), readouts=tdpm.READOUTS,
                                n_chains=3, **kw)
     pd.testing.assert_frame_equal(allr[allr["readout"] == "ancestral"].reset_index(drop=True), anc)
     assert len(allr[allr["nfe"] == 0]) == 7  # the DIP alone once, whatever the readouts
@@ -195,34 +198,34 @@ def test_every_readout_reads_the_same_state(tiny, fit):
     nfe = allr.groupby(["readout", "value"])["nfe"].first()
     assert nfe[("posterior_mean", 0.5)] == 1 and nfe[("mean_chains", 0.5)] == 3 * 58 and nfe[("ancestral", 0.5)] == 58
     # the same state: rebuilt from the same generator, its posterior mean is the posterior_mean rows
-    state = ablate.matched_state(fit["outputs"][4], obs.y_scaled, obs.v_obs, 14, sched, absorbed=a,
-                                 generator=ablate.generator(0, "t_trunc", 50, "linear", 14))
-    pm = study.metrics.psnr(tdpm.tweedie(unet, sched, state, 14), obs.clean).numpy()
+    state = ablations.matched_state(fit["outputs"][4], obs.y_scaled, obs.v_obs, 14, sched, absorbed=a,
+                                 generator=ablations.generator(0, "t_trunc", 50, "linear", 14))
+    pm = denoising.metrics.psnr(tdpm.tweedie(unet, sched, state, 14), obs.clean).numpy()
     got = allr[allr["method_key"] == "t_trunc=14, posterior_mean"].sort_values("image")["psnr"].to_numpy()
     np.testing.assert_allclose(got, pm, rtol=1e-5)
     # the mean of one chain is the ancestral draw; the noise ratio is the state's, the same for every readout
-    one = ablate.t_trunc_rows(unet, sched, "linear", obs, fit, 4, (0, 0.125), readouts=("ancestral", "mean_chains"),
+    one = ablations.t_trunc_rows(unet, sched, "linear", obs, fit, 4, (0, 0.125), readouts=("ancestral", "mean_chains"),
                               n_chains=1, **kw)
     by = one[one["nfe"] == 14].pivot(index="image", columns="readout", values="psnr")
     np.testing.assert_array_equal(by["mean_chains"].to_numpy(), by["ancestral"].to_numpy())
     ratios = allr[allr["value"] == 0.125].pivot(index="image", columns="readout", values="noise_ratio")
     assert (ratios.nunique(axis=1) == 1).all()
     # the other readouts only at readout_levels
-    some = ablate.t_trunc_rows(unet, sched, "linear", obs, fit, 4, (0, 0.125, 0.5), readouts=tdpm.READOUTS,
+    some = ablations.t_trunc_rows(unet, sched, "linear", obs, fit, 4, (0, 0.125, 0.5), readouts=tdpm.READOUTS,
                                readout_levels=(58,), **kw)
     assert set(some.loc[some["readout"] != "ancestral", "value"]) == {0.5}
     for bad in (("posterior_mean",), ("ancestral", "ancestral"), ("ancestral", "tweedie")):
         with pytest.raises(ValueError, match="readout"):
-            ablate.t_trunc_rows(unet, sched, "linear", obs, fit, 4, (0,), seed=0, readouts=bad)
+            ablations.t_trunc_rows(unet, sched, "linear", obs, fit, 4, (0,), seed=0, readouts=bad)
 
 
 def test_ddpm_and_chain_rows_on_the_test_images(tiny, fit):
     models_, obs = tiny
-    d = ablate.ddpm_rows(*models_["cosine"], "cosine", obs, seed=0, device="cpu")
+    d = ablations.ddpm_rows(*models_["cosine"], "cosine", obs, seed=0, device="cpu")
     assert set(d["split"]) == {"test"} and set(d["method_key"]) == {"tweedie", "ddpm"}
     assert d.loc[d["method_key"] == "ddpm", "nfe"].iloc[0] == d["t"].iloc[0]
     assert d.groupby("method_key")["readout"].first().to_dict() == dict(ddpm="ancestral", tweedie="posterior_mean")
-    c = ablate.chains_rows(*models_["linear"], "linear", obs, fit, 4, 7, (1, 2, 4), seed=0)
+    c = ablations.chains_rows(*models_["linear"], "linear", obs, fit, 4, 7, (1, 2, 4), seed=0)
     assert set(c["value"]) == {1, 2, 4} and set(c["split"]) == {"test"} and list(c["nfe"].unique()) == [7, 14, 28]
     assert sorted(c["image"].unique()) == [3, 4, 5, 6]  # the test images keep their index among val + test
 
@@ -232,34 +235,34 @@ def test_the_first_chain_can_be_the_t_trunc_draw(tiny, fit):
     the mean of K chains includes it."""
     models_, obs = tiny
     keep = {}
-    rows = ablate.t_trunc_rows(*models_["linear"], "linear", obs, fit, 4, (0, 0.125), seed=0, keep=keep,
+    rows = ablations.t_trunc_rows(*models_["linear"], "linear", obs, fit, 4, (0, 0.125), seed=0, keep=keep,
                                readouts=tdpm.READOUTS, n_chains=2)
     assert list(keep) == [(50, "linear", 14)]
     x1 = keep[(50, "linear", 14)]
     assert x1.shape == obs.clean[obs.test].shape
-    c = ablate.chains_rows(*models_["linear"], "linear", obs, fit, 4, 14, (1, 3), seed=0, first=x1)
+    c = ablations.chains_rows(*models_["linear"], "linear", obs, fit, 4, 14, (1, 3), seed=0, first=x1)
     one = c[c["value"] == 1].sort_values("image")
     same = rows[(rows["method_key"] == "t_trunc=14") & (rows["split"] == "test")].sort_values("image")
     np.testing.assert_array_equal(one["psnr"].to_numpy(), same["psnr"].to_numpy())
     three = c[c["value"] == 3]
     assert not np.allclose(three["psnr"].to_numpy(), one["psnr"].to_numpy())
     assert list(c["nfe"].unique()) == [14, 42]
-    c1 = ablate.chains_rows(*models_["linear"], "linear", obs, fit, 4, 14, (1,), seed=0, first=x1)
+    c1 = ablations.chains_rows(*models_["linear"], "linear", obs, fit, 4, 14, (1,), seed=0, first=x1)
     np.testing.assert_array_equal(c1["psnr"].to_numpy(), one["psnr"].to_numpy())
     with pytest.raises(ValueError, match="first chain"):
-        ablate.chains_rows(*models_["linear"], "linear", obs, fit, 4, 14, (1, 2), seed=0, first=x1[:1])
+        ablations.chains_rows(*models_["linear"], "linear", obs, fit, 4, 14, (1, 2), seed=0, first=x1[:1])
 
 
 def test_iteration_rows_and_report_table3(tiny, fit):
     models_, obs = tiny
-    r = ablate.iteration_rows(fit, obs, schedule="linear")
+    r = ablations.iteration_rows(fit, obs, schedule="linear")
     assert set(r["method_key"]) == {"k=2", "k=4"} and set(r["dip_iterations"]) == {2, 4}
-    lr = ablate.iteration_rows(fit, obs, schedule="linear", ablation="dip_lr", lr=0.01)
+    lr = ablations.iteration_rows(fit, obs, schedule="linear", ablation="dip_lr", lr=0.01)
     assert set(lr["value"]) == {0.01} and set(lr["method_key"]) == {"lr=0.01, k=2", "lr=0.01, k=4"}
-    t3 = ablate.report_table3(*models_["linear"], obs.clean[:2], t_truncs=(0, 5), dip_iterations=2, preset="tiny",
+    t3 = ablations.report_table3(*models_["linear"], obs.clean[:2], t_truncs=(0, 5), dip_iterations=2, preset="tiny",
                               lr=1e-3, seed=0, device="cpu")
     assert len(t3) == 2 * 2 * 2 and set(t3["protocol"]) == {"report", "corrected"} and "seconds" not in t3.columns
-    summ = ablate_paired.table3_summary(t3)
+    summ = ablations_paired.table3_summary(t3)
     assert list(summ["protocol"]) == ["report", "report", "corrected", "corrected"] and (summ["n"] == 2).all()
     assert list(summ["nfe"]) == [1, 6, 1, 6] and not any("second" in c for c in summ.columns)
 
@@ -298,7 +301,7 @@ def fake_rows():
                                      method=f"DIP, {k} iterations", value=k, split=split, image=i,
                                      psnr=20 + i + (d if split == "test" or k < 8 else -5), ssim=0.5, nfe=0,
                                      readout="ancestral", dip_iterations=k, noise_ratio=np.nan))
-    return pd.DataFrame(rows, columns=list(ablate.ROW_COLUMNS))
+    return pd.DataFrame(rows, columns=list(ablations.ROW_COLUMNS))
 
 
 def test_validated_picks_the_best_validation_mean_and_honours_exclude():
@@ -329,57 +332,57 @@ def test_paired_needs_the_same_images():
 
 def test_t_trunc_and_schedule_tables():
     rows = fake_rows()
-    pt = ablate_paired.t_trunc_paired(rows, seed=0)
+    pt = ablations_paired.t_trunc_paired(rows, seed=0)
     assert len(pt) == 2 * 2 * 2 and set(pt["b"]) == {"DIP alone"}
     r = pt[(pt["sigma"] == 25) & (pt["schedule"] == "linear")].set_index("level")
     assert r.loc[7, "outcome"] == "better than" and r.loc[28, "outcome"] == "worse than"
     assert r.loc[7, "fraction"] == 0.125 and r.loc[7, "n"] == 5
     hybrid = comparison.validated(rows[rows["ablation"] == "t_trunc"], exclude=["t_trunc=0"])
-    ps = ablate_paired.schedule_paired(rows, hybrid, seed=0)
+    ps = ablations_paired.schedule_paired(rows, hybrid, seed=0)
     assert list(ps["method_key"]) == ["tweedie", "ddpm", "dip", "tdpm_matched"] * 2
     s25 = ps[ps["sigma"] == 25].set_index("method_key")
     assert s25.loc["tweedie", "outcome"] == "better than" and s25.loc["ddpm", "outcome"] == "worse than"
     assert s25.loc["dip", "mean_diff"] == 0 and s25.loc["dip", "outcome"] == "not clearly different from"
     assert s25.loc["tdpm_matched", "mean_diff"] == pytest.approx(0.5) and "cosine 7, linear 7" in s25.loc["tdpm_matched", "method"]
     levels = {25: {"linear": (57, 1.0), "cosine": (116, 1.001)}, 50: {"linear": (115, 1.0), "cosine": (231, 1.0)}}
-    text = ablate_paired.schedule_text(ps, levels)
+    text = ablations_paired.schedule_text(ps, levels)
     assert text.startswith("At σ = 25 (linear t = 57, cosine t = 116): DDPM")
     assert "cosine is better than linear (+" in text and "the same fit" not in text
 
 
 def test_handover_ratio_is_the_test_median_and_names_the_first_matched_level():
     rows = fake_rows()
-    pt = ablate_paired.t_trunc_paired(rows, seed=0)
+    pt = ablations_paired.t_trunc_paired(rows, seed=0)
     r = pt[(pt["sigma"] == 25) & (pt["schedule"] == "linear")].set_index("level")
     # test images 3..7: 28 / level + 0.01 i, median at i = 5 (the validation images 0..2 do not count)
     assert r.loc[7, "noise_ratio"] == pytest.approx(4.05) and r.loc[28, "noise_ratio"] == pytest.approx(1.05)
-    text = ablate_paired.handover_text(pt, "linear")
+    text = ablations_paired.handover_text(pt, "linear")
     assert text.startswith("At σ = 25 (linear, t = 57) the median ratio is 4.05 at 7 (t/8), 1.05 at 28 (t/2); the first "
                            "within 0.8–1.25 is T_trunc = 28 (t/2), where the matched TDPM-DIP is worse than the DIP alone")
-    far = ablate_paired.handover_text(pt, "linear", band=(0.5, 0.9))
+    far = ablations_paired.handover_text(pt, "linear", band=(0.5, 0.9))
     assert "no T_trunc of the grid hands over a state within 0.5–0.9; the nearest is T_trunc = 28 (t/2)" in far
 
 
 def test_chain_budget_and_lr_tables():
     rows = fake_rows()
-    pc = ablate_paired.chains_paired(rows, schedule="linear", seed=0)
+    pc = ablations_paired.chains_paired(rows, schedule="linear", seed=0)
     one = pc[(pc["b"] == "one chain")]
     assert list(one["K"]) == [2, 2] and (one["mean_diff"] == 0.5).all() and (one["outcome"] == "better than").all()
     assert len(pc[pc["b"] == "DIP alone"]) == 4 and (pc["level"] == 7).all()
     chosen = comparison.validated(rows[rows["ablation"] == "dip_iterations"], by=("sigma",))
     assert list(chosen["method_key"]) == ["k=4", "k=4"]  # k=8 wins on test only
-    pk = ablate_paired.budget_paired(rows, chosen, seed=0)
+    pk = ablations_paired.budget_paired(rows, chosen, seed=0)
     assert (pk["validated_k"] == 4).all() and len(pk) == 6
-    assert "k = 8 would have done better, at most by +0.20 dB" in ablate_paired.budget_text(pk)
+    assert "k = 8 would have done better, at most by +0.20 dB" in ablations_paired.budget_text(pk)
     worse_only = pk[pk["k"] != 8]
-    assert "no other budget is better than it" in ablate_paired.budget_text(worse_only)
+    assert "no other budget is better than it" in ablations_paired.budget_text(worse_only)
     lr = rows[rows["ablation"] == "dip_iterations"].assign(ablation="dip_lr")
     lr = pd.concat([lr.assign(value=0.01, method_key="a" + lr["method_key"]),
                     lr.assign(value=0.1, method_key="b" + lr["method_key"], psnr=lr["psnr"] - 1)])
     ch = comparison.validated(lr, by=("sigma", "value"))
-    pl = ablate_paired.lr_paired(lr, ch, 0.01, seed=0)
+    pl = ablations_paired.lr_paired(lr, ch, 0.01, seed=0)
     assert list(pl["lr"]) == [0.1, 0.1] and (pl["outcome"] == "worse than").all()
-    assert "learning rate 0.1 (validated k = 4) is worse than the DIP at the protocol's 0.01" in ablate_paired.lr_text(pl)
+    assert "learning rate 0.1 (validated k = 4) is worse than the DIP at the protocol's 0.01" in ablations_paired.lr_text(pl)
 
 
 def test_fmt_diff_keeps_small_differences_visible():
@@ -396,26 +399,26 @@ def test_sentences_follow_the_outcomes():
         "1 is better than X, 1 is not clearly different from it and 1 is worse than it"
     rows = fake_rows()
     t = rows[rows["ablation"] == "t_trunc"]
-    pt, chosen = ablate_paired.t_trunc_paired(rows, seed=0), comparison.validated(t)
-    text = ablate_paired.t_trunc_text(pt, chosen, "linear")
+    pt, chosen = ablations_paired.t_trunc_paired(rows, seed=0), comparison.validated(t)
+    text = ablations_paired.t_trunc_text(pt, chosen, "linear")
     assert "At σ = 25 (linear schedule, t = 57) the validation images pick T_trunc = 7 (t/8)." in text
     assert "1 is better than the DIP alone and 1 is worse than it" in text
     # when the DIP alone wins on validation, the sentence says so
     t0 = t.assign(psnr=np.where((t["split"] == "val") & (t["nfe"] == 0), 99.0, t["psnr"]))
-    assert "pick T_trunc = 0, the DIP alone" in ablate_paired.t_trunc_text(pt, comparison.validated(t0), "linear")
+    assert "pick T_trunc = 0, the DIP alone" in ablations_paired.t_trunc_text(pt, comparison.validated(t0), "linear")
     hybrid = comparison.validated(t, exclude=["t_trunc=0"])
-    ps = ablate_paired.schedule_paired(rows, hybrid, seed=0)
-    pc = ablate_paired.chains_paired(rows, schedule="linear", seed=0)
-    summary = ablate_paired.summary_text(pt, hybrid, ps, pc, "linear")
+    ps = ablations_paired.schedule_paired(rows, hybrid, seed=0)
+    pc = ablations_paired.chains_paired(rows, schedule="linear", seed=0)
+    summary = ablations_paired.summary_text(pt, hybrid, ps, pc, "linear")
     assert summary.startswith("At σ = 25 the matched TDPM-DIP at the T_trunc > 0 chosen on the validation "
                               "images, 7 (t/8), is better than the DIP alone (+1.")
     assert "for TDPM-DIP the cosine schedule is better than the linear one at σ = 25" in summary
     assert "Averaging 2 chains is better than one chain at σ = 25 (+0.50 dB" in summary
-    assert "the mean of 2 chains is better than one chain" in ablate_paired.chains_text(pc)
+    assert "the mean of 2 chains is better than one chain" in ablations_paired.chains_text(pc)
     t3 = pd.DataFrame([dict(protocol=p, t_trunc=tt, image=i, psnr=10 + tt / 10 + (5 if p == "report" else 0) + 0.1 * i,
                             ssim=0.5, nfe=tt, dip_iterations=100)
                        for p in ("report", "corrected") for tt in (0, 5, 10, 50) for i in range(4)])
-    text = ablate_paired.table3_text(t3)
+    text = ablations_paired.table3_text(t3)
     assert "the report's protocol scores 15.15, 15.65, 16.15, 20.15 dB" in text
     assert "T_trunc = 5 is better than T_trunc = 0 (+0.50 dB" in text and "T_trunc = 50 is better than T_trunc = 10" in text
-    assert ablate_paired.table3_paired(t3, 5, 7) is None
+    assert ablations_paired.table3_paired(t3, 5, 7) is None

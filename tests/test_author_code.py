@@ -5,7 +5,7 @@ github.com/felixchao/Generative-Models-for-Visual-Signals does: the target is ``
 a fresh DIP (a diffusers UNet called with timestep 0 on the input z) is fitted to it by Adam at lr 1e-4 on
 ``nn.MSELoss`` for a fixed number of iterations; its output, with no noise added, is run through
 ``for t in range(0, T_trunc + 1)[::-1]: x = scheduler.step(unet(x, t).sample, t, x).prev_sample``.
-The only liberties: the DIP's initial weights are drawn as ``tdpmlib.dip`` draws network 0's (the recipe is
+The only liberties: the DIP's initial weights are drawn as ``tdpmlib.methods.dip`` draws network 0's (the recipe is
 what is compared, not torch's initialiser), and ``scheduler.step`` gets an explicit generator (the author
 relies on the global RNG) so that both sides draw the same noise.
 
@@ -17,13 +17,13 @@ import pytest
 import torch
 from torch import nn
 
-from tdpmlib import dip, models, schedules, tdpm
+from tdpmlib.methods import dip, models, schedules, tdpm
 
 RES = 8
 
 
 def author_tdpm_dip(ddpm_unet, scheduler, x0, noise, *, truncated_step, dip_iterations, dip_seed, generator):
-    torch.manual_seed(dip_seed * 100_003 + 0)  # tdpmlib.dip's seed of network 0 (see the module doc)
+    torch.manual_seed(dip_seed * 100_003 + 0)  # tdpmlib.methods.dip's seed of network 0 (see the module doc)
     net = models.make_unet("tiny", resolution=RES)
     target = scheduler.add_noise(x0, noise, torch.LongTensor([truncated_step]))
     criterion, optimizer = nn.MSELoss(), torch.optim.Adam(net.parameters(), lr=1e-4)

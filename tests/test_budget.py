@@ -1,11 +1,12 @@
-"""tdpmlib.budget: FLOP counts per notebook and the colab profile's size; the GPU-memory refusal."""
+"""tdpmlib.workflow.budget: FLOP counts per notebook and the colab profile's size; the GPU-memory refusal."""
 
 import re
 import warnings
 
 import pytest
 
-from tdpmlib import budget, config, memory
+from tdpmlib.methods import memory
+from tdpmlib.workflow import budget, config
 
 
 def test_forward_flops_match_the_stated_network_costs():
@@ -37,7 +38,7 @@ def test_the_t4_is_priced_at_the_dtype_the_code_runs_there(monkeypatch):
 
     import torch
 
-    from tdpmlib import ddpm
+    from tdpmlib.methods import ddpm
 
     for gpu, cap in budget.CAPABILITY.items():
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, _cap=cap: _cap)

@@ -1,5 +1,5 @@
-"""tdpmlib.claims (the claims table, the verdict rules), tdpmlib.assessment (the lookup of measurements, the
-assessed tables) and tdpmlib.synthesis (chapter 07's synthesis)."""
+"""tdpmlib.studies.claims (the claims table, the verdict rules), tdpmlib.studies.claims_audit (the lookup of measurements, the
+assessed tables) and tdpmlib.studies.conclusions (chapter 07's synthesis)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tdpmlib import assessment, claims, comparison, synthesis, timing
-from tdpmlib.claims import CONFIGURATION, NOT_COMPARABLE, NOT_REPRODUCED, REPRODUCED, verdict
+from tdpmlib.book import comparison
+from tdpmlib.studies import claims, claims_audit, conclusions, timing
+from tdpmlib.studies.claims import CONFIGURATION, NOT_COMPARABLE, NOT_REPRODUCED, REPRODUCED, verdict
 
 
 # ------------------------------------------------------------------------------------------- the table
@@ -255,7 +256,7 @@ def all_tables(**kw):
 
 
 def measured(**kw):
-    return assessment.measure(claims.claims_table(), **all_tables(**kw)).set_index("claim_id")
+    return claims_audit.measure(claims.claims_table(), **all_tables(**kw)).set_index("claim_id")
 
 
 def test_measure_looks_up_values_under_both_protocols():
@@ -292,18 +293,18 @@ def test_measure_pairs_the_directions_over_images():
 
 
 def test_missing_tables_and_rows_give_none():
-    m = assessment.measure(claims.claims_table(), denoising=fake_denoising()).set_index("claim_id")
+    m = claims_audit.measure(claims.claims_table(), denoising=fake_denoising()).set_index("claim_id")
     assert m.at["T1-ddpm-fid", "corrected"] is None and m.at["T3-5-psnr", "corrected"] is None
     assert m.at["T3-dir-5-0", "corrected"] is None and m.at["T4-dir-tdpm-s25", "corrected"] is None
-    no_choice = assessment.measure(claims.claims_table(), ablation_rows=fake_ablation_rows()).set_index("claim_id")
+    no_choice = claims_audit.measure(claims.claims_table(), ablation_rows=fake_ablation_rows()).set_index("claim_id")
     assert no_choice.at["T4-dir-tdpm-s25", "corrected"] is None and no_choice.at["T4-dir-ddpm-s25", "corrected"] is not None
     with pytest.raises(ValueError, match="method_key"):
-        assessment.measure(claims.claims_table(), generation=fake_generation().drop(columns="method_key"))
+        claims_audit.measure(claims.claims_table(), generation=fake_generation().drop(columns="method_key"))
 
 
 def test_assess_under_paper_and_cpu():
-    m = assessment.measure(claims.claims_table(), **all_tables())
-    paper = assessment.assess(m, profile="paper").set_index("claim_id")
+    m = claims_audit.measure(claims.claims_table(), **all_tables())
+    paper = claims_audit.assess(m, profile="paper").set_index("claim_id")
     assert paper.at["T2-tdpm-psnr", "verdict"] == NOT_REPRODUCED       # 8.65 vs 32.63
     assert paper.at["T1-ddpm-steps", "verdict"] == CONFIGURATION and "this run: 1000" in paper.at["T1-ddpm-steps", "reason"]
     assert paper.at["T1-tdpm-new", "verdict"] == NOT_REPRODUCED        # 90 % copies
@@ -316,48 +317,48 @@ def test_assess_under_paper_and_cpu():
     assert paper.at["T4-dir-ddpm", "verdict"] == REPRODUCED
     assert paper.at["T4-dir-dip-s25", "verdict"] == NOT_REPRODUCED and "no clear difference" in paper.at["T4-dir-dip-s25", "reason"]
     assert paper.at["T2-dir-tdpm-ddpm-s15", "verdict"] == NOT_COMPARABLE
-    cpu = assessment.assess(m, profile="cpu").set_index("claim_id")
+    cpu = claims_audit.assess(m, profile="cpu").set_index("claim_id")
     assert cpu.at["T2-tdpm-psnr", "verdict"] == NOT_COMPARABLE and "cpu profile" in cpu.at["T2-tdpm-psnr", "reason"]
     assert cpu.at["T2-dir-tdpm-ddpm", "verdict"] == NOT_REPRODUCED     # directions still checked
     assert set(cpu["verdict"]) <= set(claims.VERDICTS) | {CONFIGURATION}
-    short = assessment.measure(claims.claims_table(), generation=fake_generation().assign(dip_iterations=20))
-    short = assessment.assess(short, profile="paper").set_index("claim_id")
+    short = claims_audit.measure(claims.claims_table(), generation=fake_generation().assign(dip_iterations=20))
+    short = claims_audit.assess(short, profile="paper").set_index("claim_id")
     assert short.at["T1-tdpm-new", "verdict"] == NOT_COMPARABLE and "20 iterations" in short.at["T1-tdpm-new", "reason"]
-    counts = assessment.counts(cpu.reset_index())
+    counts = claims_audit.counts(cpu.reset_index())
     assert counts.loc["all"].sum() == len(cpu) and counts.loc["all", CONFIGURATION] == 3
 
 
 def test_assess_says_when_fid_is_unavailable():
-    m = assessment.measure(claims.claims_table(), generation=fake_generation(fid_ok=False), denoising=fake_denoising())
-    a = assessment.assess(m, profile="paper").set_index("claim_id")
+    m = claims_audit.measure(claims.claims_table(), generation=fake_generation(fid_ok=False), denoising=fake_denoising())
+    a = claims_audit.assess(m, profile="paper").set_index("claim_id")
     for cid in ("T1-ddpm-fid", "T1-tdpm-fid", "T1-dir-fid"):
         assert a.at[cid, "verdict"] == NOT_COMPARABLE and "FID is not available" in a.at[cid, "reason"]
     assert "not run under this profile" in a.at["T3-5-psnr", "reason"]
 
 
 def test_display_and_sentences():
-    a = assessment.assess(assessment.measure(claims.claims_table(), **all_tables()), profile="paper")
-    d = assessment.display_table(a).set_index("claim")
+    a = claims_audit.assess(claims_audit.measure(claims.claims_table(), **all_tables()), profile="paper")
+    d = claims_audit.display_table(a).set_index("claim")
     assert d.at["T2-tdpm-ssim", "claimed"] == "0.970" and d.at["T2-tdpm-psnr", "corrected protocol"] == "8.65"
     assert d.at["T2-dir-tdpm-ddpm", "claimed"] == "+19.23" and d.at["T1-ddpm-steps", "claimed"] == "1000"
     assert d.at["T2-dir-tdpm-ddpm", "corrected protocol"].startswith("-0.50 [-0.50, -0.50]")
     assert d.at["T1-dir-seconds", "corrected protocol"] == "-1.50" and d.at["T1-ddpm-fid", "report's protocol"] == "60.00"
-    t1 = assessment.table_sentence(a, "Table 1")
+    t1 = claims_audit.table_sentence(a, "Table 1")
     assert t1.startswith("Of the 7 claims taken from Table 1,") and "2 further entries are configuration" in t1
-    assert "1 further entry is a configuration" in assessment.table_sentence(a, "Table 2")
-    text = assessment.schedule_text(a, {"linear": 782.0, "cosine": 177.0})
+    assert "1 further entry is a configuration" in claims_audit.table_sentence(a, "Table 2")
+    text = claims_audit.schedule_text(a, {"linear": 782.0, "cosine": 177.0})
     assert text.startswith("At matched t, t = 600 (where the cosine schedule has added noise of σ ≈ 177 and the linear "
                            "one σ ≈ 782, on the 0..255 scale), cosine is better than linear for DDPM (+1.00 dB)")
     assert "At matched σ = 25, cosine is better than linear for DDPM (+0.55 dB)" in text
     assert "not clearly different from linear for the DIP (+0.00 dB)" in text
     assert "holds in 7 of the 9 comparisons measured" in text
-    assert assessment.schedule_summary(a) == ("The report's “cosine raises every method” holds in 3 of the 3 comparisons "
+    assert claims_audit.schedule_summary(a) == ("The report's “cosine raises every method” holds in 3 of the 3 comparisons "
                                           "at matched t and in 4 of the 6 comparisons at matched σ.")
-    st = assessment.schedule_table(a)
+    st = claims_audit.schedule_table(a)
     assert len(st) == 9 and set(st["method"]) == {"DDPM", "DIP", "TDPM-DIP"}
-    none = assessment.assess(assessment.measure(claims.claims_table()), profile="cpu")
-    assert assessment.schedule_text(none) == "The schedule claims could not be measured in this run."
-    assert assessment.schedule_summary(none) == "The schedule claims could not be measured in this run."
+    none = claims_audit.assess(claims_audit.measure(claims.claims_table()), profile="cpu")
+    assert claims_audit.schedule_text(none) == "The schedule claims could not be measured in this run."
+    assert claims_audit.schedule_summary(none) == "The schedule claims could not be measured in this run."
 
 
 # ------------------------------------------------------------------------------------------ standalone
@@ -368,15 +369,15 @@ def test_ensure_and_optional_results(tmp_path):
     done = tmp_path / "results" / "smoke" / "03_tdpm_dip" / "generation.csv"
     done.parent.mkdir(parents=True)
     done.write_text("a\n1\n")
-    assert synthesis.ensure_results(cfg, "03_tdpm_dip", "generation.csv", notebooks_dir=tmp_path) == done
+    assert conclusions.ensure_results(cfg, "03_tdpm_dip", "generation.csv", notebooks_dir=tmp_path) == done
     with pytest.raises(FileNotFoundError, match="run notebooks/06_ablations.ipynb with profile='smoke'"):
-        synthesis.ensure_results(cfg, "06_ablations", "rows.csv", notebooks_dir=tmp_path)  # no notebook there
+        conclusions.ensure_results(cfg, "06_ablations", "rows.csv", notebooks_dir=tmp_path)  # no notebook there
     (tmp_path / "06_ablations.ipynb").write_text("{}")
     with pytest.raises(FileNotFoundError, match="06_ablations"):
-        synthesis.ensure_results(cfg, "06_ablations", "rows.csv", notebooks_dir=tmp_path, run=False)
-    table, note = synthesis.optional_results(cfg, "03_tdpm_dip", "generation.csv")
+        conclusions.ensure_results(cfg, "06_ablations", "rows.csv", notebooks_dir=tmp_path, run=False)
+    table, note = conclusions.optional_results(cfg, "03_tdpm_dip", "generation.csv")
     assert note == "" and table["a"].tolist() == [1]
-    table, note = synthesis.optional_results(cfg, "05_example2_guided_early_stopping", "per_image.csv")
+    table, note = conclusions.optional_results(cfg, "05_example2_guided_early_stopping", "per_image.csv")
     assert table is None and "05_example2_guided_early_stopping/per_image.csv is not in this run's results" in note
 
 
@@ -384,7 +385,7 @@ def test_ensure_and_optional_results(tmp_path):
 
 def study_paired(rows, seed=0):
     """Chapter 03's study_paired.csv, built as chapter 03 builds it."""
-    best = synthesis.best_by_family(rows).set_index(["sigma", "family"])["method_key"]
+    best = conclusions.best_by_family(rows).set_index(["sigma", "family"])["method_key"]
     test = rows[rows["split"] == "test"]
     out = []
     for sigma in (25, 50):
@@ -402,49 +403,49 @@ def study_paired(rows, seed=0):
 
 def test_best_by_family_uses_the_validation_images():
     rows = fake_study_rows()
-    best = synthesis.best_by_family(rows).set_index(["sigma", "family"])["method_key"]
+    best = conclusions.best_by_family(rows).set_index(["sigma", "family"])["method_key"]
     assert best[(25, "DDPM")] == "tweedie" and best[(25, "DIP")] == "dip_official" and best[(25, "hybrid")] == "tdpm_matched"
     # a method that is best on the test images only is not chosen
     rows.loc[(rows["method_key"] == "sdedit") & (rows["split"] == "test"), "psnr"] += 10
-    assert synthesis.best_by_family(rows).set_index(["sigma", "family"])["method_key"][(25, "hybrid")] == "tdpm_matched"
+    assert conclusions.best_by_family(rows).set_index(["sigma", "family"])["method_key"][(25, "hybrid")] == "tdpm_matched"
 
 
 def test_answer_in_quality_and_speed():
     rows = fake_study_rows()
     fam = dict(zip(rows["method"], rows["family"]))
-    ans = synthesis.answer(study_paired(rows), timings=fake_timings(rows))
+    ans = conclusions.answer(study_paired(rows), timings=fake_timings(rows))
     assert list(ans["outcome"]) == ["worse than", "better than"] * 2
-    details = synthesis.answer_details(ans, families=fam)
+    details = conclusions.answer_details(ans, families=fam)
     assert details.startswith("At σ = 25 the best hybrid on the validation images, TDPM-DIP, matched state, is worse "
                               "than the best DDPM alone, DDPM posterior mean (-2.")
     assert "better than the best DIP alone, DIP, official protocol (+0.33 dB" in details and "1.10× its time" in details
-    overall = synthesis.answer_overall(ans)
+    overall = conclusions.answer_overall(ans)
     assert overall.startswith("In quality (PSNR on the test images) the best combination of DDPM and DIP beats one of "
                               "them but not the other at σ = 25 and 50.")
     assert "it is slower than both at σ = 25 and 50" in overall
     both = ans.assign(outcome="better than", time_ratio=0.5)
-    assert "beats both methods alone at σ = 25 and 50" in synthesis.answer_overall(both)
-    assert "faster than both at σ = 25 and 50" in synthesis.answer_overall(both)
+    assert "beats both methods alone at σ = 25 and 50" in conclusions.answer_overall(both)
+    assert "faster than both at σ = 25 and 50" in conclusions.answer_overall(both)
     mixed = ans.assign(outcome=["not clearly different from", "worse than", "better than", "better than"],
                        time_ratio=[0.5, 2.0, 2.0, 2.0])
-    o = synthesis.answer_overall(mixed)
+    o = conclusions.answer_overall(mixed)
     assert "beats both methods alone at σ = 50 and beats neither at σ = 25 (and is worse than at least one of them at σ = 25)" in o
     assert "slower than both at σ = 50 and faster than one and slower than the other at σ = 25" in o
 
 
 def test_hybrid_comparisons_and_speed():
     rows = fake_study_rows()
-    comp = synthesis.hybrid_comparisons(rows, timings=fake_timings(rows))
-    assert synthesis.hybrid_comparisons(rows)["time_ratio"].isna().all()  # no benchmark, no time ratio
+    comp = conclusions.hybrid_comparisons(rows, timings=fake_timings(rows))
+    assert conclusions.hybrid_comparisons(rows)["time_ratio"].isna().all()  # no benchmark, no time ratio
     assert len(comp) == 2 * 2 * 2 and set(comp["against_key"]) == {"tweedie", "dip_official"}
     r = comp[(comp["sigma"] == 25) & (comp["hybrid_key"] == "sdedit") & (comp["family"] == "DIP")].iloc[0]
     assert r["mean_diff"] == pytest.approx(-0.975) and r["outcome"] == "worse than" and r["time_ratio"] == pytest.approx(1.2)
-    text = synthesis.hybrid_text(comp, "tdpm_matched", "The matched TDPM-DIP")
+    text = conclusions.hybrid_text(comp, "tdpm_matched", "The matched TDPM-DIP")
     assert text.startswith("The matched TDPM-DIP: at σ = 25 it is worse than the best DDPM alone (-2.")
     assert "better than the best DIP alone (+0.33" in text and text.endswith(").")
-    assert synthesis.hybrid_text(comp, "dip_polish", "X") == "X is not in this run's study."
-    assert synthesis.speed_table(rows)["seconds"].isna().all()  # seconds only from chapter 08's benchmark
-    sp = synthesis.speed_table(rows, fake_timings(rows))
+    assert conclusions.hybrid_text(comp, "dip_polish", "X") == "X is not in this run's study."
+    assert conclusions.speed_table(rows)["seconds"].isna().all()  # seconds only from chapter 08's benchmark
+    sp = conclusions.speed_table(rows, fake_timings(rows))
     assert sp.loc[0, "seconds"] == pytest.approx(0.1) and sp.loc[1, "seconds"] == pytest.approx(5.0)
     assert list(sp.loc[sp["sigma"] == 25, "method"]) == ["DDPM posterior mean", "DIP, official protocol",
                                                         "TDPM-DIP, matched state", "DIP then SDEdit (Example 1)"]
@@ -456,26 +457,26 @@ def test_example2_pairs_the_guided_rule_with_the_others():
              "oracle (best PSNR)": 30.0}
     per = pd.DataFrame([dict(sigma_nominal=s, t_obs=57, rule=r, image=i, psnr=p + 0.05 * (i % 3) * (r == "fixed 100"))
                         for s in (25,) for r, p in rules.items() for i in range(6)])
-    comp = synthesis.example2_paired(per)
+    comp = conclusions.example2_paired(per)
     assert list(comp["against"]) == ["fixed 100", "ES-WMV", "discrepancy (single stage)"]  # no oracle
     assert list(comp["outcome"]) == ["better than", "better than", "worse than"]
-    text = synthesis.example2_text(comp)
+    text = conclusions.example2_text(comp)
     assert text == ("At σ = 25 the DDPM-guided stop is better than fixed 100 and ES-WMV and worse than "
                     "discrepancy (single stage).")
-    assert synthesis.example2_paired(per.assign(sigma_nominal=25.0))["level"].iloc[0] == "σ = 25"  # read back as float
-    by_level = synthesis.example2_paired(per.drop(columns="sigma_nominal"))
+    assert conclusions.example2_paired(per.assign(sigma_nominal=25.0))["level"].iloc[0] == "σ = 25"  # read back as float
+    by_level = conclusions.example2_paired(per.drop(columns="sigma_nominal"))
     assert by_level["level"].iloc[0] == "t = 57"
     split = pd.concat([per.assign(split="val", psnr=0.0), per.assign(split="test")])
-    assert synthesis.example2_paired(split)["mean_diff"].tolist() == pytest.approx(comp["mean_diff"].tolist())
+    assert conclusions.example2_paired(split)["mean_diff"].tolist() == pytest.approx(comp["mean_diff"].tolist())
     with pytest.raises(ValueError, match="needs the columns"):
-        synthesis.example2_paired(per.drop(columns="psnr"))
-    assert synthesis.example2_text(pd.DataFrame()) == "Chapter 05's table has no guided rule to compare."
+        conclusions.example2_paired(per.drop(columns="psnr"))
+    assert conclusions.example2_text(pd.DataFrame()) == "Chapter 05's table has no guided rule to compare."
     # the rewritten chapter 05: rule keys, labels without "oracle", a sigma column
     labels = {"guided": "guided by the DDPM schedule", "fixed": "fixed budget (chosen on validation)",
               "oracle": "best iteration of the fit (upper bound)"}
     new = pd.DataFrame([dict(sigma=50, rule_key=k, rule=v, image=i, psnr=20.0 + (k == "guided") + 0.1 * i * (k == "fixed"))
                         for k, v in labels.items() for i in range(4)])
-    c = synthesis.example2_paired(new)
+    c = conclusions.example2_paired(new)
     assert list(c["against"]) == ["fixed budget (chosen on validation)"] and c["level"].iloc[0] == "σ = 50"
 
 
@@ -484,7 +485,7 @@ def test_summary_table_one_row_per_approach_and_level():
     rows.loc[(rows["method_key"] == "ddpm") & (rows["split"] == "test"), "psnr"] += 10  # best on test only: not chosen
     ex2 = pd.DataFrame([dict(sigma255=s + 0.3, rule_key=k, rule=k, image=i, psnr=20.0 + i, ssim=0.4, iterations=100 + 10 * i,
                              seconds=2.0) for s in (25, 50) for k in ("guided", "fixed") for i in range(3)])
-    t = synthesis.summary_table(rows, ex2)
+    t = conclusions.summary_table(rows, ex2)
     at25 = t[t["sigma"] == 25]
     assert list(at25["method"]) == ["DDPM alone: DDPM posterior mean", "DIP, official protocol", "TDPM-DIP, matched state",
                                     "Example 1: DIP then SDEdit", "Example 2: DIP stopped by the DDPM schedule",
@@ -494,13 +495,13 @@ def test_summary_table_one_row_per_approach_and_level():
     assert tdpm["psnr"] == pytest.approx(23.3 + 0.15 + 0.025) and tdpm["nfe"] == 7 and tdpm["n"] == 4  # test images only
     g = at25.iloc[-2]
     assert g["psnr"] == pytest.approx(21.0) and g["dip_iterations"] == pytest.approx(110) and g["nfe"] == 0 and g["n"] == 3
-    assert set(t["sigma"]) == {25, 50} and set(synthesis.summary_table(rows, None, sigmas=(15, 25))["sigma"]) == {25}
+    assert set(t["sigma"]) == {25, 50} and set(conclusions.summary_table(rows, None, sigmas=(15, 25))["sigma"]) == {25}
 
 
 def test_executive_summary_reads_outcomes_numbers_and_time_ratios():
     rows = fake_study_rows()
-    comp = synthesis.hybrid_comparisons(rows, timings=fake_timings(rows))
-    text = synthesis.executive_summary(comp, best={25: "tdpm_matched", 50: "tdpm_matched"}, claims="Audit.",
+    comp = conclusions.hybrid_comparisons(rows, timings=fake_timings(rows))
+    text = conclusions.executive_summary(comp, best={25: "tdpm_matched", 50: "tdpm_matched"}, claims="Audit.",
                                        context="Scope.")
     assert ("the answer is no: in quality the best combination beats the DIP alone but not the DDPM alone, and in "
             "speed it is slower than the DDPM alone and slower than the DIP alone.") in text
@@ -515,20 +516,20 @@ def test_executive_summary_reads_outcomes_numbers_and_time_ratios():
     assert text.endswith("Audit. Scope.")
     # when the hybrid is best on every image at every level, the verdict flips
     rows.loc[rows["method_key"] == "tdpm_matched", "psnr"] += 5
-    yes = synthesis.executive_summary(synthesis.hybrid_comparisons(rows), best={25: "tdpm_matched", 50: "tdpm_matched"})
+    yes = conclusions.executive_summary(conclusions.hybrid_comparisons(rows), best={25: "tdpm_matched", 50: "tdpm_matched"})
     assert "the answer is yes in quality" in yes and "better than the best DDPM alone" in yes
     with pytest.raises(ValueError, match="best hybrids"):
-        synthesis.executive_summary(comp, best={25: "nope"})
+        conclusions.executive_summary(comp, best={25: "nope"})
 
 
 def test_generation_summary_reads_speed_copies_and_swd():
     gen = pd.DataFrame([dict(method_key="ddpm", seconds_per_image=10.0, frac_copies=0.0, frac_copies_fit=np.nan, swd=40.0),
                         dict(method_key="tdpm_train", seconds_per_image=2.5, frac_copies=1.0, frac_copies_fit=0.75, swd=50.0),
                         dict(method_key="real", seconds_per_image=0.0, frac_copies=1.0, frac_copies_fit=np.nan, swd=39.5)])
-    assert "times" not in synthesis.generation_summary(gen).split(", but")[0]  # no benchmark, no speed-up
-    text = synthesis.generation_summary(gen, speedup=4.0)
+    assert "times" not in conclusions.generation_summary(gen).split(", but")[0]  # no benchmark, no speed-up
+    text = conclusions.generation_summary(gen, speedup=4.0)
     assert "4.0 times faster per sample" in text and "75% of its samples are copies" in text
     assert "50.0 against the DDPM's 40.0 and real images' 39.5" in text and "held-out images instead" not in text
-    assert synthesis.generation_summary(gen[gen["method_key"] != "ddpm"]) == ""
-    bench = synthesis.generation_summary(gen, speedup=3.37, speed_source="in chapter 08's benchmark")
+    assert conclusions.generation_summary(gen[gen["method_key"] != "ddpm"]) == ""
+    bench = conclusions.generation_summary(gen, speedup=3.37, speed_source="in chapter 08's benchmark")
     assert "3.4 times faster per sample than the DDPM with 1000 steps in chapter 08's benchmark" in bench

@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 
-from tdpmlib import pipeline, synthesis
+from tdpmlib.studies import conclusions
+from tdpmlib.workflow import pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,9 +41,9 @@ def test_gpu_the_wheel_cannot_use_is_reported(monkeypatch):
 
 def test_repository_is_the_books(monkeypatch):
     url = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]["url"]
-    assert synthesis.REPOSITORY == url
+    assert conclusions.REPOSITORY == url
     monkeypatch.delenv("TDPM_NOTEBOOKS_URL", raising=False)
-    assert synthesis.notebook_url("03_tdpm_dip") == url.replace("github.com", "raw.githubusercontent.com") + "/main/notebooks/03_tdpm_dip.ipynb"
+    assert conclusions.notebook_url("03_tdpm_dip") == url.replace("github.com", "raw.githubusercontent.com") + "/main/notebooks/03_tdpm_dip.ipynb"
 
 
 def _producer(folder, name):
@@ -61,7 +62,7 @@ def test_missing_sibling_notebook_is_fetched_and_run(tmp_path, monkeypatch):
     _producer(tmp_path / "remote", "03_x")
     monkeypatch.setenv("TDPM_NOTEBOOKS_URL", (tmp_path / "remote").as_uri())
     cfg = pipeline.setup("07_y", show=False, profile="smoke", results_dir=str(tmp_path / "res"))
-    path = synthesis.ensure_results(cfg, "03_x", "out.csv", notebooks_dir=tmp_path / "nowhere")
+    path = conclusions.ensure_results(cfg, "03_x", "out.csv", notebooks_dir=tmp_path / "nowhere")
     assert path.read_text() == "a\n1\n"
     assert json.loads((cfg.out_dir() / "producers" / "03_x.ipynb").read_text())["cells"]
 
@@ -70,14 +71,14 @@ def test_unfetchable_notebook_names_what_to_run(tmp_path, monkeypatch):
     monkeypatch.setenv("TDPM_NOTEBOOKS_URL", (tmp_path / "empty").as_uri())
     cfg = pipeline.setup("07_y", show=False, profile="smoke", results_dir=str(tmp_path / "res"))
     with pytest.raises(FileNotFoundError, match="run notebooks/03_x.ipynb .*could not be fetched"):
-        synthesis.ensure_results(cfg, "03_x", "out.csv", notebooks_dir=tmp_path / "nowhere")
+        conclusions.ensure_results(cfg, "03_x", "out.csv", notebooks_dir=tmp_path / "nowhere")
     assert not list((cfg.out_dir()).rglob("*.ipynb*"))  # nothing half-written
 
 
 # ---- trained DDPMs from a folder or URL (ddpm_source) --------------------------------------------------------------
 def _trained_folder(cfg, schedule, n_train, root):
     """A finished model folder as train_or_load leaves it, built by hand (a random network, a one-row loss log)."""
-    from tdpmlib import models
+    from tdpmlib.methods import models
 
     d = root / f"ddpm-{schedule}"
     unet = models.make_unet(cfg.ddpm_preset, resolution=cfg.resolution)
@@ -109,7 +110,7 @@ def test_trained_ddpm_is_loaded_from_a_folder_or_url(tmp_path, monkeypatch, over
         threading.Thread(target=server.serve_forever, daemon=True).start()
         source = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        monkeypatch.setattr(pipeline.ddpm, "train_ddpm", _no_training)
+        monkeypatch.setattr(pipeline.ddpm_training, "train_ddpm", _no_training)
         cfg = pipeline.setup("x", show=False, profile="smoke", results_dir=str(tmp_path / "run"), ddpm_source=source)
         unet, _, info = pipeline.train_or_load(cfg, train, schedule="linear")
     finally:
@@ -133,7 +134,7 @@ def test_trained_ddpm_of_another_configuration_is_not_used(tmp_path, monkeypatch
     def train_instead(*a, **k):
         raise Trained
 
-    monkeypatch.setattr(pipeline.ddpm, "train_ddpm", train_instead)
+    monkeypatch.setattr(pipeline.ddpm_training, "train_ddpm", train_instead)
     cfg = pipeline.setup("x", show=False, profile="smoke", results_dir=str(tmp_path / "run"))
     with pytest.raises(Trained):
         pipeline.train_or_load(cfg, train, schedule="linear")
@@ -142,7 +143,7 @@ def test_trained_ddpm_of_another_configuration_is_not_used(tmp_path, monkeypatch
 
 
 def test_interrupted_model_copy_leaves_nothing(tmp_path, monkeypatch):
-    from tdpmlib import remote
+    from tdpmlib.workflow import remote
 
     train = torch.rand(6, 3, 16, 16)
     cfg = pipeline.setup("x", show=False, profile="smoke", results_dir=str(tmp_path / "run"))
@@ -192,8 +193,8 @@ def test_every_copy_of_the_repository_url_is_the_configured_one():
     wrong = sorted({f"{f}: {m}" for f, m in copies if m != slug})
     assert not wrong, f"copies of the repository URL that differ from _config.yml's {url}:\n" + "\n".join(wrong)
     where = {f for f, _ in copies}
-    # the copies this test exists for are seen: every install cell, 08's clone, tdpmlib.remote, README, CITATION.cff
-    assert {"tdpmlib/remote.py", "README.md", "CITATION.cff", "_config.yml"} <= where
+    # the copies this test exists for are seen: every install cell, 08's clone, tdpmlib.workflow.remote, README, CITATION.cff
+    assert {"tdpmlib/workflow/remote.py", "README.md", "CITATION.cff", "_config.yml"} <= where
     assert {f"notebooks/{p.name}" for p in (REPO / "notebooks").glob("[0-9]*.ipynb")} <= where
     clone = [c for c in nbformat.read(str(REPO / "notebooks" / "08_performance.ipynb"), as_version=4).cells
              if '"clone"' in c.source]

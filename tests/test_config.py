@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from tdpmlib import config, data, models
-from tdpmlib.config import Config
+from tdpmlib.methods import models
+from tdpmlib.workflow import config, data
+from tdpmlib.workflow.config import Config
 
 BASE = dict(notebook="t", profile="smoke", results_dir="/tmp/tdpm-test-results")
 
@@ -90,7 +91,7 @@ def test_gpu_only_profile_is_refused_without_cuda(monkeypatch, capsys):
     import sys
     from pathlib import Path
 
-    from tdpmlib import train
+    from tdpmlib.workflow import train
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="profile='paper' is not allowed; it needs a CUDA GPU"):
@@ -120,7 +121,7 @@ def test_image_column_and_class_filter_reach_the_loader_and_the_model_identity(t
 
     from PIL import Image
 
-    from tdpmlib import pipeline
+    from tdpmlib.workflow import pipeline
 
     monkeypatch.delenv("TDPM_IMAGE_COLUMN", raising=False)
     monkeypatch.delenv("TDPM_CLASS_FILTER", raising=False)

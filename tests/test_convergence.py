@@ -1,11 +1,14 @@
-"""The training reading of Example 1 (tdpmlib.convergence) on the smoke profile and a synthetic parquet."""
+"""The training reading of Example 1 (tdpmlib.studies.dip_init_training) on the smoke profile and a synthetic parquet."""
 import math
 
 import pandas as pd
 import pytest
 import torch
 
-from tdpmlib import convergence, data, ddpm, metrics, pipeline, schedules, study, tdpm
+from tdpmlib.evaluation import metrics
+from tdpmlib.methods import ddpm, schedules, tdpm
+from tdpmlib.studies import denoising, dip_init_training
+from tdpmlib.workflow import data, pipeline
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +22,8 @@ def setup(tmp_path_factory):
 
 def test_truncated_variant_scores_only_the_levels_it_was_trained_for(setup):
     cfg, train, held = setup
-    convergence.train_variant(cfg, "trunc60", train=train, held=held)
-    d = convergence.variant_dir(cfg, "trunc60")
+    dip_init_training.train_variant(cfg, "trunc60", train=train, held=held)
+    d = dip_init_training.variant_dir(cfg, "trunc60")
     q = pd.read_csv(d / "quality.csv")
     assert q.step.tolist() == [3, 6]
     t25, t50 = (schedules.t_for_sigma(schedules.make_scheduler("linear"), s) for s in (25, 50))
@@ -36,14 +39,14 @@ def test_truncated_variant_scores_only_the_levels_it_was_trained_for(setup):
 
 def test_record_equals_an_independent_recomputation_from_the_saved_network(setup):
     cfg, train, held = setup
-    convergence.train_variant(cfg, "full", train=train, held=held)
-    d = convergence.variant_dir(cfg, "full")
+    dip_init_training.train_variant(cfg, "full", train=train, held=held)
+    d = dip_init_training.variant_dir(cfg, "full")
     q = pd.read_csv(d / "quality.csv").set_index("step")
     unet = ddpm.load_unet(d / "unet_ema")
     sched = schedules.make_scheduler("linear")
-    _, test = study.split_eval(held, n_val=cfg.n_val, n_test=cfg.n_test, seed=cfg.seed)
+    _, test = denoising.split_eval(held, n_val=cfg.n_val, n_test=cfg.n_test, seed=cfg.seed)
     for s in (25, 50):
-        y, t = study.observe(test, s, sched, seed=cfg.seed)
+        y, t = denoising.observe(test, s, sched, seed=cfg.seed)
         x0 = tdpm.tweedie(unet, sched, y, t)
         assert float(metrics.psnr(x0, test).mean()) == pytest.approx(q.loc[6, f"psnr_posterior_mean_s{s}"], abs=1e-4)
     # training seconds leave out the evaluation that ran before them; the loss log's clock does not
@@ -54,20 +57,20 @@ def test_record_equals_an_independent_recomputation_from_the_saved_network(setup
 
 def test_finished_variant_is_skipped_and_dip_images_are_cached(setup):
     cfg, train, held = setup
-    convergence.train_variant(cfg, "curriculum", train=train, held=held)
-    d = convergence.variant_dir(cfg, "curriculum")
+    dip_init_training.train_variant(cfg, "curriculum", train=train, held=held)
+    d = dip_init_training.variant_dir(cfg, "curriculum")
     before = (d / "quality.csv").stat().st_mtime_ns
-    convergence.train_variant(cfg, "curriculum", train=train, held=held)
+    dip_init_training.train_variant(cfg, "curriculum", train=train, held=held)
     assert (d / "quality.csv").stat().st_mtime_ns == before
-    first, secs = convergence.dip_images(cfg, train, lr=convergence.DIP_LR)
-    again, secs2 = convergence.dip_images(cfg, train, lr=convergence.DIP_LR)
+    first, secs = dip_init_training.dip_images(cfg, train, lr=dip_init_training.DIP_LR)
+    again, secs2 = dip_init_training.dip_images(cfg, train, lr=dip_init_training.DIP_LR)
     assert torch.equal(first, again) and secs == secs2 > 0
     assert first.shape == train.shape and not torch.allclose(first, train, atol=0.05)  # a short fit smooths
-    rec = convergence.load_records(cfg)
+    rec = dip_init_training.load_records(cfg)
     assert {"curriculum", "full", "trunc60"} <= set(rec) and rec["curriculum"]["summary"]["dip_seconds"] > 0
 
 
 def test_bad_variant_list_is_named():
     with pytest.raises(ValueError, match="variants"):
-        convergence.check_variants("full,nope")
-    assert convergence.main(["--profile", "smoke", "--variants", "nope"]) == 2
+        dip_init_training.check_variants("full,nope")
+    assert dip_init_training.main(["--profile", "smoke", "--variants", "nope"]) == 2

@@ -1,4 +1,4 @@
-"""Tests for tdpmlib.data: sources, preprocessing, errors, split, augmentation and batch order.
+"""Tests for tdpmlib.workflow.data: sources, preprocessing, errors, split, augmentation and batch order.
 
 The loader is tested on the shared Pokémon parquet when it is present (``$TDPM_DATA`` if that names a
 parquet file, else ``<repo>/../shared/data/pokemon/train-128px.parquet``), and otherwise on a synthetic
@@ -20,7 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tdpmlib import data, sources
+from tdpmlib.methods import ddpm_training
+from tdpmlib.workflow import data, sources
 
 SHARED_PARQUET = Path(__file__).resolve().parents[2] / "shared" / "data" / "pokemon" / "train-128px.parquet"
 SHARED_ROWS = 819
@@ -572,8 +573,8 @@ def test_split_needs_two_images():
 
 def test_random_hflip_flips_about_half_reproducibly():
     batch = torch.randn(64, 3, 4, 5)
-    out = data.random_hflip(batch, torch.Generator().manual_seed(0))
-    again = data.random_hflip(batch, torch.Generator().manual_seed(0))
+    out = ddpm_training.random_hflip(batch, torch.Generator().manual_seed(0))
+    again = ddpm_training.random_hflip(batch, torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
     flipped = torch.tensor([torch.equal(o, b.flip(-1)) for o, b in zip(out, batch)])
     kept = torch.tensor([torch.equal(o, b) for o, b in zip(out, batch)])
@@ -585,17 +586,17 @@ def test_random_hflip_flips_about_half_reproducibly():
 
 def test_batches_cover_every_index_once_and_depend_only_on_seed_and_epoch():
     state = torch.random.get_rng_state()
-    b0 = data.batches(10, 4, seed=0, epoch=0)
+    b0 = ddpm_training.batches(10, 4, seed=0, epoch=0)
     assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is untouched
     assert [len(b) for b in b0] == [4, 4, 2]  # last partial batch kept
     assert sorted(torch.cat(b0).tolist()) == list(range(10))
     assert all(b.dtype == torch.int64 for b in b0)
     torch.manual_seed(123)
-    assert all(torch.equal(a, b) for a, b in zip(b0, data.batches(10, 4, seed=0, epoch=0)))
-    b1 = data.batches(10, 4, seed=0, epoch=1)
+    assert all(torch.equal(a, b) for a, b in zip(b0, ddpm_training.batches(10, 4, seed=0, epoch=0)))
+    b1 = ddpm_training.batches(10, 4, seed=0, epoch=1)
     assert not torch.equal(torch.cat(b0), torch.cat(b1))
-    assert not torch.equal(torch.cat(b0), torch.cat(data.batches(10, 4, seed=1, epoch=0)))
-    big = data.batches(819, 64, seed=7, epoch=3)
+    assert not torch.equal(torch.cat(b0), torch.cat(ddpm_training.batches(10, 4, seed=1, epoch=0)))
+    big = ddpm_training.batches(819, 64, seed=7, epoch=3)
     assert len(big) == 13 and sorted(torch.cat(big).tolist()) == list(range(819))
     expected = torch.randperm(819, generator=torch.Generator().manual_seed(7 * 1_000_003 + 3))
     assert torch.equal(torch.cat(big), expected)
@@ -605,7 +606,7 @@ def test_batches_cover_every_index_once_and_depend_only_on_seed_and_epoch():
 def test_batches_reject_bad_arguments(kwargs):
     args = dict(n=10, batch_size=4, seed=0, epoch=0) | kwargs
     with pytest.raises(ValueError):
-        data.batches(args.pop("n"), args.pop("batch_size"), **args)
+        ddpm_training.batches(args.pop("n"), args.pop("batch_size"), **args)
 
 
 def test_author_preprocess_is_torchvision_resize_of_convert_rgb():

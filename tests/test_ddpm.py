@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tdpmlib import ddpm, models, schedules
+from tdpmlib.methods import ddpm, ddpm_training, models, schedules
 
 
 def tiny_unet(seed=0):
@@ -25,7 +25,7 @@ def test_twenty_steps_lower_the_loss(tiny_images, tmp_path):
     s = schedules.make_scheduler("linear")
     unet = tiny_unet()
     before = fixed_loss(unet, tiny_images, s)
-    out = ddpm.train_ddpm(unet, tiny_images, s, out_dir=tmp_path, steps=20, batch_size=8, lr=3e-3,
+    out = ddpm_training.train_ddpm(unet, tiny_images, s, out_dir=tmp_path, steps=20, batch_size=8, lr=3e-3,
                           warmup_steps=0, progress=False)
     assert fixed_loss(unet, tiny_images, s) < 0.9 * before
     assert len(out["log"]) == 20 and (tmp_path / "unet_ema" / "config.json").exists()
@@ -44,7 +44,7 @@ def test_training_reads_the_loss_back_only_at_checkpoints(tiny_images, tmp_path,
 
     monkeypatch.setattr(torch.Tensor, "item", lambda t: (ours() and reads.append("item"), real_item(t))[1])
     monkeypatch.setattr(torch.Tensor, "tolist", lambda t: (ours() and reads.append(t.numel()), real_tolist(t))[1])
-    out = ddpm.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path, steps=8, batch_size=4, lr=1e-3,
+    out = ddpm_training.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path, steps=8, batch_size=4, lr=1e-3,
                           warmup_steps=0, progress=False, checkpoint_every=4)
     monkeypatch.undo()
     assert "item" not in reads and reads.count(4) == 2, reads
@@ -59,7 +59,7 @@ def test_resume_gives_bitwise_identical_weights(tiny_images, tmp_path, variant):
     kw |= dict(default={}, truncated=dict(max_level=50), noisy_targets=dict(x0_noise_std=0.1),
                curriculum=dict(early_images=-tiny_images.flip(-1), early_steps=10))[variant]
     full = tiny_unet()
-    ref = ddpm.train_ddpm(full, tiny_images, s, out_dir=tmp_path / "full", **kw)
+    ref = ddpm_training.train_ddpm(full, tiny_images, s, out_dir=tmp_path / "full", **kw)
 
     # interrupted run: stop after the checkpoint at step 8 by raising from the callback
     class Stop(Exception):
@@ -71,8 +71,8 @@ def test_resume_gives_bitwise_identical_weights(tiny_images, tmp_path, variant):
 
     part = tiny_unet()
     with pytest.raises(Stop):
-        ddpm.train_ddpm(part, tiny_images, s, out_dir=tmp_path / "resumed", callback=boom, callback_every=1, **kw)
-    resumed = ddpm.train_ddpm(tiny_unet(seed=99), tiny_images, s, out_dir=tmp_path / "resumed", **kw)
+        ddpm_training.train_ddpm(part, tiny_images, s, out_dir=tmp_path / "resumed", callback=boom, callback_every=1, **kw)
+    resumed = ddpm_training.train_ddpm(tiny_unet(seed=99), tiny_images, s, out_dir=tmp_path / "resumed", **kw)
     for (k, a), b in zip(ref["ema_unet"].state_dict().items(), resumed["ema_unet"].state_dict().values()):
         assert torch.equal(a, b), k
     for a, b in zip(full.state_dict().values(), torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["model"].values()):
@@ -82,13 +82,13 @@ def test_resume_gives_bitwise_identical_weights(tiny_images, tmp_path, variant):
 
 def test_resume_refuses_other_config(tiny_images, tmp_path):
     s = schedules.make_scheduler("linear")
-    ddpm.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path, steps=2, batch_size=8, progress=False)
+    ddpm_training.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path, steps=2, batch_size=8, progress=False)
     with pytest.raises(ValueError, match="different configuration.*batch_size"):
-        ddpm.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path, steps=2, batch_size=4, progress=False)
+        ddpm_training.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path, steps=2, batch_size=4, progress=False)
 
 
 def test_epochs_limit(tiny_images, tmp_path):
-    out = ddpm.train_ddpm(tiny_unet(), tiny_images, schedules.make_scheduler("cosine"), out_dir=tmp_path,
+    out = ddpm_training.train_ddpm(tiny_unet(), tiny_images, schedules.make_scheduler("cosine"), out_dir=tmp_path,
                           epochs=2, batch_size=6, progress=False)
     assert out["steps"] == 2 * 3 and out["log"]["epoch"].tolist() == [0, 0, 0, 1, 1, 1]
 
@@ -98,12 +98,12 @@ def test_epochs_limit(tiny_images, tmp_path):
                                         (dict(steps=2, batch_size=0), "batch_size=0")])
 def test_bad_training_arguments(tiny_images, tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
-        ddpm.train_ddpm(tiny_unet(), tiny_images, schedules.make_scheduler("linear"), out_dir=tmp_path,
+        ddpm_training.train_ddpm(tiny_unet(), tiny_images, schedules.make_scheduler("linear"), out_dir=tmp_path,
                         progress=False, **kw)
 
 
 def test_saved_network_loads_and_corrupt_one_is_named(tiny_images, tmp_path):
-    out = ddpm.train_ddpm(tiny_unet(), tiny_images, schedules.make_scheduler("linear"), out_dir=tmp_path,
+    out = ddpm_training.train_ddpm(tiny_unet(), tiny_images, schedules.make_scheduler("linear"), out_dir=tmp_path,
                           steps=2, batch_size=8, progress=False)
     loaded = ddpm.load_unet(tmp_path / "unet_ema")
     for a, b in zip(out["ema_unet"].state_dict().values(), loaded.state_dict().values()):
@@ -258,7 +258,7 @@ def test_bad_sampling_arguments(kw, match):
         ddpm.reverse_chain(tiny_unet(), s, torch.zeros(1, 3, 8, 8), kw.pop("t"), **kw)
 
 
-# --- the training reading's options (tdpmlib.convergence) ---------------------------------------------------
+# --- the training reading's options (tdpmlib.studies.dip_init_training) ---------------------------------------------------
 
 def _seen_timesteps(unet):
     seen = []
@@ -270,7 +270,7 @@ def test_max_level_draws_only_levels_up_to_it(tiny_images, tmp_path):
     s = schedules.make_scheduler("linear")
     unet = tiny_unet()
     seen = _seen_timesteps(unet)
-    ddpm.train_ddpm(unet, tiny_images, s, out_dir=tmp_path, steps=30, batch_size=16, warmup_steps=0,
+    ddpm_training.train_ddpm(unet, tiny_images, s, out_dir=tmp_path, steps=30, batch_size=16, warmup_steps=0,
                     progress=False, max_level=5)
     ts = torch.cat(seen)
     assert ts.min() == 0 and ts.max() == 4 and len(ts.unique()) == 5  # diffusers timesteps 0..4 = levels 1..5
@@ -280,14 +280,14 @@ def test_default_levels_are_unchanged_and_max_level_is_in_the_checkpoint(tiny_im
     s = schedules.make_scheduler("linear")
     kw = dict(steps=2, batch_size=8, warmup_steps=0, progress=False, checkpoint_every=1)
     a, b = tiny_unet(), tiny_unet()
-    ra = ddpm.train_ddpm(a, tiny_images, s, out_dir=tmp_path / "a", **kw)
-    rb = ddpm.train_ddpm(b, tiny_images, s, out_dir=tmp_path / "b", max_level=1000, **kw)
+    ra = ddpm_training.train_ddpm(a, tiny_images, s, out_dir=tmp_path / "a", **kw)
+    rb = ddpm_training.train_ddpm(b, tiny_images, s, out_dir=tmp_path / "b", max_level=1000, **kw)
     for p, q in zip(ra["ema_unet"].parameters(), rb["ema_unet"].parameters()):  # max_level = T draws the same levels
         assert torch.equal(p, q)
     with pytest.raises(ValueError, match="config"):  # a checkpoint of another max_level is not resumed
-        ddpm.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path / "b", **dict(kw, steps=3), max_level=10)
+        ddpm_training.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path / "b", **dict(kw, steps=3), max_level=10)
     with pytest.raises(ValueError, match="max_level"):
-        ddpm.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path / "c", **kw, max_level=1001)
+        ddpm_training.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path / "c", **kw, max_level=1001)
 
 
 def test_x0_noise_std_adds_noise_of_that_std(tmp_path):
@@ -296,7 +296,7 @@ def test_x0_noise_std_adds_noise_of_that_std(tmp_path):
     inputs = []
     unet.register_forward_pre_hook(lambda m, args: inputs.append(args[0].clone()) if m.training else None)
     zeros = torch.zeros(4, 3, 8, 8)
-    ddpm.train_ddpm(unet, zeros, s, out_dir=tmp_path, steps=20, batch_size=4, warmup_steps=0, progress=False,
+    ddpm_training.train_ddpm(unet, zeros, s, out_dir=tmp_path, steps=20, batch_size=4, warmup_steps=0, progress=False,
                     max_level=1, x0_noise_std=0.5, hflip=False)
     x = torch.cat(inputs)  # level 1: x_1 = sqrt(abar_1) * (0 + 0.5 n) + sqrt(1 - abar_1) eps, std ~ 0.5
     assert 0.47 < float(x.std()) < 0.53 and abs(float(x.mean())) < 0.03
@@ -306,14 +306,14 @@ def test_early_images_for_all_steps_equal_training_on_them(tiny_images, tmp_path
     s = schedules.make_scheduler("linear")
     kw = dict(steps=6, batch_size=8, warmup_steps=0, progress=False)
     other = -tiny_images.flip(-1)
-    direct = ddpm.train_ddpm(tiny_unet(), other, s, out_dir=tmp_path / "d", **kw)["ema_unet"]
-    early = ddpm.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path / "e", early_images=other, early_steps=6, **kw)["ema_unet"]
-    half = ddpm.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path / "h", early_images=other, early_steps=3, **kw)["ema_unet"]
+    direct = ddpm_training.train_ddpm(tiny_unet(), other, s, out_dir=tmp_path / "d", **kw)["ema_unet"]
+    early = ddpm_training.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path / "e", early_images=other, early_steps=6, **kw)["ema_unet"]
+    half = ddpm_training.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path / "h", early_images=other, early_steps=3, **kw)["ema_unet"]
     for p, q, r in zip(direct.parameters(), early.parameters(), half.parameters()):
         assert torch.equal(p, q)
     assert any(not torch.equal(p, r) for p, r in zip(direct.parameters(), half.parameters()))
     with pytest.raises(ValueError, match="early_steps"):
-        ddpm.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path / "x", early_steps=2, **kw)
+        ddpm_training.train_ddpm(tiny_unet(), tiny_images, s, out_dir=tmp_path / "x", early_steps=2, **kw)
 
 
 def test_no_ema_saves_exactly_the_trained_network(tmp_path, tiny_images):
@@ -322,7 +322,7 @@ def test_no_ema_saves_exactly_the_trained_network(tmp_path, tiny_images):
     for decay in (0.0, 0.999):
         torch.manual_seed(0)
         unet = models.make_unet("tiny", resolution=tiny_images.shape[-1])
-        res = ddpm.train_ddpm(unet, tiny_images, schedules.make_scheduler("linear"), out_dir=tmp_path / str(decay),
+        res = ddpm_training.train_ddpm(unet, tiny_images, schedules.make_scheduler("linear"), out_dir=tmp_path / str(decay),
                               steps=3, batch_size=4, warmup_steps=1, ema_decay=decay, progress=False)
         same = all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), res["ema_unet"].state_dict().values()))
         out[decay] = same
@@ -330,5 +330,5 @@ def test_no_ema_saves_exactly_the_trained_network(tmp_path, tiny_images):
         assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), res["ema_unet"].state_dict().values()))
     assert out == {0.0: True, 0.999: False}
     with pytest.raises(ValueError, match="ema_decay=1"):
-        ddpm.train_ddpm(unet, tiny_images, schedules.make_scheduler("linear"), out_dir=tmp_path / "x", steps=1,
+        ddpm_training.train_ddpm(unet, tiny_images, schedules.make_scheduler("linear"), out_dir=tmp_path / "x", steps=1,
                         ema_decay=1, progress=False)

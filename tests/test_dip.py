@@ -4,7 +4,8 @@ import traceback
 import pytest
 import torch
 
-from tdpmlib import dip, metrics, skipnet
+from tdpmlib.evaluation import metrics
+from tdpmlib.methods import dip, skipnet
 
 
 def targets(n=2, size=8):

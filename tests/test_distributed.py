@@ -1,8 +1,8 @@
-"""Data-parallel DDPM training and split sampling (tdpmlib.ddpm_parallel) on 2 CPU processes (gloo).
+"""Data-parallel DDPM training and split sampling (tdpmlib.methods.ddpm_parallel) on 2 CPU processes (gloo).
 
 Each launch costs seconds of process start-up on 2 cores, so one launch of tests/distributed_worker.py runs
 every multi-process scenario and the tests below check what it wrote; a second one runs the documented
-``accelerate launch ... -m tdpmlib.train`` command end to end.
+``accelerate launch ... -m tdpmlib.workflow.train`` command end to end.
 """
 
 import inspect
@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import distributed_worker as worker
-from tdpmlib import data, ddpm, ddpm_parallel, models, pipeline, schedules
+from tdpmlib.methods import ddpm, ddpm_parallel, ddpm_training, models, schedules
+from tdpmlib.workflow import data, pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -64,7 +65,7 @@ def test_two_processes_follow_the_single_process_run(run, tmp_path):
     # rounding noise of parameters whose gradient is exactly zero, such as conv biases before a GroupNorm, into
     # steps of about lr.)
     out, report, tensors = run
-    ref = ddpm.train_ddpm(worker.tiny_unet(0), worker.tiny_images(), schedules.make_scheduler("linear"),
+    ref = ddpm_training.train_ddpm(worker.tiny_unet(0), worker.tiny_images(), schedules.make_scheduler("linear"),
                           out_dir=tmp_path, **worker.KW)
     torch.testing.assert_close(torch.tensor(report["full_log"]["loss"]), torch.tensor(ref["log"]["loss"].tolist()),
                                rtol=0, atol=1e-5)
@@ -157,7 +158,7 @@ def test_the_documented_launch_trains_the_model_the_notebooks_load(tmp_path):
     parquet = data.write_synthetic_parquet(tmp_path / "imgs.parquet", n=24, size=16)
     args = ["--profile", "smoke", "--data-source", str(parquet), "--results-dir", str(tmp_path / "r"),
             "--device", "cpu", "--train-steps", "4", "--checkpoint-every", "2", "--eval-every", "4", "--grid-every", "4"]
-    out = launch(["-m", "tdpmlib.train", *args])
+    out = launch(["-m", "tdpmlib.workflow.train", *args])
     assert "training the linear DDPM on 2 processes" in out.stdout and "trained" in out.stdout
     cfg = pipeline.setup("train", show=False, profile="smoke", data_source=str(parquet), results_dir=str(tmp_path / "r"),
                          device="cpu", train_steps=4, checkpoint_every=2)
@@ -174,7 +175,7 @@ def test_the_documented_launch_trains_the_model_the_notebooks_load(tmp_path):
 
 def test_parallel_trainer_keeps_the_one_process_defaults():
     """The two trainers repeat their hyperparameter signature; a default changed in one only fails here."""
-    one = inspect.signature(ddpm.train_ddpm).parameters
+    one = inspect.signature(ddpm_training.train_ddpm).parameters
     par = inspect.signature(ddpm_parallel.train_ddpm_parallel).parameters
     shared = [k for k in par if k in one and par[k].kind is inspect.Parameter.KEYWORD_ONLY]
     assert {"batch_size", "lr", "betas", "warmup_steps", "ema_decay", "grad_clip", "seed"} <= set(shared)

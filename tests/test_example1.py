@@ -1,4 +1,4 @@
-"""Tests for tdpmlib.example1: the DIP-initialised DDPM (Example 1), and the table helpers its notebook uses."""
+"""Tests for tdpmlib.studies.dip_init: the DIP-initialised DDPM (Example 1), and the table helpers its notebook uses."""
 
 from types import SimpleNamespace
 
@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from tdpmlib import ddpm, dip, example1, metrics, models, schedules, tdpm
+from tdpmlib.evaluation import metrics, sample_metrics
+from tdpmlib.methods import ddpm, dip, models, schedules, tdpm
+from tdpmlib.studies import dip_init
 
 
 @pytest.fixture(scope="module")
@@ -54,59 +56,59 @@ def test_exact_denoiser_brings_any_start_to_the_data_point(sched):
     c = smooth(1)
     start = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     net = PointMassUNet(c, sched)
-    x = example1.dip_init_ddpm(net, sched, start, 40, generator=torch.Generator().manual_seed(2))
+    x = dip_init.dip_init_ddpm(net, sched, start, 40, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(x, c.expand_as(x), atol=1e-4, rtol=0)
     assert net.calls == 40
     net.calls = 0
-    x = example1.dip_init_ddpm(net, sched, start, 40, method="ddim", num_steps=5,
+    x = dip_init.dip_init_ddpm(net, sched, start, 40, method="ddim", num_steps=5,
                                generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(x, c.expand_as(x), atol=1e-4, rtol=0)
     assert net.calls == 5 == ddpm.network_evaluations(40, method="ddim", num_steps=5)
     net.calls = 0
-    x = example1.from_noise(net, sched, n=3, resolution=8, nfe=7, generator=torch.Generator().manual_seed(3))
+    x = dip_init.from_noise(net, sched, n=3, resolution=8, nfe=7, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(x, c.expand_as(x), atol=1e-4, rtol=0)
     assert net.calls == 7 and x.shape == (3, 3, 8, 8)
     net.calls = 0
     y = tdpm.observe(c.expand(2, -1, -1, -1), 30, sched, generator=torch.Generator().manual_seed(4))
-    x = example1.from_observation(net, sched, y, 30, generator=torch.Generator().manual_seed(5))
+    x = dip_init.from_observation(net, sched, y, 30, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(x, c.expand_as(x), atol=1e-4, rtol=0)
     assert net.calls == 30
 
 
 def test_dip_init_ddpm_is_renoise_then_reverse_chain(sched, tiny_unet):
     x_hat = smooth(2)
-    out = example1.dip_init_ddpm(tiny_unet, sched, x_hat, 12, generator=torch.Generator().manual_seed(7))
+    out = dip_init.dip_init_ddpm(tiny_unet, sched, x_hat, 12, generator=torch.Generator().manual_seed(7))
     g = torch.Generator().manual_seed(7)
     x_t = schedules.q_sample(x_hat, 12, torch.randn(x_hat.shape, generator=g), sched).float()
     ref = ddpm.reverse_chain(tiny_unet, sched, x_t, 12, generator=g).clamp(-1, 1)
     torch.testing.assert_close(out, ref)
     # t0 = 0: the estimate itself, nothing drawn
-    torch.testing.assert_close(example1.dip_init_ddpm(tiny_unet, sched, 3 * x_hat, 0, generator=g), (3 * x_hat).clamp(-1, 1))
+    torch.testing.assert_close(dip_init.dip_init_ddpm(tiny_unet, sched, 3 * x_hat, 0, generator=g), (3 * x_hat).clamp(-1, 1))
     with pytest.raises(ValueError, match="t0=1001"):
-        example1.dip_init_ddpm(tiny_unet, sched, x_hat, 1001, generator=g)
+        dip_init.dip_init_ddpm(tiny_unet, sched, x_hat, 1001, generator=g)
 
 
 def test_renoise_marginal_and_excess_noise_of_the_observation_estimate(sched):
     x0 = smooth(1, size=256)
     g = torch.Generator().manual_seed(0)
     ab = float(schedules.alpha_bar(sched, 50))
-    resid = example1.renoise(x0, 50, sched, generator=g) - ab ** 0.5 * x0
+    resid = dip_init.renoise(x0, 50, sched, generator=g) - ab ** 0.5 * x0
     assert abs(resid.var().item() / (1 - ab) - 1) < 0.02
     # the observation estimate y / sqrt(abar_tobs) re-noised to t0 < t_obs carries too much noise
     t_obs, t0 = 200, 50
     y = tdpm.observe(x0, t_obs, sched, generator=g)
-    est = example1.observation_x0(y, t_obs, sched)
-    resid = example1.renoise(est, t0, sched, generator=g) - ab ** 0.5 * x0
-    ratio = example1.excess_noise_ratio(sched, t_obs, t0)
+    est = dip_init.observation_x0(y, t_obs, sched)
+    resid = dip_init.renoise(est, t0, sched, generator=g) - ab ** 0.5 * x0
+    ratio = dip_init.excess_noise_ratio(sched, t_obs, t0)
     assert ratio > 1.5
     assert abs(resid.var().item() / (1 - ab) / ratio - 1) < 0.03
-    assert example1.excess_noise_ratio(sched, t_obs, t_obs) == pytest.approx(2.0)
+    assert dip_init.excess_noise_ratio(sched, t_obs, t_obs) == pytest.approx(2.0)
 
 
 def test_denoising_sweep_rows_and_dip_outputs(sched, tiny_unet):
     clean = smooth(2)
     y = tdpm.observe(clean, 10, sched, generator=torch.Generator().manual_seed(1))
-    df, outs = example1.denoising_sweep(tiny_unet, sched, clean, y, 10, ks=[2, 4], t0s=[1, 3], presets=["tiny", "tiny"],
+    df, outs = dip_init.denoising_sweep(tiny_unet, sched, clean, y, 10, ks=[2, 4], t0s=[1, 3], presets=["tiny", "tiny"],
                                         lr=1e-2, seed=3, device="cpu", generator=torch.Generator().manual_seed(5))
     # 2 DIP starts + the observation estimate, each at t0 in {0, 1, 3}, + the observation reversed from t_obs
     assert len(df) == 2 * (3 * 3 + 1)
@@ -116,12 +118,12 @@ def test_denoising_sweep_rows_and_dip_outputs(sched, tiny_unet):
     # the DIP-only rows are the fit's kept outputs (the same z: the generator's first draw)
     g = torch.Generator().manual_seed(5)
     z = torch.randn(y.shape, generator=g)
-    fit = dip.fit_dip(example1.observation_x0(y, 10, sched), iterations=4, z=z, preset="tiny", lr=1e-2, seed=3, keep=[2, 4])
+    fit = dip.fit_dip(dip_init.observation_x0(y, 10, sched), iterations=4, z=z, preset="tiny", lr=1e-2, seed=3, keep=[2, 4])
     row = df[(df.start == "DIP only") & (df.k == 2)].sort_values("image")
     np.testing.assert_allclose(row.psnr.values, metrics.psnr(fit.outputs[2].clamp(-1, 1), clean).numpy(), rtol=1e-5)
     # the observation as is: PSNR of y / sqrt(abar) against the clean image
     row = df[(df.start == "observation as is")].sort_values("image")
-    np.testing.assert_allclose(row.psnr.values, metrics.psnr(example1.observation_x0(y, 10, sched).clamp(-1, 1), clean).numpy(),
+    np.testing.assert_allclose(row.psnr.values, metrics.psnr(dip_init.observation_x0(y, 10, sched).clamp(-1, 1), clean).numpy(),
                                rtol=1e-5)
     assert df.ssim.isna().all()  # 8 px: SSIM's window does not fit
     assert "seconds" not in df.columns  # cost: nfe and dip_iterations; seconds come from chapter 08's benchmark
@@ -134,7 +136,7 @@ def test_generation_sweep_metrics(tiny_unet):
     reference = held[2:]
     # one fit set IS the reference: fitted for long enough, its DIP outputs must score far better than pure
     # noise from an untrained network and than a fit to other images
-    per, summ, samples, fit = example1.generation_sweep(
+    per, summ, samples, fit = dip_init.generation_sweep(
         tiny_unet, sched, fit_sets={"reference": reference, "training": train[:2]}, train=train, held=held,
         reference=reference, t0s=[3], dip_iterations=20, preset="tiny", lr=3e-2, seed=0, device="cpu",
         generator=torch.Generator().manual_seed(0), full_n=2, fid=False)
@@ -147,14 +149,14 @@ def test_generation_sweep_metrics(tiny_unet):
     d = ((x - train[:2]) ** 2).mean(dim=(1, 2, 3)).sqrt()
     np.testing.assert_allclose(per[per.label == "DIP fit to training, t0=0"].d_fit.values, d.numpy(), rtol=1e-5)
     assert per[per.start.str.startswith("pure noise")].d_fit.isna().all()
-    mem = metrics.memorisation(x, train, held)
+    mem = sample_metrics.memorisation(x, train, held)
     s = summ.set_index("label")
     assert s.loc["DIP fit to training, t0=0", "mem_ratio_median"] == pytest.approx(mem["ratio_median"])
     assert (summ.fid_status == "not computed").all()
     # SWD is measured against the reference set, for every row
     for label, imgs_ in samples.items():
-        assert s.loc[label, "swd"] == pytest.approx(metrics.swd(reference, imgs_, seed=0)["swd_mean"])
-    assert metrics.swd(reference, reference, seed=0)["swd_mean"] == 0  # identical sets: the floor
+        assert s.loc[label, "swd"] == pytest.approx(sample_metrics.swd(reference, imgs_, seed=0)["swd_mean"])
+    assert sample_metrics.swd(reference, reference, seed=0)["swd_mean"] == 0  # identical sets: the floor
     near = s.loc["DIP fit to reference, t0=0", "swd"]
     assert s.loc["DIP fit to reference, t0=0", "d_fit_mean"] < 0.1
     assert near < 0.5 * min(s.loc["pure noise, DDIM 3 steps", "swd"], s.loc["pure noise, DDPM 50 steps", "swd"])
@@ -162,11 +164,11 @@ def test_generation_sweep_metrics(tiny_unet):
 
 
 def test_check_int_list():
-    assert example1.check_int_list("ks", [1, 2], low=1) == [1, 2]
-    assert example1.check_int_list("ks", None) is None
+    assert dip_init.check_int_list("ks", [1, 2], low=1) == [1, 2]
+    assert dip_init.check_int_list("ks", None) is None
     for bad in ([], [0], [1.5], "12", [True]):
         with pytest.raises(ValueError, match="ks="):
-            example1.check_int_list("ks", bad, low=1)
+            dip_init.check_int_list("ks", bad, low=1)
 
 
 def test_summarise_gives_mean_and_std_per_group_without_nans():
@@ -204,7 +206,7 @@ def test_generation_trend_follows_the_measured_direction():
         d_fit_train=[base, [v - 0.005 for v in base], [v + 0.11 for v in base]],
         d_fit_held=[base, [v - 0.006 for v in base], [v + 0.12 for v in base]],  # dips at t0 = 25, then grows
         ratio_train=[[0.3] * 8, [0.3] * 8, [0.6, 0.7, 0.3, 0.6, 0.8, 0.6, 0.7, 0.4]])
-    text = example1.generation_trend(per, summ)
+    text = dip_init.generation_trend(per, summ)
     assert text.startswith("Re-noising to larger t₀ moves the outputs away from the images the DIP fitted")
     assert "does not" not in text
     assert "grows from 0.136 to 0.246 for the training-image fits (×1.81" in text
@@ -216,7 +218,7 @@ def test_generation_trend_says_no_clear_change_only_when_there_is_none():
     noisy = [0.10, 0.20, 0.15, 0.12, 0.18, 0.11, 0.19, 0.14]
     per, summ = _trend_tables(d_fit_train=[noisy, noisy, noisy[::-1]], d_fit_held=[noisy, noisy, noisy[::-1]],
                               ratio_train=[[0.3, 0.6] * 4, [0.3, 0.6] * 4, [0.6, 0.3] * 4])
-    text = example1.generation_trend(per, summ)
+    text = dip_init.generation_trend(per, summ)
     assert "does not clearly change how far the outputs are" in text
     assert "median memorisation ratio does not clearly change" in text
     assert "fraction of copies (d_train < d_held/2) does not clearly change from 50% to 50%" in text
@@ -225,9 +227,9 @@ def test_generation_trend_says_no_clear_change_only_when_there_is_none():
     per, summ = _trend_tables(d_fit_train=[[0.3] * 8, [0.2] * 8, [v - 0.1 for v in noisy]],
                               d_fit_held=[[0.3] * 8, [0.2] * 8, [v - 0.1 for v in noisy]],
                               ratio_train=[[0.8] * 8, [0.8] * 8, [0.3] * 8])
-    text = example1.generation_trend(per, summ)
+    text = dip_init.generation_trend(per, summ)
     assert text.startswith("Re-noising to larger t₀ brings the outputs closer to")
     assert "shrinks from 0.300 to" in text and "rises from 0% to 100%" in text
     assert text.endswith("re-noising to larger t₀ increases memorisation.")
     with pytest.raises(ValueError, match="two re-noising levels"):
-        example1.generation_trend(per[per.t0 == 0], summ[summ.t0 == 0])
+        dip_init.generation_trend(per[per.t0 == 0], summ[summ.t0 == 0])

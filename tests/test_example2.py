@@ -1,10 +1,12 @@
-"""Tests for tdpmlib.example2: the guided stopping rule and notebook 05's study of stopping rules."""
+"""Tests for tdpmlib.studies.guided_stopping: the guided stopping rule and notebook 05's study of stopping rules."""
 
 import numpy as np
 import pytest
 import torch
 
-from tdpmlib import dip, example1, example2, metrics, schedules, stopping, tdpm
+from tdpmlib.evaluation import metrics
+from tdpmlib.methods import dip, schedules, stopping, tdpm
+from tdpmlib.studies import dip_init, guided_stopping
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +29,14 @@ def test_guided_stages_have_the_stated_noise_variances(sched):
     x0 = smooth(1, size=128)
     t_obs = 100
     y = tdpm.observe(x0, t_obs, sched, generator=torch.Generator().manual_seed(0))
-    stages = example2.guided_stages(y, t_obs, sched, n_stages=4, generator=torch.Generator().manual_seed(1))
+    stages = guided_stopping.guided_stages(y, t_obs, sched, n_stages=4, generator=torch.Generator().manual_seed(1))
     levels = [s.level for s in stages]
     variances = [s.noise_var for s in stages]
     assert levels[-1] == t_obs and all(a > b for a, b in zip(levels, levels[1:]))
     assert all(a > b for a, b in zip(variances, variances[1:]))
     # the first stage's noise std is about twice the observation's (the default noise_factor)
     assert float(schedules.sigma_at(sched, levels[0]) / schedules.sigma_at(sched, t_obs)) == pytest.approx(2.0, rel=0.03)
-    assert torch.equal(stages[-1].target, example1.observation_x0(y, t_obs, sched))
+    assert torch.equal(stages[-1].target, dip_init.observation_x0(y, t_obs, sched))
     for level, target, v in stages:  # unpacks as (level, target, noise_var)
         assert v == pytest.approx(schedules.noise_var(sched, level))
         assert abs((target - x0).var().item() / v - 1) < 0.03
@@ -46,9 +48,9 @@ def test_guided_stages_have_the_stated_noise_variances(sched):
     assert abs(inc.var().item() / (variances[0] - variances[1]) - 1) < 0.03
     assert abs(torch.corrcoef(torch.stack([inc.flatten(), (stages[1].target - x0).flatten()]))[0, 1].item()) < 0.02
     with pytest.raises(ValueError, match="levels="):
-        example2.guided_stages(y, t_obs, sched, n_stages=2, generator=torch.Generator(), levels=[90, 100])
+        guided_stopping.guided_stages(y, t_obs, sched, n_stages=2, generator=torch.Generator(), levels=[90, 100])
     with pytest.raises(ValueError, match="n_stages=30"):
-        example2.stage_levels(sched, 5, 30)
+        guided_stopping.stage_levels(sched, 5, 30)
 
 
 @pytest.mark.parametrize("protocol, preset, lr, t_obs, n", [("plain", "tiny", 1e-2, 100, 20),
@@ -60,10 +62,10 @@ def test_single_stage_guided_dip_is_the_discrepancy_rule(sched, protocol, preset
     y = tdpm.observe(clean, t_obs, sched, generator=torch.Generator().manual_seed(0))
     z = dip.draw_input(protocol, (3, 8, 8), torch.Generator().manual_seed(1))
     kw = dict(preset=preset, lr=lr, seed=4, protocol=protocol)
-    g = example2.guided_dip(y, t_obs, sched, n_stages=1, iters_per_stage_max=n, z=z,
+    g = guided_stopping.guided_dip(y, t_obs, sched, n_stages=1, iters_per_stage_max=n, z=z,
                             generator=torch.Generator().manual_seed(5), **kw)
     disc = stopping.Discrepancy(schedules.noise_var(sched, t_obs))
-    fit = dip.fit_dip(example1.observation_x0(y, t_obs, sched), iterations=n, z=z, monitors=[disc],
+    fit = dip.fit_dip(dip_init.observation_x0(y, t_obs, sched), iterations=n, z=z, monitors=[disc],
                       generator=torch.Generator().manual_seed(5), keep=range(n + 1), **kw)
     assert disc.fired.any() and g.protocol == protocol
     assert torch.equal(g.stop_iteration, disc.stop_iteration)
@@ -86,8 +88,8 @@ def test_guided_dip_stages_and_the_rule_never_sees_the_reference(sched, cap):
     t_obs = 60
     y = tdpm.observe(clean, t_obs, sched, generator=torch.Generator().manual_seed(0))
     kw = dict(n_stages=3, iters_per_stage_max=cap, preset="tiny", lr=1e-2, seed=1)
-    a = example2.guided_dip(y, t_obs, sched, generator=torch.Generator().manual_seed(2), reference=clean, **kw)
-    b = example2.guided_dip(y, t_obs, sched, generator=torch.Generator().manual_seed(2), **kw)
+    a = guided_stopping.guided_dip(y, t_obs, sched, generator=torch.Generator().manual_seed(2), reference=clean, **kw)
+    b = guided_stopping.guided_dip(y, t_obs, sched, generator=torch.Generator().manual_seed(2), **kw)
     assert torch.equal(a.stop_iteration, b.stop_iteration) and torch.equal(a.output, b.output)
     assert "psnr_ref" in a.history and "psnr_ref" not in b.history
     S = 3
@@ -132,14 +134,14 @@ def study_inputs(sched, t_obs=60):
 
 def test_stopping_study_rules_fixed_budget_on_validation_and_oracles(sched):
     clean, y, z, t_obs = study_inputs(sched)
-    res = example2.stopping_study(clean, y, t_obs, sched, z=z, generator=torch.Generator().manual_seed(1), patience=100,
+    res = guided_stopping.stopping_study(clean, y, t_obs, sched, z=z, generator=torch.Generator().manual_seed(1), patience=100,
                                   eswmv_max_iterations=20, **STUDY)
     rows = res.rows
-    assert list(dict.fromkeys(rows.rule_key)) == list(example2.RULE_LABELS)
+    assert list(dict.fromkeys(rows.rule_key)) == list(guided_stopping.RULE_LABELS)
     for key, r in rows.groupby("rule_key"):
-        assert sorted(r.image) == list(range(N_TEST)) and (r.rule == example2.RULE_LABELS[key]).all()
+        assert sorted(r.image) == list(range(N_TEST)) and (r.rule == guided_stopping.RULE_LABELS[key]).all()
     # the fit is dip.fit_dip's official fit of all five images from z (its jitter seed drawn from the generator)
-    target = example1.observation_x0(y, t_obs, sched)
+    target = dip_init.observation_x0(y, t_obs, sched)
     ref = dip.fit_dip(target, iterations=12, z=z, generator=torch.Generator().manual_seed(1), protocol="official",
                       preset="skip-tiny", seed=0, reference=clean, keep=[3, 8, 12])
     val_means = {k: metrics.psnr(ref.outputs[k][:N_VAL], clean[:N_VAL]).mean().item() for k in (3, 8, 12)}
@@ -171,7 +173,7 @@ def test_stopping_study_rules_fixed_budget_on_validation_and_oracles(sched):
     assert "seconds" not in rows.columns  # a rule's cost is its iterations; seconds come from chapter 08's benchmark
     # patience 100 in a 20-iteration budget: ES-WMV cannot fire, its fit runs to the cap, and the rows say so
     assert res.eswmv.iterations == 20 and not r.loc["eswmv"].rule_fired.any() and (r.loc["eswmv"].iterations == 20).all()
-    assert set(res.outputs) == set(example2.RULE_LABELS) and res.outputs["fixed"].shape == (N_TEST, 3, 8, 8)
+    assert set(res.outputs) == set(guided_stopping.RULE_LABELS) and res.outputs["fixed"].shape == (N_TEST, 3, 8, 8)
     h = res.history
     assert set(h.split) == {"val", "test"} and sorted(h[h.split == "test"].image.unique()) == list(range(N_TEST))
 
@@ -183,8 +185,8 @@ def test_stopping_study_never_uses_the_clean_test_images(sched):
     other = clean.clone()
     other[N_VAL:] = smooth(N_TEST, seed=9)
     kw = dict(z=z, patience=5, eswmv_max_iterations=60, **STUDY)
-    a = example2.stopping_study(clean, y, t_obs, sched, generator=torch.Generator().manual_seed(1), **kw)
-    b = example2.stopping_study(other, y, t_obs, sched, generator=torch.Generator().manual_seed(1), **kw)
+    a = guided_stopping.stopping_study(clean, y, t_obs, sched, generator=torch.Generator().manual_seed(1), **kw)
+    b = guided_stopping.stopping_study(other, y, t_obs, sched, generator=torch.Generator().manual_seed(1), **kw)
     rules = ["guided", "discrepancy", "eswmv", "fixed"]
     sa, sb = (r.rows[r.rows.rule_key.isin(rules)].sort_values(["rule_key", "image"]) for r in (a, b))
     assert sa.stop.tolist() == sb.stop.tolist() and a.budget == b.budget
@@ -194,18 +196,18 @@ def test_stopping_study_never_uses_the_clean_test_images(sched):
     # the validation images do decide it: scored against "clean" validation images that are (nearly) the fit's own
     # outputs at 3 iterations, the earliest budget wins there, while the test images prefer a later one, and the
     # validation choice is the one applied to the test images
-    fit = dip.fit_dip(example1.observation_x0(y, t_obs, sched), iterations=3, z=z, protocol="official",
+    fit = dip.fit_dip(dip_init.observation_x0(y, t_obs, sched), iterations=3, z=z, protocol="official",
                       preset="skip-tiny", generator=torch.Generator().manual_seed(1), seed=0)
     rigged = clean.clone()
     rigged[:N_VAL] = fit.output[:N_VAL] + 0.01
-    c = example2.stopping_study(rigged, y, t_obs, sched, generator=torch.Generator().manual_seed(1), **kw)
+    c = guided_stopping.stopping_study(rigged, y, t_obs, sched, generator=torch.Generator().manual_seed(1), **kw)
     sel = c.selection.set_index("budget")
     assert sel.val_psnr.idxmax() == 3 != sel.test_psnr.idxmax() and c.budget == 3
     assert (c.rows[c.rows.rule_key == "fixed"].stop == 3).all()
     with pytest.raises(ValueError, match="n_val=5"):
-        example2.stopping_study(clean, y, t_obs, sched, generator=torch.Generator(), **dict(kw, n_val=5))
+        guided_stopping.stopping_study(clean, y, t_obs, sched, generator=torch.Generator(), **dict(kw, n_val=5))
     with pytest.raises(ValueError, match="y has shape"):
-        example2.stopping_study(clean, y[:4], t_obs, sched, generator=torch.Generator(), **kw)
+        guided_stopping.stopping_study(clean, y[:4], t_obs, sched, generator=torch.Generator(), **kw)
 
 
 def test_stopping_study_runs_eswmv_until_it_fires(sched):
@@ -213,7 +215,7 @@ def test_stopping_study_runs_eswmv_until_it_fires(sched):
     the minimum it returns; the rows report it, and the rules on the other fits are unchanged by ES-WMV's budget."""
     clean, y, z, t_obs = study_inputs(sched)
     kw = dict(z=z, patience=5, **STUDY)
-    res = example2.stopping_study(clean, y, t_obs, sched, generator=torch.Generator().manual_seed(1),
+    res = guided_stopping.stopping_study(clean, y, t_obs, sched, generator=torch.Generator().manual_seed(1),
                                   eswmv_max_iterations=300, **kw)
     eswmv = res.eswmv
     m = eswmv.monitor
@@ -223,7 +225,7 @@ def test_stopping_study_runs_eswmv_until_it_fires(sched):
     e = res.rows[res.rows.rule_key == "eswmv"].sort_values("image")
     assert e.rule_fired.tolist() == [True] * N_TEST and e.stop.tolist() == m.detected.tolist()
     assert e.iterations.tolist() == m.stop_k.tolist()  # charged up to where it fired, not to where it points
-    short = example2.stopping_study(clean, y, t_obs, sched, generator=torch.Generator().manual_seed(1),
+    short = guided_stopping.stopping_study(clean, y, t_obs, sched, generator=torch.Generator().manual_seed(1),
                                     eswmv_max_iterations=4, **kw)
     assert not short.rows[short.rows.rule_key == "eswmv"].rule_fired.any()
     cols = ["rule_key", "image", "stop", "iterations", "psnr", "rule_fired"]
@@ -232,11 +234,11 @@ def test_stopping_study_runs_eswmv_until_it_fires(sched):
 
 
 def test_example2_settings_per_profile():
-    from tdpmlib import config
+    from tdpmlib.workflow import config
 
     for profile, cap in (("paper", 5000), ("colab", 5000), ("cpu", 5000), ("smoke", 1500)):
         cfg = config.Config.from_params(profile=profile, notebook="05_example2_guided_early_stopping")
-        s = example2.example2_settings(cfg)
+        s = guided_stopping.example2_settings(cfg)
         assert s["eswmv_max_iterations"] == cap and s["eswmv_lr"] == 0.01
         assert (s["window"], s["patience"]) == (100, 1000)
         assert s["eswmv_max_iterations"] >= s["window"] + s["patience"]  # long enough for the rule to fire
@@ -247,7 +249,7 @@ def test_example2_settings_per_profile():
     cfg = config.Config.from_params(profile="cpu", notebook="05", n_test=24, dip_budgets_official="50,70",
                                     extra_checks={"n_stages": lambda n, v: v, "eswmv_max_iterations": lambda n, v: v},
                                     n_stages=5, eswmv_max_iterations=4000)
-    s = example2.example2_settings(cfg)
+    s = guided_stopping.example2_settings(cfg)
     assert (s["n_test"], s["budgets"], s["n_stages"], s["iters_per_stage_max"], s["eswmv_max_iterations"]) == \
         (24, [50, 70], 5, 14, 4000)
 
@@ -263,7 +265,7 @@ def test_stopping_curves_fit_a_book_page(tmp_path):
     import pandas as pd
     from PIL import Image
 
-    from tdpmlib import results
+    from tdpmlib.workflow import results
 
     its = np.arange(0, 500, 5)
     levels = {25: 57, 50: 115, 75: 170}
@@ -273,8 +275,8 @@ def test_stopping_curves_fit_a_book_page(tmp_path):
     ghist = pd.concat([curve(t, 1) for t in levels.values()])
     ehist = pd.concat([curve(t, 2) for t in levels.values()])
     rows = pd.DataFrame([dict(t_obs=t, sigma=s, sigma255=s + 0.3, image=0, rule=lab, stop=200, psnr=24.0)
-                         for s, t in levels.items() for lab in example2.RULE_LABELS.values()])
-    fig = example2.plot_stopping_curves(hist, ghist, rows, image=0, eswmv_hist=ehist)
+                         for s, t in levels.items() for lab in guided_stopping.RULE_LABELS.values()])
+    fig = guided_stopping.plot_stopping_curves(hist, ghist, rows, image=0, eswmv_hist=ehist)
     axes = [ax for ax in fig.axes if ax.get_visible() and ax.axison]
     assert len(axes) == 3 and fig.axes[0].get_gridspec().ncols == 2
     titles = [ax.get_title() for ax in axes]

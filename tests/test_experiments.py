@@ -1,4 +1,4 @@
-"""Tests for tdpmlib.experiments and tdpmlib.denoisers: the denoising protocol and its method tables (tiny models)."""
+"""Tests for tdpmlib.studies.report_protocol and tdpmlib.studies.denoising_methods: the denoising protocol and its method tables (tiny models)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tdpmlib import denoisers as D, dip, experiments as E, metrics, models, schedules, tdpm
+from tdpmlib.evaluation import metrics
+from tdpmlib.methods import dip, models, schedules, tdpm
+from tdpmlib.studies import denoising_methods as D, report_protocol as E
 
 
 def smooth(n, size, seed):

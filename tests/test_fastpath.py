@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tdpmlib import ddpm, dip, models, schedules
+from tdpmlib.methods import ddpm, ddpm_training, dip, models, schedules
 
 MAX_REL = 0.15
 RMS_REL = 0.04
@@ -119,7 +119,7 @@ def test_training_uses_the_fast_path(fast_on_cpu, tiny_images, tmp_path):
     for fast in (True, False):
         net = tiny_unet(resolution=8)
         seen, handle = dtypes_seen(net)
-        out = ddpm.train_ddpm(net, tiny_images, sched, out_dir=tmp_path / str(fast), steps=3, batch_size=8,
+        out = ddpm_training.train_ddpm(net, tiny_images, sched, out_dir=tmp_path / str(fast), steps=3, batch_size=8,
                               warmup_steps=0, fast=fast, progress=False)
         handle.remove()
         assert set(seen) == {torch.bfloat16 if fast else torch.float32}

@@ -1,4 +1,4 @@
-"""Tests for tdpmlib.generation: notebook 03's generation protocol runner (tiny models, 8 px)."""
+"""Tests for tdpmlib.studies.generation: notebook 03's generation protocol runner (tiny models, 8 px)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tdpmlib import generation as G, metrics, models, schedules
+from tdpmlib.evaluation import sample_metrics
+from tdpmlib.methods import models, schedules
+from tdpmlib.studies import generation as G
 
 
 def smooth(n, size, seed):
@@ -48,8 +50,8 @@ def test_generation_table(generation):
     assert t.loc["real", "ratio_median"] == 0 and t.loc["real", "frac_copies"] == 1
     # metrics are the library's, against the stated reference set
     ddpm_s = samples[G.GENERATION_METHODS["ddpm"]]
-    assert t.loc["ddpm", "swd"] == pytest.approx(metrics.swd(held, ddpm_s, seed=0)["swd_mean"])
-    assert t.loc["ddpm", "ratio_median"] == pytest.approx(metrics.memorisation(ddpm_s, train, held)["ratio_median"])
+    assert t.loc["ddpm", "swd"] == pytest.approx(sample_metrics.swd(held, ddpm_s, seed=0)["swd_mean"])
+    assert t.loc["ddpm", "ratio_median"] == pytest.approx(sample_metrics.memorisation(ddpm_s, train, held)["ratio_median"])
     assert math.isnan(t.loc["ddpm", "d_fit_mean"])
     fake = samples[G.GENERATION_METHODS["tdpm_train"]]
     d = ((fake - train[perm[:4]]).flatten(1).norm(dim=1) / math.sqrt(fake[0].numel())).mean()
@@ -90,7 +92,7 @@ def test_nearest_rows(generation):
     rows = G.nearest_rows(g, train, held, k=3, prefix="DDPM: ")
     vals = list(rows.values())
     assert list(rows)[0] == "DDPM: generated" and all(len(v) == 3 for v in vals)
-    _, idx = metrics.nearest_distances(g[:3], train)
+    _, idx = sample_metrics.nearest_distances(g[:3], train)
     assert torch.equal(vals[1], train[idx])
 
 

@@ -1,8 +1,8 @@
-"""tdpmlib.glue writes what myst-nb's glue writes, so a notebook run without myst-nb builds the same book."""
+"""tdpmlib.workflow.glue writes what myst-nb's glue writes, so a notebook run without myst-nb builds the same book."""
 
 import pytest
 
-from tdpmlib import glue as G
+from tdpmlib.workflow import glue as G
 
 import myst_nb.ext.glue as myst_glue  # noqa: E402  (in the [dev] extra)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tdpmlib import budget
+from tdpmlib.workflow import budget
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def test_sampling_is_timed_as_the_book_samples(monkeypatch):
     # ddpm.sample's path: batches of the memory plan's sample_batch_limit and a generator, on the device by default
     import torch
 
-    from tdpmlib import ddpm, memory, models, schedules
+    from tdpmlib.methods import ddpm, memory, models, schedules
 
     gc = load()
     monkeypatch.setattr(memory, "sample_batch_limit", lambda unet, *, resolution, device, cap, **k: min(cap, 3))

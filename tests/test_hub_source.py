@@ -7,7 +7,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from tdpmlib import models, pipeline, remote
+from tdpmlib.methods import models
+from tdpmlib.workflow import pipeline, remote
 
 
 def _hub_folder(path, *, resolution=16, beta_schedule="linear"):
@@ -23,7 +24,7 @@ def _no_training(*a, **k):
 
 def test_a_model_in_the_hubs_layout_is_loaded_as_it_is(tmp_path, monkeypatch):
     ref = _hub_folder(tmp_path / "hub")
-    monkeypatch.setattr(pipeline.ddpm, "train_ddpm", _no_training)
+    monkeypatch.setattr(pipeline.ddpm_training, "train_ddpm", _no_training)
     cfg = pipeline.setup("x", show=False, profile="smoke", results_dir=str(tmp_path / "run"),
                          ddpm_source=f"hub:{tmp_path / 'hub'}")
     unet, sched, info = pipeline.train_or_load(cfg, torch.rand(4, 3, 16, 16), schedule="linear")

@@ -1,10 +1,10 @@
-"""tdpmlib.memory: the per-device memory model, and fit_dip split into chunks that it sizes."""
+"""tdpmlib.methods.memory: the per-device memory model, and fit_dip split into chunks that it sizes."""
 
 import pandas as pd
 import pytest
 import torch
 
-from tdpmlib import dip, memory, models
+from tdpmlib.methods import dip, memory, models
 
 
 def test_activation_count_matches_a_hand_count():
@@ -85,7 +85,7 @@ def test_fit_dip_in_chunks_keeps_the_official_protocols_records():
 
 def test_sampling_batches_shrink_to_the_budget(monkeypatch):
     """On a device with little memory, ddpm.sample draws in smaller batches and still returns n images."""
-    from tdpmlib import ddpm, schedules
+    from tdpmlib.methods import ddpm, schedules
 
     unet = models.make_unet("tiny", resolution=8)
     per_image = memory.activation_elements(models.make_unet("tiny", resolution=8).to("meta"),

@@ -1,4 +1,4 @@
-"""Tests for tdpmlib.metrics: each metric against a hand or library computation."""
+"""Tests for tdpmlib.evaluation.metrics: each metric against a hand or library computation."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from hypothesis.extra.numpy import arrays
 from skimage.metrics import structural_similarity
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from tdpmlib import metrics as M
+from tdpmlib.evaluation import metrics as M, sample_metrics
 
 
 def smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
@@ -164,7 +164,7 @@ def test_fid_kid_custom_extractor_is_monotone_in_shift():
     extractor = RandomProjection()
     real = feature_set(128, seed=0)
     results = {
-        name: M.fid_kid(real, fake, feature_extractor=extractor)
+        name: sample_metrics.fid_kid(real, fake, feature_extractor=extractor)
         for name, fake in {
             "copy": real.clone(),
             "same_dist": feature_set(128, seed=1),
@@ -192,16 +192,16 @@ def test_fid_matches_hand_formula():
     mu1, mu2 = f_real.mean(0), f_fake.mean(0)
     s1, s2 = np.cov(f_real, rowvar=False), np.cov(f_fake, rowvar=False)
     expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
-    result = M.fid_kid(real, fake, feature_extractor=extractor)
+    result = sample_metrics.fid_kid(real, fake, feature_extractor=extractor)
     assert result["fid"] == pytest.approx(expected, rel=1e-3)
 
 
 def test_kid_subset_size_is_capped_by_set_sizes():
     extractor = RandomProjection()
-    result = M.fid_kid(feature_set(5, seed=4), feature_set(7, seed=5) + 0.2, feature_extractor=extractor)
+    result = sample_metrics.fid_kid(feature_set(5, seed=4), feature_set(7, seed=5) + 0.2, feature_extractor=extractor)
     assert result["status"].startswith("ok")
     assert result["kid_mean"] > 0
-    again = M.fid_kid(feature_set(5, seed=4), feature_set(7, seed=5) + 0.2, feature_extractor=extractor)
+    again = sample_metrics.fid_kid(feature_set(5, seed=4), feature_set(7, seed=5) + 0.2, feature_extractor=extractor)
     assert again["kid_mean"] == result["kid_mean"]  # seeded subset draw
 
 
@@ -226,7 +226,7 @@ def test_kid_matches_hand_formula_and_is_near_zero_for_a_copy():
     for name, fake in {"copy": real.clone(), "shifted": real + 0.2}.items():
         with torch.no_grad():
             f_fake = extractor(M.to_unit(fake)).double().numpy()
-        result = M.fid_kid(real, fake, feature_extractor=extractor, kid_subsets=5)
+        result = sample_metrics.fid_kid(real, fake, feature_extractor=extractor, kid_subsets=5)
         expected = kid_hand(f_real, f_fake)
         assert result["kid_mean"] == pytest.approx(expected, rel=1e-3, abs=1e-6)
         assert result["kid_std"] < 1e-5  # the same value for every subset
@@ -266,13 +266,13 @@ def _inception_weights_fail(monkeypatch, error: Exception) -> list[str]:
 )
 def test_fid_kid_without_inception_weights_says_so_in_a_plain_sentence(monkeypatch, error):
     calls = _inception_weights_fail(monkeypatch, error)
-    result = M.fid_kid(smooth_images(2, 16, seed=0), smooth_images(2, 16, seed=1))
+    result = sample_metrics.fid_kid(smooth_images(2, 16, seed=0), smooth_images(2, 16, seed=1))
     assert len(calls) == 1 and "inception" in calls[0]  # failed where the weights are loaded, nowhere else
     assert result == {
         "fid": None,
         "kid_mean": None,
         "kid_std": None,
-        "status": M.FID_NO_WEIGHTS,
+        "status": sample_metrics.FID_NO_WEIGHTS,
         "status_detail": result["status_detail"],
     }
     status = result["status"]
@@ -290,7 +290,7 @@ def test_fid_kid_without_inception_weights_says_so_in_a_plain_sentence(monkeypat
 def test_fid_kid_damaged_weights_are_an_error_not_a_missing_download(monkeypatch):
     _inception_weights_fail(monkeypatch, RuntimeError("Error(s) in loading state_dict: <garbled>"))
     with pytest.raises(RuntimeError, match="loading state_dict"):
-        M.fid_kid(smooth_images(2, 16, seed=0), smooth_images(2, 16, seed=1))
+        sample_metrics.fid_kid(smooth_images(2, 16, seed=0), smooth_images(2, 16, seed=1))
 
 
 class _FakeMetric:
@@ -324,7 +324,7 @@ def test_fid_kid_errors_other_than_missing_weights_propagate(monkeypatch, where,
     monkeypatch.setattr(tm_fid, "FrechetInceptionDistance", _FakeMetric)
     monkeypatch.setattr(tm_kid, "KernelInceptionDistance", _FakeMetric)
     with pytest.raises(type(error), match=str(error.args[0])[:20]):
-        M.fid_kid(smooth_images(2, 16, seed=0), smooth_images(2, 16, seed=1))
+        sample_metrics.fid_kid(smooth_images(2, 16, seed=0), smooth_images(2, 16, seed=1))
 
 
 def test_fid_kid_custom_extractor_errors_are_not_swallowed():
@@ -333,7 +333,7 @@ def test_fid_kid_custom_extractor_errors_are_not_swallowed():
             raise OSError("disk error in a custom extractor")
 
     with pytest.raises(OSError, match="custom extractor"):
-        M.fid_kid(feature_set(4, seed=0), feature_set(4, seed=1), feature_extractor=Broken())
+        sample_metrics.fid_kid(feature_set(4, seed=0), feature_set(4, seed=1), feature_extractor=Broken())
 
 
 # --------------------------------------------------------------------------- #
@@ -346,34 +346,34 @@ def test_pyramid_filters_match_progan_scipy_reference():
     x = torch.rand(2, 3, 16, 12, dtype=torch.float64)
     g = np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]) / 256.0
     expected_down = scipy.ndimage.convolve(x.numpy(), g[None, None], mode="mirror")[..., ::2, ::2]
-    np.testing.assert_allclose(M._pyr_down(x).numpy(), expected_down, atol=1e-12)
+    np.testing.assert_allclose(sample_metrics._pyr_down(x).numpy(), expected_down, atol=1e-12)
     small = torch.rand(2, 3, 8, 6, dtype=torch.float64)
     zeros = np.zeros((2, 3, 16, 12))
     zeros[..., ::2, ::2] = small.numpy()
     expected_up = scipy.ndimage.convolve(zeros, g[None, None] * 4.0, mode="mirror")
-    np.testing.assert_allclose(M._pyr_up(small, (16, 12)).numpy(), expected_up, atol=1e-12)
+    np.testing.assert_allclose(sample_metrics._pyr_up(small, (16, 12)).numpy(), expected_up, atol=1e-12)
 
 
 def test_laplacian_pyramid_collapses_to_the_image():
     x = torch.rand(2, 3, 32, 20, dtype=torch.float64)
-    levels = M._laplacian_pyramid(x, 3)
+    levels = sample_metrics._laplacian_pyramid(x, 3)
     assert [tuple(level.shape[-2:]) for level in levels] == [(32, 20), (16, 10), (8, 5)]
     image = levels[-1]
     for band in reversed(levels[:-1]):
-        image = band + M._pyr_up(image, tuple(band.shape[-2:]))
+        image = band + sample_metrics._pyr_up(image, tuple(band.shape[-2:]))
     torch.testing.assert_close(image, x)
 
 
 def test_sliced_wasserstein_in_one_dimension_is_wasserstein_1():
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(300, 1, generator=gen), torch.randn(300, 1, generator=gen) * 2 + 1
-    value = M._sliced_wasserstein(a, b, n_projections=3, n_repeats=2, gen=gen)
+    value = sample_metrics._sliced_wasserstein(a, b, n_projections=3, n_repeats=2, gen=gen)
     assert value == pytest.approx(scipy.stats.wasserstein_distance(a[:, 0], b[:, 0]), rel=1e-5)
 
 
 def test_swd_identical_sets_is_zero():
     x = smooth_images(8, 32, seed=0)
-    result = M.swd(x, x.clone(), **FAST_SWD)
+    result = sample_metrics.swd(x, x.clone(), **FAST_SWD)
     assert len(result["swd_levels"]) == 2  # 32 -> 16 (ProGAN stops at 16)
     assert result["swd_mean"] < 1e-9
 
@@ -381,24 +381,24 @@ def test_swd_identical_sets_is_zero():
 def test_swd_increases_with_noise():
     x = smooth_images(8, 32, seed=0)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
-    values = [M.swd(x, x + std * noise, **FAST_SWD)["swd_mean"] for std in (0.02, 0.1, 0.5)]
+    values = [sample_metrics.swd(x, x + std * noise, **FAST_SWD)["swd_mean"] for std in (0.02, 0.1, 0.5)]
     assert values[0] > 1.0
     assert values[0] < values[1] < values[2]
 
 
 def test_swd_levels_sizes_and_uneven_sets():
-    assert M._default_n_levels(8) == 1
-    assert M._default_n_levels(16) == 1
-    assert M._default_n_levels(32) == 2
-    assert M._default_n_levels(128) == 4
-    one = M.swd(smooth_images(1, 8, seed=0), smooth_images(3, 8, seed=1), **FAST_SWD)
+    assert sample_metrics._default_n_levels(8) == 1
+    assert sample_metrics._default_n_levels(16) == 1
+    assert sample_metrics._default_n_levels(32) == 2
+    assert sample_metrics._default_n_levels(128) == 4
+    one = sample_metrics.swd(smooth_images(1, 8, seed=0), smooth_images(3, 8, seed=1), **FAST_SWD)
     assert len(one["swd_levels"]) == 1 and one["swd_mean"] > 0
-    assert one == M.swd(smooth_images(1, 8, seed=0), smooth_images(3, 8, seed=1), **FAST_SWD)
-    three = M.swd(smooth_images(2, 32, seed=0), smooth_images(2, 32, seed=1), n_levels=3, **FAST_SWD)
+    assert one == sample_metrics.swd(smooth_images(1, 8, seed=0), smooth_images(3, 8, seed=1), **FAST_SWD)
+    three = sample_metrics.swd(smooth_images(2, 32, seed=0), smooth_images(2, 32, seed=1), n_levels=3, **FAST_SWD)
     assert len(three["swd_levels"]) == 3
     assert three["swd_mean"] == pytest.approx(np.mean(three["swd_levels"]))
     with pytest.raises(ValueError):
-        M.swd(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32), n_levels=4)  # 4-px level < 7-px patch
+        sample_metrics.swd(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32), n_levels=4)  # 4-px level < 7-px patch
 
 
 # --------------------------------------------------------------------------- #
@@ -408,7 +408,7 @@ def test_nearest_distances_finds_exact_copies_and_matches_brute_force():
     gen = torch.Generator().manual_seed(0)
     refs = torch.rand(10, 3, 4, 4, generator=gen) * 2 - 1
     queries = torch.cat([refs[[3, 7]], torch.rand(5, 3, 4, 4, generator=gen) * 2 - 1])
-    dist, index = M.nearest_distances(queries, refs, batch_size=2)
+    dist, index = sample_metrics.nearest_distances(queries, refs, batch_size=2)
     assert index[:2].tolist() == [3, 7]
     assert dist[:2].tolist() == [0.0, 0.0]
     for q in range(len(queries)):
@@ -423,17 +423,17 @@ def test_memorisation_detects_copies():
     held = torch.rand(8, 3, 8, 8, generator=gen) * 2 - 1
     fresh = torch.rand(6, 3, 8, 8, generator=gen) * 2 - 1
 
-    copies = M.memorisation(train[:5], train, held)
+    copies = sample_metrics.memorisation(train[:5], train, held)
     assert copies["ratio_median"] == pytest.approx(0.0, abs=1e-6)
     assert copies["frac_copies"] == 1.0
     assert copies["d_train_mean"] == pytest.approx(0.0, abs=1e-6) and copies["d_held_mean"] > 0.3
     assert copies["ratio"].shape == (5,)
 
-    held_copies = M.memorisation(held[:5], train, held)
+    held_copies = sample_metrics.memorisation(held[:5], train, held)
     assert held_copies["ratio_median"] > 1e3 and math.isfinite(held_copies["ratio_mean"])
     assert held_copies["frac_copies"] == 0.0
 
-    new = M.memorisation(fresh, train, held)
+    new = sample_metrics.memorisation(fresh, train, held)
     assert 0.8 < new["ratio_median"] < 1.25
     assert new["frac_copies"] == 0.0
 
@@ -463,9 +463,9 @@ def test_sort_columns_equals_torch_sort_and_keeps_swd_unchanged(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 5, (200, 7), generator=gen).float()  # many ties
     for t in (x, x.double(), torch.randn(300, 4, generator=gen)):
-        assert torch.equal(M._sort_columns(t), torch.sort(t, dim=0).values)
+        assert torch.equal(sample_metrics._sort_columns(t), torch.sort(t, dim=0).values)
     images = smooth_images(6, 32, seed=0)
     fake = images + 0.1 * torch.randn(images.shape, generator=gen)
-    fast = M.swd(images, fake, **FAST_SWD)
-    monkeypatch.setattr(M, "_sort_columns", lambda t: torch.sort(t, dim=0).values)
-    assert M.swd(images, fake, **FAST_SWD) == fast  # bit for bit, so committed SWD values stay reproducible
+    fast = sample_metrics.swd(images, fake, **FAST_SWD)
+    monkeypatch.setattr(sample_metrics, "_sort_columns", lambda t: torch.sort(t, dim=0).values)
+    assert sample_metrics.swd(images, fake, **FAST_SWD) == fast  # bit for bit, so committed SWD values stay reproducible

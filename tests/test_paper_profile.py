@@ -5,7 +5,8 @@ steps, 3 reverse steps, one batched DIP step at B = 2, through the code paths th
 import pytest
 import torch
 
-from tdpmlib import config, ddpm, dip, memory, models, pipeline, tdpm
+from tdpmlib.methods import ddpm, dip, memory, models, tdpm
+from tdpmlib.workflow import config, pipeline
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Tests for tdpmlib.perceptual: LPIPS through torchmetrics, offline.
+"""Tests for tdpmlib.evaluation.perceptual: LPIPS through torchmetrics, offline.
 
 The ImageNet backbone can't be downloaded here, so torchmetrics' LPIPS module runs with injected backbones
 (a toy one, checked against a hand computation, and torchmetrics' own AlexNet with random weights, checked
@@ -20,7 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.functional.image import lpips as tm_lpips
 
-from tdpmlib import perceptual, sources
+from tdpmlib import connectivity
+from tdpmlib.evaluation import perceptual
 
 SENTENCE = "LPIPS is not reported: its AlexNet weights could not be downloaded on this machine."
 ALEX_CHANNELS = [64, 192, 384, 256, 256]
@@ -214,23 +215,23 @@ def test_the_weight_file_and_the_tcp_probe(monkeypatch, tmp_path):
     server.listen(1)
     port = server.getsockname()[1]
     try:
-        assert sources.tcp_unreachable_reason("127.0.0.1", port, timeout=2) is None
+        assert connectivity.tcp_unreachable_reason("127.0.0.1", port, timeout=2) is None
     finally:
         server.close()
-    reason = sources.tcp_unreachable_reason("127.0.0.1", port, timeout=2)  # closed now: refused at once
+    reason = connectivity.tcp_unreachable_reason("127.0.0.1", port, timeout=2)  # closed now: refused at once
     assert reason is not None and reason.startswith("127.0.0.1 unreachable")
 
 
 def test_denoising_scores_carry_lpips_when_available_and_nan_otherwise(monkeypatch):
-    from tdpmlib import study
+    from tdpmlib.studies import denoising
 
     pred, target = _images(4, seed=7), _images(4, seed=8)
     backbone = ToyBackbone()
     monkeypatch.setattr(perceptual, "lpips_status", lambda net_type="alex", **k: "")  # as on Colab: weights there
     monkeypatch.setattr(perceptual, "_pretrained_module", lambda net_type: perceptual._module_with_backbone(net_type, backbone))
-    got = study.score(pred, target)["lpips"]
+    got = denoising.score(pred, target)["lpips"]
     torch.testing.assert_close(got, _hand_lpips(pred, target, backbone), rtol=1e-4, atol=1e-6)
     monkeypatch.undo()
     monkeypatch.setattr(perceptual, "_weights_file", lambda net_type: Path("/nonexistent/alexnet.pth"))
     monkeypatch.setattr(perceptual, "_download_unreachable_reason", lambda net_type: "unreachable")
-    assert study.score(pred, target)["lpips"].isnan().all()  # offline: the tables drop the column
+    assert denoising.score(pred, target)["lpips"].isnan().all()  # offline: the tables drop the column

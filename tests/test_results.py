@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tdpmlib import results
+from tdpmlib.workflow import results
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 

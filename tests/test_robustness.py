@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import torch
 
-from tdpmlib import data, results
+from tdpmlib.workflow import data, results
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _train_cmd(results_dir, parquet):
-    return [sys.executable, "-m", "tdpmlib.train", "--profile", "smoke", "--schedule", "linear",
+    return [sys.executable, "-m", "tdpmlib.workflow.train", "--profile", "smoke", "--schedule", "linear",
             "--data-source", str(parquet), "--results-dir", str(results_dir), "--train-steps", "60", "--checkpoint-every", "2"]
 
 

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tdpmlib import ddpm, schedules
+from tdpmlib.methods import ddpm, schedules
 
 SCHED = {name: schedules.make_scheduler(name, clip_sample=False) for name in schedules.SCHEDULES}
 

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tdpmlib import stats
+from tdpmlib.evaluation import stats
 
 
 def test_bootstrap_ci_matches_the_normal_interval_for_a_large_sample():

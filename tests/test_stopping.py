@@ -1,10 +1,11 @@
-"""Tests for tdpmlib.stopping: the discrepancy and ES-WMV monitors, and ES-WMV run as its authors do."""
+"""Tests for tdpmlib.methods.stopping: the discrepancy and ES-WMV monitors, and ES-WMV run as its authors do."""
 
 import numpy as np
 import pytest
 import torch
 
-from tdpmlib import dip, example1, schedules, stopping, tdpm
+from tdpmlib.methods import dip, schedules, stopping, tdpm
+from tdpmlib.studies import dip_init
 
 
 def smooth(n, size=8, seed=0):
@@ -116,7 +117,7 @@ def test_eswmv_fit_runs_until_every_image_has_stopped_or_the_cap():
     sched = schedules.make_scheduler("linear")
     clean = smooth(3)
     y = tdpm.observe(clean, 60, sched, generator=torch.Generator().manual_seed(0))
-    target = example1.observation_x0(y, 60, sched)
+    target = dip_init.observation_x0(y, 60, sched)
     z = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
     kw = dict(z=z, protocol="plain", preset="tiny", seed=0, device="cpu", window=3, patience=5)
     run = stopping.eswmv_fit(target, max_iterations=300, reference=clean, **kw)

@@ -2,7 +2,8 @@ import pandas as pd
 import pytest
 import torch
 
-from tdpmlib import models, schedules, study, study_hybrids, tdpm
+from tdpmlib.methods import models, schedules, tdpm
+from tdpmlib.studies import denoising, denoising_hybrids
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +16,7 @@ def tiny():
 
 
 def run(unet, sched, val, test, **kw):
-    return study.run(unet, sched, val=val, test=test, train_mean=torch.zeros(1, 3, 8, 8), sigma=50, seed=0, device="cpu",
+    return denoising.run(unet, sched, val=val, test=test, train_mean=torch.zeros(1, 3, 8, 8), sigma=50, seed=0, device="cpu",
                      budgets_plain=(2, 4), budgets_official=(2, 4), t_truncs=(0.25, 0.5), t0s=(0.5,), n_chains=2,
                      dip_presets={"plain": "tiny", "official": "skip-tiny"}, **kw)
 
@@ -26,7 +27,7 @@ MATCHED = ["tdpm_matched", "tdpm_matched_pm", "tdpm_matched_mean"]
 def test_every_method_on_both_splits_and_the_validated_choice_is_used_on_test(tiny):
     unet, sched, images = tiny
     rows, sel, outputs, fits = run(unet, sched, images[:3], images[3:7])
-    assert set(rows["method_key"]) == set(study.METHOD_LABELS)
+    assert set(rows["method_key"]) == set(denoising.METHOD_LABELS)
     assert "seconds" not in rows and "seconds" not in sel  # cost is NFE and DIP iterations only
     counts = rows.groupby(["method_key", "split"]).size().unstack()
     assert (counts["val"] == 3).all() and (counts["test"] == 4).all()
@@ -37,7 +38,7 @@ def test_every_method_on_both_splits_and_the_validated_choice_is_used_on_test(ti
         assert set(rows.loc[rows["method_key"] == key, "params"]) == {chosen}
         val_mean = rows[(rows["method_key"] == key) & (rows["split"] == "val")]["psnr"].mean()
         assert val_mean == pytest.approx(cand["val_psnr"].max(), abs=1e-4)
-    assert list(sel.columns) == study.SELECTION_COLUMNS
+    assert list(sel.columns) == denoising.SELECTION_COLUMNS
     t = int(rows["t"].iloc[0])
     assert t == schedules.t_for_sigma(sched, 50)
     levels = {max(1, round(0.25 * t)), max(1, round(0.5 * t))}
@@ -68,7 +69,7 @@ def test_every_method_on_both_splits_and_the_validated_choice_is_used_on_test(ti
         assert rows.loc[~rows["method_key"].isin(MATCHED), d].isna().all()
     # absorbed is the calibration on the validation images of the chosen budget's DIP output
     k = int(tm["dip_iterations"])
-    y, _ = study.observe(images[:7], 50, sched, seed=0)
+    y, _ = denoising.observe(images[:7], 50, sched, seed=0)
     ab = float(schedules.alpha_bar(sched, t))
     a = tdpm.calibrate_absorbed(fits["official"]["outputs"][k][:3], (y / ab ** 0.5)[:3], images[:3], (1 - ab) / ab)
     assert tm["absorbed"] == pytest.approx(a, abs=1e-6)
@@ -90,7 +91,7 @@ def test_readouts_read_out_the_ancestral_rows_state(tiny, monkeypatch):
     from (same generator draws), and tdpm_matched_pm's is the posterior mean of the state at its own (k, T_trunc)."""
     unet, sched, images = tiny
     states = []
-    real = study_hybrids.tdpm.matched_state
+    real = denoising_hybrids.tdpm.matched_state
 
     def spy(*a, **kw):
         g = kw["generator"]
@@ -99,7 +100,7 @@ def test_readouts_read_out_the_ancestral_rows_state(tiny, monkeypatch):
         states.append((a[0].clone(), a[3], kw["absorbed"], before, out))
         return out
 
-    monkeypatch.setattr(study_hybrids.tdpm, "matched_state", spy)
+    monkeypatch.setattr(denoising_hybrids.tdpm, "matched_state", spy)
     rows, sel, outputs, fits = run(unet, sched, images[:3], images[3:7], readout_chains=(1, 2))
     tm = rows[rows["method_key"] == "tdpm_matched"].iloc[0]
     mc = rows[rows["method_key"] == "tdpm_matched_mean"].iloc[0]
@@ -110,12 +111,12 @@ def test_readouts_read_out_the_ancestral_rows_state(tiny, monkeypatch):
     _, _, absorbed, g_state, state = match[0]
     g = torch.Generator()
     g.set_state(g_state)
-    torch.testing.assert_close(real(test_x, study.observe(images[:7], 50, sched, seed=0)[0][3:], int(tm["t"]), level,
+    torch.testing.assert_close(real(test_x, denoising.observe(images[:7], 50, sched, seed=0)[0][3:], int(tm["t"]), level,
                                     sched, generator=g, absorbed=absorbed), state, rtol=0, atol=0)
     expect = tdpm.read_out(unet, sched, state, level, readout="mean_chains", n_chains=n, generator=g)
     torch.testing.assert_close(outputs["tdpm_matched_mean"], expect, rtol=0, atol=1e-6)
     g.set_state(g_state)
-    real(test_x, study.observe(images[:7], 50, sched, seed=0)[0][3:], int(tm["t"]), level, sched, generator=g,
+    real(test_x, denoising.observe(images[:7], 50, sched, seed=0)[0][3:], int(tm["t"]), level, sched, generator=g,
          absorbed=absorbed)
     torch.testing.assert_close(outputs["tdpm_matched"], tdpm.read_out(unet, sched, state, level, generator=g),
                                rtol=0, atol=0)
@@ -131,15 +132,15 @@ def test_nlm_images_h_factor_and_patch_size():
     g = torch.Generator().manual_seed(0)
     clean = torch.nn.functional.interpolate(torch.rand(2, 3, 4, 4, generator=g) * 2 - 1, size=16, mode="bilinear")
     noisy = clean + 0.2 * torch.randn(clean.shape, generator=g)
-    base = study.denoisers.nlm_images(noisy, 0.1)
-    torch.testing.assert_close(study.denoisers.nlm_images(noisy, 0.1, h_factor=0.8, patch_size=3), base, rtol=0, atol=0)
-    smooth = [float((study.denoisers.nlm_images(noisy, 0.1, h_factor=h) - noisy).pow(2).mean()) for h in (0.2, 0.8, 2.0)]
+    base = denoising.denoising_methods.nlm_images(noisy, 0.1)
+    torch.testing.assert_close(denoising.denoising_methods.nlm_images(noisy, 0.1, h_factor=0.8, patch_size=3), base, rtol=0, atol=0)
+    smooth = [float((denoising.denoising_methods.nlm_images(noisy, 0.1, h_factor=h) - noisy).pow(2).mean()) for h in (0.2, 0.8, 2.0)]
     assert smooth[0] < smooth[1] < smooth[2]  # a stronger filter moves further from the observation
-    assert not torch.equal(study.denoisers.nlm_images(noisy, 0.1, patch_size=5), base)
+    assert not torch.equal(denoising.denoising_methods.nlm_images(noisy, 0.1, patch_size=5), base)
     with pytest.raises(ValueError, match="h_factor=0"):
-        study.denoisers.nlm_images(noisy, 0.1, h_factor=0)
+        denoising.denoising_methods.nlm_images(noisy, 0.1, h_factor=0)
     with pytest.raises(ValueError, match="patch_size=2.0"):
-        study.denoisers.nlm_images(noisy, 0.1, patch_size=2.0)
+        denoising.denoising_methods.nlm_images(noisy, 0.1, patch_size=2.0)
 
 
 @pytest.mark.parametrize("kw", [dict(readout_chains=()), dict(readout_chains=(0, 4)), dict(nlm_h_factors=(-1.0,)),
@@ -160,36 +161,36 @@ def test_selection_does_not_depend_on_the_test_images(tiny):
 def test_observation_noise_is_per_image():
     sched = schedules.make_scheduler("linear")
     x = torch.zeros(5, 3, 8, 8)
-    y5, t = study.observe(x, 25, sched, seed=0)
-    y2, _ = study.observe(x[:2], 25, sched, seed=0)
+    y5, t = denoising.observe(x, 25, sched, seed=0)
+    y2, _ = denoising.observe(x[:2], 25, sched, seed=0)
     torch.testing.assert_close(y5[:2], y2)
     assert t == schedules.t_for_sigma(sched, 25)
 
 
 def test_split_eval_is_disjoint_and_checked():
     held = torch.arange(20.0).view(20, 1, 1, 1).expand(20, 3, 2, 2)
-    val, test = study.split_eval(held, n_val=5, n_test=10)
+    val, test = denoising.split_eval(held, n_val=5, n_test=10)
     assert not set(val[:, 0, 0, 0].tolist()) & set(test[:, 0, 0, 0].tolist())
     with pytest.raises(ValueError, match="n_val \\+ n_test = 21"):
-        study.split_eval(held, n_val=11, n_test=10)
+        denoising.split_eval(held, n_val=11, n_test=10)
 
 
 def test_fit_budgets_cache_reuses_and_refits_on_change(tiny, tmp_path, monkeypatch):
     _, _, images = tiny
     y = images[:2] + 0.1
     kw = dict(protocol="plain", budgets=(2, 3), seed=0, sigma=25, device="cpu", preset="tiny", cache_dir=tmp_path)
-    first = study.fit_budgets(y, images[:2], **kw)
+    first = denoising.fit_budgets(y, images[:2], **kw)
     assert len(list(tmp_path.iterdir())) == 1
     assert "seconds" not in first  # a budget's cost is its iterations, never a share of the fit's time
 
     def boom(*a, **k):
         raise AssertionError("refitted although the cache holds this fit")
-    from tdpmlib import dip
+    from tdpmlib.methods import dip
     monkeypatch.setattr(dip, "fit_dip", boom)
-    again = study.fit_budgets(y, images[:2], **kw)
+    again = denoising.fit_budgets(y, images[:2], **kw)
     for k in (2, 3):
         torch.testing.assert_close(again["outputs"][k], first["outputs"][k])
     pd.testing.assert_frame_equal(again["history"], first["history"])
     assert set(again) == set(first)
     with pytest.raises(AssertionError, match="refitted"):
-        study.fit_budgets(y + 0.01, images[:2], **kw)  # another observation: not the cached fit
+        denoising.fit_budgets(y + 0.01, images[:2], **kw)  # another observation: not the cached fit

@@ -1,4 +1,4 @@
-"""tdpmlib.sweep: argument checking, the grid, and real papermill runs of tests/fixtures/sweep_nb.ipynb.
+"""tdpmlib.workflow.sweep: argument checking, the grid, and real papermill runs of tests/fixtures/sweep_nb.ipynb.
 
 The fixture notebook's parameters are profile, results_dir, run_name, a=1, b="x", seed=0; it raises
 ValueError("b must not be 'bad'") if b == "bad" and otherwise writes results.csv (value = a * 2) and
@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tdpmlib import sweep
+from tdpmlib.workflow import sweep
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sweep_nb.ipynb"
 GRID = ["-p", "a", "1", "2", "-p", "b", "ok", "bad"]
@@ -69,7 +69,7 @@ def test_build_grid_order_and_run_names():
 
 
 def test_unknown_parameter_exits_2_with_one_line(nb, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tdpmlib.sweep", str(nb), "-p", "nope", "1"],
+    proc = subprocess.run([sys.executable, "-m", "tdpmlib.workflow.sweep", str(nb), "-p", "nope", "1"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     err = proc.stderr.strip()
@@ -197,7 +197,7 @@ def test_acquire_and_release_lock(tmp_path):
 
 @pytest.mark.slow
 def test_two_sweeps_at_once_run_each_point_once(nb, tmp_path):
-    cmd = [sys.executable, "-m", "tdpmlib.sweep", str(nb), "-p", "a", "1", "2", "3",
+    cmd = [sys.executable, "-m", "tdpmlib.workflow.sweep", str(nb), "-p", "a", "1", "2", "3",
            "--profile", "smoke", "--results-dir", str(tmp_path / "results")]
     procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
              for _ in range(2)]

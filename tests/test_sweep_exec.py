@@ -1,4 +1,4 @@
-"""tdpmlib.sweep --jobs/--devices (tdpmlib.sweep_exec) and --executor (tdpmlib.sweep_cluster).
+"""tdpmlib.workflow.sweep --jobs/--devices (tdpmlib.workflow.sweep.local) and --executor (tdpmlib.workflow.sweep.cluster).
 
 The papermill runs use tests/fixtures/sweep_nb.ipynb (see tests/test_sweep.py), which appends one
 line per run to <results>/smoke/runs.jsonl with its run name, pid, CUDA_VISIBLE_DEVICES and
@@ -22,8 +22,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tdpmlib import sweep, sweep_cluster, sweep_exec, sweep_point
-from tdpmlib.sweep_point import DONE, Outcome, Point, RunSettings
+from tdpmlib.workflow import sweep
+from tdpmlib.workflow.sweep import cluster, grid_point, local
+from tdpmlib.workflow.sweep.grid_point import DONE, Outcome, Point, RunSettings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sweep_nb.ipynb"
 GRID = ["-p", "a", "1", "2", "-p", "b", "ok", "bad"]
@@ -44,7 +45,7 @@ def sweep_main(nb: Path, tmp_path: Path, *args: str) -> int:
 
 
 def sweep_cmd(nb: Path, tmp_path: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "tdpmlib.sweep", str(nb), *args, "--profile", "smoke",
+    return [sys.executable, "-m", "tdpmlib.workflow.sweep", str(nb), *args, "--profile", "smoke",
             "--results-dir", str(tmp_path / "results")]
 
 
@@ -133,16 +134,16 @@ def test_pool_gives_each_running_point_a_device_of_its_own(tmp_path, capsys):
         return Outcome(point, DONE)
 
     points = [Point(f"p{i}", {"i": i}) for i in range(7)]
-    outcomes = sweep_exec.run_pool(points, settings(tmp_path), jobs=2, devices=["4", "5", "6"], launch=launch)
+    outcomes = local.run_pool(points, settings(tmp_path), jobs=2, devices=["4", "5", "6"], launch=launch)
     assert [o.point.run_name for o in outcomes] == [p.run_name for p in points]  # grid order
     assert all(o.status == DONE for o in outcomes) and len(seen) == 7
     assert running[1] == 2  # two at once, never more
     assert {d for _, d, _ in seen} == {"4", "5", "6"}  # in turn: every device is used
-    assert {t for _, _, t in seen} == {str(max(1, sweep_exec.cpu_cores() // 2))}
+    assert {t for _, _, t in seen} == {str(max(1, local.cpu_cores() // 2))}
     assert len(lines_with(capsys.readouterr().out, "... done")) == 7
 
     with pytest.raises(ValueError):
-        sweep_exec.run_pool(points, settings(tmp_path), jobs=4, devices=["0", "1"], launch=launch)
+        local.run_pool(points, settings(tmp_path), jobs=4, devices=["0", "1"], launch=launch)
 
 
 def write_lock(tmp_path: Path, text: str, age_s: float = 0.0) -> Path:
@@ -158,38 +159,38 @@ def test_lock_from_another_host_is_live_while_touched(tmp_path, monkeypatch):
     for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SUBMITIT_LOCAL_JOB_ID"):
         monkeypatch.delenv(var, raising=False)
     lock = write_lock(tmp_path, "4242 node-elsewhere -\n")  # touched just now
-    assert not sweep_point.acquire_lock(lock)
-    lock = write_lock(tmp_path, "4242 node-elsewhere -\n", age_s=sweep_point.FOREIGN_LOCK_STALE_S + 5)
-    assert sweep_point.acquire_lock(lock)  # its holder stopped touching it: taken over
+    assert not grid_point.acquire_lock(lock)
+    lock = write_lock(tmp_path, "4242 node-elsewhere -\n", age_s=grid_point.FOREIGN_LOCK_STALE_S + 5)
+    assert grid_point.acquire_lock(lock)  # its holder stopped touching it: taken over
     assert lock.read_text().split()[:2] == [str(os.getpid()), socket.gethostname()]
-    sweep_point.release_lock(lock)
+    grid_point.release_lock(lock)
 
     # A SLURM job requeued onto another node takes over the lock its earlier run left, at once...
     monkeypatch.setenv("SLURM_JOB_ID", "777")
     lock = write_lock(tmp_path, "4242 node-elsewhere 777\n")
-    assert sweep_point.acquire_lock(lock)
+    assert grid_point.acquire_lock(lock)
     assert lock.read_text().split() == [str(os.getpid()), socket.gethostname(), "777"]
-    sweep_point.release_lock(lock)
+    grid_point.release_lock(lock)
     # ...but on one host the pid decides, so pool workers inside one job keep each other's locks.
     holder = subprocess.Popen(["sleep", "30"])
     try:
         lock = write_lock(tmp_path, f"{holder.pid} {socket.gethostname()} 777\n")
-        assert not sweep_point.acquire_lock(lock)
+        assert not grid_point.acquire_lock(lock)
     finally:
         holder.kill()
         holder.wait()
-    assert sweep_point.acquire_lock(lock)  # now its pid is dead
+    assert grid_point.acquire_lock(lock)  # now its pid is dead
 
 
 def test_heartbeat_touches_the_lock(tmp_path):
     lock = write_lock(tmp_path, "1 h -\n", age_s=1000)
-    with sweep_point.Heartbeat(lock, every_s=0.02):
+    with grid_point.Heartbeat(lock, every_s=0.02):
         time.sleep(0.2)
     assert time.time() - lock.stat().st_mtime < 5
 
 
 def test_active_jobs_from_the_records(tmp_path):
-    old, now = time.time() - 2 * sweep_cluster.UNKNOWN_GRACE_S, time.time()
+    old, now = time.time() - 2 * cluster.UNKNOWN_GRACE_S, time.time()
     finished = tmp_path / "7_0_result.pkl"
     finished.write_bytes(b"")
     host = socket.gethostname()
@@ -214,7 +215,7 @@ def test_active_jobs_from_the_records(tmp_path):
         asked.extend(job_ids)
         return {"1_0": "RUNNING", "1_1": "PENDING", "1_2": "COMPLETED", "1_3": "CANCELLED"}
 
-    active = sweep_cluster.active_jobs(records, None, states=states)
+    active = cluster.active_jobs(records, None, states=states)
     assert sorted(active) == ["local-live", "pending", "running", "unknown-new"]
     assert active["running"] == "job 1_0 (RUNNING)"
     assert "7" not in asked  # a job that wrote its result is over: sacct is not asked
@@ -225,20 +226,20 @@ def test_slurm_options_reach_the_sbatch_file(tmp_path, monkeypatch):
     import submitit.slurm.slurm as slurm
 
     monkeypatch.setattr(slurm.shutil, "which", lambda name: f"/usr/bin/{name}")  # pretend srun is there
-    opts = sweep_cluster.ClusterOptions("slurm", time_min=90, partition="gpu", gpus_per_point=1, cpus_per_point=8,
+    opts = cluster.ClusterOptions("slurm", time_min=90, partition="gpu", gpus_per_point=1, cpus_per_point=8,
                                         mem_gb=32.0, parallel=3, slurm_args={"account": "proj", "exclusive": True})
-    executor = sweep_cluster.make_executor(submitit, opts, tmp_path / "logs", "tdpm-06_ablations")
+    executor = cluster.make_executor(submitit, opts, tmp_path / "logs", "tdpm-06_ablations")
     text = executor._executor._make_submission_file_text("python -m something", "uid")
     for line in ("--partition=gpu", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=32GB", "--time=90",
                  "--job-name=tdpm-06_ablations", "--requeue", "--account=proj", "--exclusive", "--signal=USR2@90"):
         assert f"#SBATCH {line}\n" in text, (line, text)
     assert executor._executor.parameters["array_parallelism"] == 3
-    assert executor._executor.max_num_timeout == sweep_cluster.MAX_TIMEOUTS
+    assert executor._executor.max_num_timeout == cluster.MAX_TIMEOUTS
 
 
 def test_point_task_requeues_the_same_point_on_preemption(tmp_path):
     pytest.importorskip("submitit")
-    task = sweep_cluster.PointTask(settings(tmp_path), threads=4)
+    task = cluster.PointTask(settings(tmp_path), threads=4)
     point = Point("nb__a-1", {"a": 1})
     again = task.checkpoint(point)  # what submitit calls on USR2 before requeuing the job
     assert again.function is task and again.args == (point,) and not again.kwargs
@@ -262,15 +263,15 @@ def test_point_task_on_slurm_keeps_the_kernel_through_sigterm(monkeypatch):
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     fake = FakeSettings()
-    assert sweep_cluster.PointTask(fake, threads=3)(Point("p", {})).status == DONE
+    assert cluster.PointTask(fake, threads=3)(Point("p", {})).status == DONE
     assert fake.seen == {"sigterm": signal.SIG_IGN, "threads": "3"}  # what the kernel inherits
     assert signal.getsignal(signal.SIGTERM) is before  # restored
-    outcome = sweep_cluster.PointTask(fake)(Point("p", {"crash": True}))
+    outcome = cluster.PointTask(fake)(Point("p", {"crash": True}))
     assert outcome.status == "failed" and outcome.error == "OSError: disk full"  # never raises
     assert signal.getsignal(signal.SIGTERM) is before
 
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
-    sweep_cluster.PointTask(fake)(Point("p", {}))
+    cluster.PointTask(fake)(Point("p", {}))
     assert fake.seen["sigterm"] is before  # only on SLURM
 
 
@@ -282,10 +283,10 @@ def test_job_failures_become_one_line():
     failed = FailedJobError(f"Job (task=0) failed during processing with trace:\n{dashes}\nTraceback (most recent "
                             f"call last):\n  File \"x\", line 1\nMemoryError: out of memory\n{dashes}\n"
                             "You can check full logs with 'job.stderr(0)'")
-    assert sweep_cluster.job_error(failed) == "FailedJobError: MemoryError: out of memory"
+    assert cluster.job_error(failed) == "FailedJobError: MemoryError: out of memory"
     lost = UncompletedJobError("Job 12_3 (task: 0) with path /x/12_3_0_result.pkl\n"
                                "has not produced any output (state: CANCELLED by 1000)\nError stream produced:")
-    assert sweep_cluster.job_error(lost) == ("UncompletedJobError: Job 12_3 (task: 0) with path /x/12_3_0_result.pkl "
+    assert cluster.job_error(lost) == ("UncompletedJobError: Job 12_3 (task: 0) with path /x/12_3_0_result.pkl "
                                              "has not produced any output (state: CANCELLED by 1000)")
 
 
@@ -332,9 +333,9 @@ def test_local_executor_submits_returns_and_a_rerun_merges(nb, tmp_path):
             time.sleep(0.5)
     finally:
         for r in records:  # never leave job processes behind
-            if sweep_point.pid_alive(int(r["job_id"])):
+            if grid_point.pid_alive(int(r["job_id"])):
                 time.sleep(2)
-                if sweep_point.pid_alive(int(r["job_id"])):
+                if grid_point.pid_alive(int(r["job_id"])):
                     os.kill(int(r["job_id"]), signal.SIGTERM)
 
     proc = subprocess.run(sweep_cmd(nb, tmp_path, *grid, "--executor", "local", "--wait"), cwd=tmp_path,
@@ -359,7 +360,7 @@ def test_two_pools_at_once_run_each_point_once(nb, tmp_path):
     both = "\n".join(outs)
     for name in names:
         assert len(lines_with(both, f"{name} ... done")) == 1, both
-    threads = str(max(1, sweep_exec.cpu_cores() // 2))
+    threads = str(max(1, local.cpu_cores() // 2))
     assert {r["OMP_NUM_THREADS"] for r in runs(tmp_path)} == {threads}
     assert {r["CUDA_VISIBLE_DEVICES"] for r in runs(tmp_path)} == {os.environ.get("CUDA_VISIBLE_DEVICES")}
     points = sweep.build_grid("sweep_nb", [("a", [1, 2, 3])])

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from tdpmlib import tables
+from tdpmlib.book import tables
 
 
 @pytest.mark.parametrize("v, text", [(3.822159, "3.82"), (1000.0, "1\u2009000"), (0.0123456, "0.0123"), (12, "12"),

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tdpmlib import dip, models, schedules, tdpm
+from tdpmlib.methods import dip, models, schedules, tdpm
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""tdpmlib.timing (the one timing protocol), tdpmlib.timing_cases (its cases) and chapter 08's place in the run order."""
+"""tdpmlib.studies.timing (the one timing protocol), tdpmlib.studies.timing_cases (its cases) and chapter 08's place in the run order."""
 
 import sys
 import time
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tdpmlib import timing
+from tdpmlib.studies import timing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,7 +175,7 @@ def test_chapter_08_runs_before_chapter_07():
 
 
 # ------------------------------------------------------------------------------------------------------
-# tdpmlib.timing_cases: every case runs its method at its chapter's budget
+# tdpmlib.studies.timing_cases: every case runs its method at its chapter's budget
 # ------------------------------------------------------------------------------------------------------
 
 def _committed(root):
@@ -214,7 +214,9 @@ def _committed(root):
 def test_cases_run_each_method_at_its_committed_budget(tmp_path, monkeypatch):
     import torch
 
-    from tdpmlib import config, dip, models, schedules, timing_cases
+    from tdpmlib.methods import dip, models, schedules
+    from tdpmlib.studies import timing_cases
+    from tdpmlib.workflow import config
 
     _committed(tmp_path)
     cfg = config.Config.from_params(profile="smoke", notebook="08_performance", results_dir=str(tmp_path), device="cpu")

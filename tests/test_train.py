@@ -4,7 +4,9 @@ import pandas as pd
 import pytest
 import torch
 
-from tdpmlib import data, ddpm, metrics, pipeline, train
+from tdpmlib.evaluation import metrics, sample_metrics
+from tdpmlib.methods import ddpm
+from tdpmlib.workflow import data, pipeline, train
 
 
 @pytest.fixture
@@ -124,7 +126,7 @@ def test_swd_difference_of_a_set_with_itself_is_exactly_zero():
     held, x = _smooth_images(12, 0), _smooth_images(16, 1)
     d = train.swd_difference(held, x, x.clone(), floor=2.0, resamples=3)
     assert d["diff"] == 0 and d["sd"] == 0 and d["ci_low"] == d["ci_high"] == 0
-    assert d["a"] == pytest.approx(metrics.swd(held, x, seed=0)["swd_mean"] / 2.0)
+    assert d["a"] == pytest.approx(sample_metrics.swd(held, x, seed=0)["swd_mean"] / 2.0)
 
 
 def test_swd_difference_finds_pixel_noise_farther_from_smooth_images_than_smooth_images():

@@ -1,0 +1,329 @@
+"""Chapter 06's paired tables of the ablation rows (``tdpmlib.studies.ablations``) and the sentences that read them.
+
+Each ``*_paired`` compares rows of one ablation on the test images (``comparison.compare``): every T_trunc > 0
+(ancestral readout) against the DIP alone, every readout at the chosen T_trunc against the DIP alone, cosine
+against linear at matched sigma, K chains against one, every DIP budget against the validated one, other
+learning rates against the protocol's; ``table3_summary`` / ``table3_paired`` read the report's own Table 3 at
+t = 600. The ``*_text`` functions and ``summary_text`` put them into sentences. Cost columns are network
+evaluations and DIP iterations, never seconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import denoising
+from ..book.comparison import (WORDS, compare, comparison_text, count_phrase, fmt_diff, fmt_sigma, join_and, outcome,
+                         paired)
+
+
+def _ancestral(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows read out by one ancestral chain (all rows when there is no ``readout`` column)."""
+    return rows[rows["readout"] == "ancestral"] if "readout" in rows.columns else rows
+
+
+def t_trunc_paired(rows: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+    """Every T_trunc > 0 against T_trunc = 0 (the DIP alone), per (sigma, schedule), on the test images, with the
+    median over those images of the handed-over state's ``noise_ratio`` (actual / expected noise std). Only the
+    ancestral readout (``readout_paired`` compares the others)."""
+    out = []
+    rows = _ancestral(rows)
+    r = rows[rows["ablation"] == "t_trunc"]
+    for (sigma, schedule), g in r.groupby(["sigma", "schedule"], sort=True):
+        base = dict(ablation="t_trunc", sigma=sigma, schedule=schedule, method_key="t_trunc=0")
+        for key, gg in g[g["nfe"] > 0].groupby("method_key", sort=False):
+            out.append(compare(rows, dict(base, method_key=key), base, seed=seed, sigma=sigma, schedule=schedule,
+                               t=int(gg["t"].iloc[0]), level=int(gg["nfe"].iloc[0]), fraction=float(gg["value"].iloc[0]),
+                               a=gg["method"].iloc[0], b="DIP alone",
+                               noise_ratio=float(gg.loc[gg["split"] == "test", "noise_ratio"].median())))
+    return pd.DataFrame(out).sort_values(["sigma", "schedule", "level"], kind="stable").reset_index(drop=True)
+
+
+def readout_paired(rows: pd.DataFrame, choices: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+    """Per row of ``choices`` (``ablate_choice.t_trunc_choices``: sigma, schedule, the chosen T_trunc): every
+    readout of the state at that T_trunc against the DIP alone on the test images, the ancestral one first.
+    Columns: sigma, schedule, readout, level, fraction, n_chains (1 but for "mean_chains"), nfe, dip_iterations,
+    chosen_by, then ``comparison.compare``'s summary."""
+    out = []
+    r = rows[rows["ablation"] == "t_trunc"]
+    for c in choices.to_dict("records"):
+        sigma, schedule, level = c["sigma"], c["schedule"], int(c["nfe"])
+        at = r[(r["sigma"] == sigma) & (r["schedule"] == schedule) & np.isclose(r["value"], c["value"])]
+        base = dict(ablation="t_trunc", sigma=sigma, schedule=schedule, method_key="t_trunc=0")
+        for key, gg in sorted(at.groupby("method_key", sort=False), key=lambda kv: kv[1]["readout"].iloc[0] != "ancestral"):
+            readout, nfe = gg["readout"].iloc[0], int(gg["nfe"].iloc[0])
+            out.append(compare(rows, dict(base, method_key=key), base, seed=seed, sigma=sigma, schedule=schedule,
+                               readout=readout, level=level, fraction=float(c["value"]),
+                               n_chains=nfe // level if readout == "mean_chains" else 1, nfe=nfe,
+                               dip_iterations=int(gg["dip_iterations"].iloc[0]), chosen_by=c.get("chosen_by", ""),
+                               a=gg["method"].iloc[0], b="DIP alone"))
+    return pd.DataFrame(out)
+
+
+def schedule_paired(rows: pd.DataFrame, hybrid: pd.DataFrame, *, a: str = "cosine", b: str = "linear",
+                    seed: int = 0) -> pd.DataFrame:
+    """Schedule ``a`` against ``b`` at matched sigma on the test images: the DDPM's posterior mean and ancestral
+    sampling (``ddpm_rows``), the DIP alone (T_trunc = 0: the same fit under both) and the matched TDPM-DIP (one
+    ancestral chain) at each schedule's chosen T_trunc > 0 (``hybrid``: ``ablate_choice.t_trunc_choices`` of
+    both schedules, or any frame with sigma, schedule, method_key and nfe)."""
+    out = []
+    h = hybrid.set_index(["sigma", "schedule"])
+    for sigma in sorted(rows.loc[rows["ablation"] == "schedule", "sigma"].unique()):
+        for key in ("tweedie", "ddpm"):
+            sel = dict(ablation="schedule", sigma=sigma, method_key=key)
+            out.append(compare(rows, dict(sel, schedule=a), dict(sel, schedule=b), seed=seed, sigma=sigma,
+                               method_key=key, method=denoising.METHOD_LABELS[key], a=a, b=b))
+        sel = dict(ablation="t_trunc", sigma=sigma, method_key="t_trunc=0")
+        out.append(compare(rows, dict(sel, schedule=a), dict(sel, schedule=b), seed=seed, sigma=sigma,
+                           method_key="dip", method="DIP alone (the same fit under both)", a=a, b=b))
+        ka, kb = h.loc[(sigma, a), "method_key"], h.loc[(sigma, b), "method_key"]
+        out.append(compare(rows, dict(ablation="t_trunc", sigma=sigma, schedule=a, method_key=ka),
+                           dict(ablation="t_trunc", sigma=sigma, schedule=b, method_key=kb), seed=seed, sigma=sigma,
+                           method_key="tdpm_matched", a=a, b=b,
+                           method=f"TDPM-DIP, chosen T_trunc ({a} {int(h.loc[(sigma, a), 'nfe'])}, "
+                                  f"{b} {int(h.loc[(sigma, b), 'nfe'])})"))
+    return pd.DataFrame(out)
+
+
+def chains_paired(rows: pd.DataFrame, *, schedule: str, seed: int = 0) -> pd.DataFrame:
+    """Per sigma: the mean of K chains against one chain (K > 1) and against the DIP alone (every K)."""
+    out = []
+    r = rows[rows["ablation"] == "chains"]
+    for sigma, g in r.groupby("sigma", sort=True):
+        one = dict(ablation="chains", sigma=sigma, method_key="K=1")
+        alone = dict(ablation="t_trunc", sigma=sigma, schedule=schedule, method_key="t_trunc=0")
+        for key, gg in g.groupby("method_key", sort=False):
+            K = int(gg["value"].iloc[0])
+            lab = dict(sigma=sigma, K=K, level=int(gg["nfe"].iloc[0]) // K, a=gg["method"].iloc[0])
+            if K > 1:
+                out.append(compare(rows, dict(one, method_key=key), one, seed=seed, b="one chain", **lab))
+            out.append(compare(rows, dict(one, method_key=key), alone, seed=seed, b="DIP alone", **lab))
+    return pd.DataFrame(out)
+
+
+def budget_paired(rows: pd.DataFrame, chosen: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+    """Per sigma: the DIP alone at every budget against the validated budget, on the test images."""
+    out = []
+    r = rows[rows["ablation"] == "dip_iterations"]
+    for sigma, g in r.groupby("sigma", sort=True):
+        kv = chosen.set_index("sigma").loc[sigma, "method_key"]
+        base = dict(ablation="dip_iterations", sigma=sigma)
+        for key, gg in g.groupby("method_key", sort=False):
+            out.append(compare(rows, dict(base, method_key=key), dict(base, method_key=kv), seed=seed, sigma=sigma,
+                               k=int(gg["dip_iterations"].iloc[0]), validated_k=int(kv.split("=")[1]),
+                               a=gg["method"].iloc[0], b="validated budget"))
+    return pd.DataFrame(out)
+
+
+def lr_paired(rows: pd.DataFrame, chosen: pd.DataFrame, default_lr: float, *, seed: int = 0) -> pd.DataFrame:
+    """Per sigma: the DIP at each learning rate (its own validated budget) against the default rate's."""
+    out = []
+    c = chosen.set_index(["sigma", "value"])
+    for (sigma, lr), row in c.iterrows():
+        if np.isclose(lr, default_lr):
+            continue
+        base = c.loc[(sigma, default_lr)]
+        sel = dict(ablation="dip_lr", sigma=sigma)
+        out.append(compare(rows, dict(sel, method_key=row["method_key"]), dict(sel, method_key=base["method_key"]),
+                           seed=seed, sigma=sigma, lr=lr, k=int(row["dip_iterations"]), default_lr=default_lr,
+                           default_k=int(base["dip_iterations"]), a=f"lr {lr:g}", b=f"lr {default_lr:g}"))
+    return pd.DataFrame(out)
+
+
+def table3_summary(t3: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std of PSNR / SSIM per (protocol, T_trunc) of ``report_table3``'s rows (report's protocol first)."""
+    t3 = t3.assign(_order=(t3["protocol"] != "report").astype(int)).sort_values(["_order", "t_trunc"], kind="stable")
+    g = t3.groupby(["protocol", "t_trunc"], sort=False)
+    return g.agg(psnr_mean=("psnr", "mean"), psnr_std=("psnr", "std"), ssim_mean=("ssim", "mean"),
+                 ssim_std=("ssim", "std"), n=("image", "size"), nfe=("nfe", "first"),
+                 dip_iterations=("dip_iterations", "first")).reset_index()
+
+
+def table3_paired(t3: pd.DataFrame, a: int, b: int, *, protocol: str = "corrected", seed: int = 0) -> dict | None:
+    """T_trunc a against T_trunc b at t = 600 under one protocol (None when either was not run)."""
+    r = t3[t3["protocol"] == protocol]
+    ra, rb = r[r["t_trunc"] == a], r[r["t_trunc"] == b]
+    if ra.empty or rb.empty:
+        return None
+    s = paired(ra, rb, seed=seed)
+    return dict(s, a_psnr=float(ra["psnr"].mean()), b_psnr=float(rb["psnr"].mean()), outcome=outcome(s))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sentences
+# --------------------------------------------------------------------------------------------------------
+
+def fmt_level(level: int, frac: float) -> str:
+    """"7 (t/8)": a T_trunc level with its fraction of t(sigma); "0 (DIP alone)"."""
+    if frac == 0:
+        return "0 (DIP alone)"
+    if frac == 1:
+        return f"{level} (t)"
+    inv = 1 / frac
+    return f"{level} (t/{inv:.0f})" if abs(inv - round(inv)) < 1e-9 else f"{level} ({frac:g} t)"
+
+
+def _by_03(chosen_by) -> bool:
+    """Whether a choice's ``chosen_by`` is chapter 03 ("03", which reads back from a CSV as 3 or 3.0)."""
+    try:
+        return float(chosen_by) == 3
+    except (TypeError, ValueError):
+        return False
+
+
+def t_trunc_text(paired_t: pd.DataFrame, chosen: pd.DataFrame, schedule: str) -> str:
+    """Per sigma, for one schedule: the T_trunc the validation images pick (chapter 03's, where ``chosen`` has
+    ``chosen_by`` "03"), how the T_trunc > 0 compare with the DIP alone on the test images, and the largest mean
+    difference."""
+    out = []
+    c = chosen.set_index(["sigma", "schedule"])
+    for sigma, g in paired_t[paired_t["schedule"] == schedule].groupby("sigma", sort=True):
+        ch = c.loc[(sigma, schedule)]
+        who = "chapter 03's validation images pick" if _by_03(ch.get("chosen_by")) else "the validation images pick"
+        pick_text = (f"{who} T_trunc = 0, the DIP alone" if int(ch["nfe"]) == 0 else
+                     f"{who} T_trunc = {fmt_level(int(ch['nfe']), float(ch['value']))}")
+        best = g.loc[g["mean_diff"].idxmax()]
+        out.append(f"At σ = {fmt_sigma(sigma)} ({schedule} schedule, t = {int(g['t'].iloc[0])}) {pick_text}. On the test images, "
+                   f"of the {len(g)} values of T_trunc > 0, {count_phrase(g['outcome'], 'the DIP alone')}; the highest "
+                   f"mean difference is at T_trunc = {fmt_level(int(best['level']), float(best['fraction']))}: "
+                   f"{fmt_diff(best)}, wins {int(best['wins'])} of {int(best['n'])}.")
+    return " ".join(out)
+
+
+# The band of actual / expected noise std in which the handed-over state counts as the one the chain expects
+# (the target of the experiments issue: 0.8-1.25, i.e. a noise variance within about 0.64-1.56 of the level's).
+MATCHED_BAND = (0.8, 1.25)
+
+
+def handover_text(paired_t: pd.DataFrame, schedule: str, *, band: tuple[float, float] = MATCHED_BAND) -> str:
+    """Per sigma, for one schedule: the median noise ratio of the state handed over at each T_trunc, and the
+    smallest T_trunc whose median lies in ``band`` with how it compares with the DIP alone there."""
+    lo, hi = band
+    out = []
+    for sigma, g in paired_t[paired_t["schedule"] == schedule].groupby("sigma", sort=True):
+        g = g.sort_values("level")
+        ratios = ", ".join(f"{r:.2f} at {fmt_level(int(lv), float(f))}"
+                           for lv, f, r in zip(g["level"], g["fraction"], g["noise_ratio"]))
+        inside = g[(g["noise_ratio"] >= lo) & (g["noise_ratio"] <= hi)]
+        if inside.empty:
+            row = g.loc[(g["noise_ratio"] - 1).abs().idxmin()]
+            which = f"no T_trunc of the grid hands over a state within {lo:g}–{hi:g}; the nearest is"
+        else:
+            row, which = inside.iloc[0], f"the first within {lo:g}–{hi:g} is"
+        tail = (f"{which} T_trunc = {fmt_level(int(row['level']), float(row['fraction']))}, where "
+                f"{comparison_text(row.to_dict(), a='the matched TDPM-DIP', b='the DIP alone')}")
+        out.append(f"At σ = {fmt_sigma(sigma)} ({schedule}, t = {int(g['t'].iloc[0])}) the median ratio is {ratios}; "
+                   f"{tail}.")
+    return " ".join(out)
+
+
+def schedule_text(paired_s: pd.DataFrame, levels_by_sigma: dict) -> str:
+    """Per sigma: cosine against linear for each method (``schedule_paired``); ``levels_by_sigma`` maps sigma to
+    a dict schedule -> (t, noise ratio)."""
+    out = []
+    for sigma, g in paired_s.groupby("sigma", sort=True):
+        lv = levels_by_sigma[sigma]
+        a, b = g["a"].iloc[0], g["b"].iloc[0]
+        parts = [f"{r['method']}: {comparison_text(r)}" for r in g.to_dict("records") if r["method_key"] != "dip"]
+        out.append(f"At σ = {fmt_sigma(sigma)} ({b} t = {lv[b][0]}, {a} t = {lv[a][0]}): " + "; ".join(parts) + ".")
+    return " ".join(out)
+
+
+def chains_text(paired_c: pd.DataFrame) -> str:
+    """Per sigma: the mean of K chains against one chain and against the DIP alone."""
+    out = []
+    for sigma, g in paired_c.groupby("sigma", sort=True):
+        vs_one = g[g["b"] == "one chain"]
+        vs_dip = g[g["b"] == "DIP alone"].sort_values("K")
+        parts = [comparison_text(r, a=f"the mean of {int(r['K'])} chains", b="one chain") for r in vs_one.to_dict("records")]
+        top = vs_dip.iloc[-1]
+        parts.append(comparison_text(top, a=f"the mean of {int(top['K'])} chain{'s' if top['K'] > 1 else ''}",
+                                     b="the DIP alone"))
+        out.append(f"At σ = {fmt_sigma(sigma)} (T_trunc = {int(g['level'].iloc[0])}) " + "; ".join(parts) + ".")
+    return " ".join(out)
+
+
+def budget_text(paired_k: pd.DataFrame) -> str:
+    """Per sigma: the validated budget and whether another budget does better on the test images."""
+    out = []
+    for sigma, g in paired_k.groupby("sigma", sort=True):
+        kv = int(g["validated_k"].iloc[0])
+        others = g[g["k"] != kv]
+        own = g[g["k"] == kv].iloc[0]
+        text = f"At σ = {fmt_sigma(sigma)} the validation images pick k = {kv} ({own['a_psnr']:.2f} dB on the test images)"
+        if others.empty:
+            out.append(text + ".")
+            continue
+        best = others.loc[others["mean_diff"].idxmax()]
+        better = others[others["outcome"] == WORDS["better"]]
+        if len(better):
+            text += (f"; on the test images {join_and(f'k = {int(k)}' for k in better['k'])} would have done better, "
+                     f"at most by {fmt_diff(best)} (k = {int(best['k'])})")
+        else:
+            text += (f"; no other budget is better than it on the test images (the nearest, k = {int(best['k'])}: "
+                     f"{fmt_diff(best)})")
+        out.append(text + ".")
+    return " ".join(out)
+
+
+def lr_text(paired_lr: pd.DataFrame) -> str:
+    out = []
+    for r in paired_lr.to_dict("records"):
+        out.append(f"At σ = {fmt_sigma(r['sigma'])} the DIP at learning rate {r['lr']:g} (validated k = {r['k']}) is {r['outcome']} "
+                   f"the DIP at the protocol's {r['default_lr']:g} (k = {r['default_k']}): {fmt_diff(r)}, wins "
+                   f"{int(r['wins'])} of {int(r['n'])}.")
+    return " ".join(out)
+
+
+def table3_text(t3: pd.DataFrame, *, seed: int = 0) -> str:
+    """The report protocol against the matched variant at t = 600, and the report's two Table 3 orderings under
+    the matched variant (paired)."""
+    s = table3_summary(t3).set_index(["protocol", "t_trunc"])["psnr_mean"]
+    tts = sorted(t3["t_trunc"].unique())
+    rep = ", ".join(f"{s[('report', t)]:.2f}" for t in tts)
+    cor = ", ".join(f"{s[('corrected', t)]:.2f}" for t in tts)
+    text = (f"At T_trunc = {', '.join(map(str, tts))} the report's protocol scores {rep} dB, the matched TDPM-DIP on "
+            f"the observation {cor} dB.")
+    few = table3_paired(t3, 5, 0, seed=seed)
+    many = table3_paired(t3, 50, 10, seed=seed)
+    if few:
+        text += f" Under the matched variant T_trunc = 5 is {few['outcome']} T_trunc = 0 ({fmt_diff(few)})"
+        text += f" and T_trunc = 50 is {many['outcome']} T_trunc = 10 ({fmt_diff(many)})." if many else "."
+    return text
+
+
+def t_trunc_summary(paired_t: pd.DataFrame, hybrid: pd.DataFrame, schedule: str) -> str:
+    """Per sigma: the matched TDPM-DIP (one ancestral chain) at the chosen T_trunc > 0 against the DIP alone, on
+    the test images."""
+    out = []
+    h = hybrid.set_index(["sigma", "schedule"])
+    for sigma, g in paired_t[paired_t["schedule"] == schedule].groupby("sigma", sort=True):
+        level = int(h.loc[(sigma, schedule), "nfe"])
+        r = g[g["level"] == level].iloc[0]
+        out.append(f"At σ = {fmt_sigma(sigma)} the matched TDPM-DIP at the T_trunc > 0 chosen on the validation images, "
+                   f"{fmt_level(level, float(r['fraction']))}, is {r['outcome']} the DIP alone ({fmt_diff(r)}, wins "
+                   f"{int(r['wins'])} of {int(r['n'])}).")
+    return " ".join(out)
+
+
+def summary_text(paired_t: pd.DataFrame, hybrid: pd.DataFrame, paired_s: pd.DataFrame, paired_c: pd.DataFrame | None,
+                 schedule: str) -> str:
+    """The chapter's findings in a few sentences: ``t_trunc_summary``, the schedules at matched sigma, the most
+    chains against one."""
+    out = [t_trunc_summary(paired_t, hybrid, schedule)]
+    for key, name in (("tdpm_matched", "TDPM-DIP"), ("tweedie", "the DDPM's posterior mean"),
+                      ("ddpm", "the DDPM's ancestral sampling")):
+        rows = paired_s[paired_s["method_key"] == key]
+        if len(rows):
+            out.append(f"At matched σ, for {name} the {rows['a'].iloc[0]} schedule is "
+                       + join_and(f"{r['outcome']} the {r['b']} one at σ = {fmt_sigma(r['sigma'])} ({fmt_diff(r)})"
+                                  for r in rows.to_dict("records")) + ".")
+    if paired_c is not None and len(paired_c):
+        top = paired_c[paired_c["b"] == "one chain"]
+        if len(top):
+            kmax = int(top["K"].max())
+            top = top[top["K"] == kmax]
+            out.append(f"Averaging {kmax} chains is " + join_and(
+                f"{r['outcome']} one chain at σ = {fmt_sigma(r['sigma'])} ({fmt_diff(r)})" for r in top.to_dict("records")) + ".")
+    return " ".join(out)

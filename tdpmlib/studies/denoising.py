@@ -1,0 +1,295 @@
+"""The denoising study: at one pixel noise level, every method, tuned on validation images, scored on test images.
+
+This is the book's main comparison (chapters 02-07): does combining DDPM and DIP beat each alone?
+
+Protocol
+--------
+* **Images.** The held-out images (never trained on) are split once into a validation set and a test set
+  (``split_eval``). Every tuned choice (a DIP's iteration budget, TDPM-DIP's T_trunc and readout, Example 1's
+  t_0, NLM's strength and patch) is the one with the best mean PSNR on the validation images; the test images
+  are scored with it, unchanged.
+* **Observation.** For pixel noise sigma (0..255 scale) the observation is the forward sample at the level
+  t(sigma) of the DDPM's schedule, y = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, so y / sqrt(abar_t) is x_0 plus
+  Gaussian noise of std about sigma. Image i's noise is drawn from its own generator (seed, sigma, i), so it
+  does not depend on how images are grouped.
+* **What a method sees.** Only y (and the noise level, which every method here is given). The clean image
+  enters only the scores, the rows labelled "upper bound" (a DIP's best iteration chosen per image with
+  the clean image) and, on the validation images only, the calibration of the fitted-noise fraction
+  ``absorbed`` (``tdpm.calibrate_absorbed``), a tuned constant per (sigma, k) like k itself.
+* **Scores.** PSNR and SSIM against the clean image on [0, 1] (``metrics``). Cost is network evaluations (NFE)
+  and DIP iterations per image; the study reports no seconds (wall clock comes from one benchmark, chapter 08).
+
+Methods (``METHOD_LABELS``)
+---------------------------
+Floors: the noisy input y / sqrt(abar_t) (clipped), the training-mean image, non-local means with the true
+sigma, its strength h = h_factor * sigma and patch size chosen on validation. DDPM alone: the one-step posterior
+mean E[x_0 | y] (Tweedie), ancestral sampling from t, DDIM from t, the mean of K ancestral chains. DIP alone: the
+report's plain DIP and the official Ulyanov et al. protocol (``dip.PROTOCOLS``), each at its validated budget,
+and each one's oracle best iteration (upper bound).
+Hybrids, built on the validated official-protocol DIP fit (the stronger DIP; ``study_hybrids``):
+
+* ``tdpm_matched``: TDPM-DIP with a matched state (``tdpm.matched_state``): the DIP output at budget k,
+  topped up with fresh noise to the level T_trunc expects (its error estimate corrected by the fraction of the
+  noise the DIP has fitted, calibrated per k on validation), then T_trunc ancestral steps; (k, T_trunc) validated.
+  Its (k, T_trunc) per sigma is the book's validated T_trunc (chapter 06 reads it from ``selection``);
+* ``tdpm_matched_pm``: the same state read out by its posterior mean (1 NFE); its own (k, T_trunc) validated;
+* ``tdpm_matched_mean``: the same state read out by the mean of n ancestral chains at ``tdpm_matched``'s
+  (k, T_trunc), n validated among ``readout_chains``;
+* ``sdedit``: Example 1, the DIP output at budget k re-noised to t_0 with fresh noise (SDEdit, Meng et al.
+  2022; ``example1.dip_init_ddpm``), then t_0 reverse steps; (k, t_0) validated;
+* ``dip_polish`` (``polish=True``): the earlier chapters' variant ``tdpm.denoise``, a DIP fit to y rescaled to
+  T_trunc, then T_trunc steps, at the matched variant's validated (k, T_trunc) -- its own DIP fit.
+
+``noise_ratio`` (TDPM-DIP rows) is the actual over the expected noise std of the state handed to the chain,
+measured with the clean image (a diagnostic, ``tdpm.noise_ratio``); 1 means the state the DDPM expects. The
+matched rows also carry ``absorbed`` and the ratio at T_trunc = t with and without it (``study_hybrids``).
+
+One DIP fit per (protocol, image) to the largest candidate budget gives every budget's output (``keep``), so
+the budget search costs no extra fitting.
+
+Selection table (``SELECTION_COLUMNS``): one row per (sigma, method_key, candidate) with its mean validation
+PSNR; ``chosen`` is True on exactly one row per (sigma, method_key) of a tuned method, the candidate whose
+``params`` the method's rows carry; ``k`` (DIP budget) and ``level`` (T_trunc, or t_0 for ``sdedit``) are
+given where the candidate has them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..evaluation import metrics, perceptual
+from ..methods import dip, schedules, tdpm
+from ..workflow import results
+from . import denoising_hybrids, denoising_methods
+
+METHOD_LABELS = {
+    "noisy": "noisy input (floor)",
+    "train_mean": "training-mean image (floor)",
+    "nlm": "non-local means (floor)",
+    "tweedie": "DDPM posterior mean, 1 step",
+    "ddpm": "DDPM ancestral from t",
+    "ddim": "DDIM from t",
+    "mean_k": "DDPM, mean of K chains",
+    "dip_plain": "DIP, report's protocol",
+    "dip_official": "DIP, official protocol",
+    "dip_plain_oracle": "DIP, report's protocol, best iteration (upper bound)",
+    "dip_official_oracle": "DIP, official protocol, best iteration (upper bound)",
+    "tdpm_matched": "TDPM-DIP, matched state",
+    "tdpm_matched_pm": "TDPM-DIP, matched state, posterior-mean readout",
+    "tdpm_matched_mean": "TDPM-DIP, matched state, mean of n chains",
+    "sdedit": "DIP then SDEdit (Example 1)",
+    "dip_polish": "TDPM-DIP, earlier variant: DIP then T_trunc polishing steps",
+}
+FAMILY = {"noisy": "floor", "train_mean": "floor", "nlm": "floor", "tweedie": "DDPM", "ddpm": "DDPM", "ddim": "DDPM",
+          "mean_k": "DDPM", "dip_plain": "DIP", "dip_official": "DIP", "dip_plain_oracle": "upper bound",
+          "dip_official_oracle": "upper bound", "tdpm_matched": "hybrid", "tdpm_matched_pm": "hybrid",
+          "tdpm_matched_mean": "hybrid", "sdedit": "hybrid", "dip_polish": "hybrid"}
+
+
+DDPM_ALONE = ("tweedie", "ddpm", "ddim", "mean_k")  # the DDPM-alone rows, in the order they draw
+
+
+def split_eval(held: torch.Tensor, *, n_val: int, n_test: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Disjoint (validation, test) images from the held-out set, deterministic in ``seed``."""
+    for name, v in (("n_val", n_val), ("n_test", n_test)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}={v!r} is not allowed; use a positive integer")
+    if n_val + n_test > len(held):
+        raise ValueError(f"n_val + n_test = {n_val + n_test} is not allowed; the held-out set has {len(held)} images")
+    perm = torch.randperm(len(held), generator=torch.Generator().manual_seed(seed * 1_000_003 + 77))
+    return held[perm[:n_val]], held[perm[n_val:n_val + n_test]]
+
+
+def _image_generators(seed: int, sigma: int, n: int, purpose: int):
+    return [torch.Generator().manual_seed(seed * 1_000_003 + 100_000 * purpose + 1000 * sigma + i) for i in range(n)]
+
+
+def observe(clean: torch.Tensor, sigma: int, scheduler, *, seed: int) -> tuple[torch.Tensor, int]:
+    """(y, t): the observation at level t(sigma), image i's noise from its own generator."""
+    t = schedules.t_for_sigma(scheduler, sigma)
+    noise = torch.stack([torch.randn(clean.shape[1:], generator=g) for g in _image_generators(seed, sigma, len(clean), 1)])
+    return schedules.q_sample(clean, t, noise, scheduler).float(), t
+
+
+def dip_input(protocol: str, n: int, size: int, *, seed: int, sigma: int) -> torch.Tensor:
+    """Per-image DIP inputs z (``dip.draw_input`` of the protocol, image i from its own generator)."""
+    return torch.cat([dip.draw_input(protocol, (1, size, size), g)
+                      for g in _image_generators(seed, sigma, n, 2 if protocol == "plain" else 3)])
+
+
+def fit_budgets(y_scaled: torch.Tensor, clean: torch.Tensor, *, protocol: str, budgets, seed: int, sigma: int,
+                device, preset: str | None = None, lr: float | None = None, record_every: int | None = None,
+                cache_dir=None) -> dict:
+    """One DIP fit per image to max(budgets); returns outputs at every budget, the oracle output (best iteration
+    per image against ``clean``: an upper bound) with its iteration, the fit's length and the history. No
+    seconds: a budget's cost is its iterations (wall clock comes from one benchmark, chapter 08).
+
+    With ``cache_dir`` the result is stored there (``results.save_checkpoint``) under a name that hashes every
+    input, so chapters that need the same fit load it instead of fitting again; any change refits."""
+    budgets = sorted(set(budgets))
+    record_every = record_every or max(1, budgets[0] // 4)
+    p = dip.check_protocol(protocol)  # hash the settings the fit really uses, so a changed default refits
+    preset, lr = preset or p.preset, p.lr if lr is None else lr
+    path = None
+    if cache_dir is not None:
+        h = hashlib.sha256()
+        for tensor in (y_scaled, clean):
+            h.update(tensor.float().contiguous().numpy().tobytes())
+        h.update(repr((protocol, budgets, seed, sigma, preset, lr, record_every, torch.device(device).type)).encode())
+        path = Path(cache_dir) / f"dip_{protocol}_sigma{sigma}_{h.hexdigest()[:16]}.pt"
+        if path.exists():
+            saved = results.load_checkpoint(path)
+            saved.pop("seconds", None)  # stored by earlier versions
+            return dict(saved, history=pd.DataFrame(saved["history"]))
+    z = dip_input(protocol, len(y_scaled), y_scaled.shape[-1], seed=seed, sigma=sigma)
+    fit = dip.fit_dip(y_scaled, iterations=budgets[-1], z=z, protocol=protocol, preset=preset, lr=lr, seed=seed,
+                      device=device, reference=clean, keep=budgets, record_every=record_every,
+                      generator=torch.Generator().manual_seed(seed * 1_000_003 + 4000 + sigma))
+    out = dict(outputs=fit.outputs, oracle=fit.best_output, oracle_iteration=fit.best_iteration,
+               iterations=budgets[-1], history=fit.history)
+    if path is not None:
+        results.save_checkpoint(path, dict(out, history=fit.history.to_dict(orient="list")))
+    return out
+
+
+def score(x: torch.Tensor, clean: torch.Tensor) -> dict:
+    """Per-image PSNR, SSIM and LPIPS (NaN where LPIPS's weights cannot be had: ``perceptual.lpips_status``)."""
+    return dict(psnr=metrics.psnr(x, clean), ssim=metrics.ssim_or_nan(x, clean), lpips=perceptual.lpips_or_nan(x, clean))
+
+
+# per-image diagnostics of the matched methods (NaN elsewhere): the state's noise ratio at the method's level,
+# the absorbed fraction used, and the ratio of a state matched at T_trunc = t with and without that correction
+DIAGNOSTICS = ("noise_ratio", "absorbed", "noise_ratio_at_t", "noise_ratio_at_t_uncalibrated")
+SELECTION_COLUMNS = ["sigma", "t", "method_key", "params", "val_psnr", "chosen", "k", "level", "absorbed"]
+
+
+def _rows(key, x, clean, *, split, nfe, its, params="", diag=None):
+    s = score(x, clean)
+    diag = diag or {}
+    return [dict(method_key=key, method=METHOD_LABELS[key], family=FAMILY[key], split=split, image=i,
+                 psnr=float(s["psnr"][i]), ssim=float(s["ssim"][i]), lpips=float(s["lpips"][i]), nfe=nfe,
+                 dip_iterations=its, params=params,
+                 **{d: float("nan") if diag.get(d) is None else float(diag[d][i]) for d in DIAGNOSTICS})
+            for i in range(len(clean))]
+
+
+def _check_grid(name, values, *, integer: bool) -> tuple:
+    values = tuple(values) if isinstance(values, (tuple, list)) else ()
+    ok = values and all(not isinstance(v, bool) and isinstance(v, int if integer else (int, float)) and 0 < v < math.inf
+                        for v in values)
+    if not ok:
+        raise ValueError(f"{name}={values!r} is not allowed; use a non-empty tuple of positive "
+                         f"{'integers' if integer else 'numbers'}")
+    return values
+
+
+def run(unet, scheduler, *, val: torch.Tensor, test: torch.Tensor, train_mean: torch.Tensor, sigma: int, seed: int,
+        device, budgets_plain, budgets_official, t_truncs, t0s, n_chains: int = 3, readout_chains=(1, 4, 8),
+        nlm_h_factors=(0.4, 0.6, 0.8, 1.0, 1.2), nlm_patch_sizes=(3, 5), fits: dict | None = None,
+        dip_presets: dict | None = None, cache_dir=None, polish: bool = True):
+    """Run the study at one noise level; returns ``(rows, selection, outputs, fits)``.
+
+    ``rows``: one row per (method, split, image) with psnr, ssim, lpips, nfe, dip_iterations, the chosen
+    ``params`` and the diagnostics ``DIAGNOSTICS``; validation rows of tuned methods are their chosen
+    candidate's. No seconds: cost is NFE and DIP iterations (wall clock comes from one benchmark, chapter 08).
+    ``selection`` (``SELECTION_COLUMNS``): every candidate's mean validation PSNR, ``chosen`` marking the one
+    used, with its DIP budget ``k`` and ``level`` (T_trunc or t_0) where it has them.
+    ``outputs``: the test images' estimates per method (for figures).
+    ``t_truncs`` / ``t0s`` are fractions of t(sigma) (rounded, at least 1); ``readout_chains`` the candidate
+    numbers of chains of ``tdpm_matched_mean``; ``nlm_h_factors`` x ``nlm_patch_sizes`` the NLM grid.
+    ``fits`` may hold precomputed ``fit_budgets`` results per protocol (they depend only on the images, sigma and
+    seed); ``fits`` returned holds both protocols' fits, for reuse by the chapters on the examples.
+    ``dip_presets`` maps a protocol to its network preset (default: the protocol's own, ``dip.PROTOCOLS``).
+    """
+    readout_chains = _check_grid("readout_chains", readout_chains, integer=True)
+    nlm_h_factors = _check_grid("nlm_h_factors", nlm_h_factors, integer=False)
+    nlm_patch_sizes = _check_grid("nlm_patch_sizes", nlm_patch_sizes, integer=True)
+    clean = torch.cat([val, test])
+    n_val = len(val)
+    y, t = observe(clean, sigma, scheduler, seed=seed)
+    ab = float(schedules.alpha_bar(scheduler, t))
+    v_obs = (1 - ab) / ab
+    y_scaled = (y / ab ** 0.5).float()
+    parts = {"val": slice(0, n_val), "test": slice(n_val, len(clean))}
+    rows, outputs, selection = [], {}, []
+
+    def add(key, x, *, nfe=0, its=0, params="", diag=None):
+        for name, sl in parts.items():
+            rows.extend(_rows(key, x[sl], clean[sl], split=name, nfe=nfe, its=its, params=params,
+                              diag={d: None if v is None else v[sl] for d, v in (diag or {}).items()}))
+        outputs[key] = x[parts["test"]]
+
+    def choose(key, candidates: dict, fields=None) -> str:
+        """The candidate (params -> validation estimate, in listed order) with the best mean validation PSNR
+        (ties: the first listed, the cheapest); every candidate goes into ``selection``."""
+        means = {p: float(metrics.psnr(x, val).double().mean()) for p, x in candidates.items()}
+        best = max(means, key=means.get)
+        selection.extend(dict(method_key=key, params=p, val_psnr=v, chosen=p == best, **(fields or {}).get(p, {}))
+                         for p, v in means.items())
+        return best
+
+    # floors; non-local means with the true sigma, its strength and patch size chosen on validation
+    add("noisy", y_scaled.clamp(-1, 1))
+    add("train_mean", train_mean.expand_as(clean))
+    sigma01 = v_obs ** 0.5 / 2
+    grid = {f"h={h:g}*sigma, patch={p}": (h, p) for h, p in itertools.product(nlm_h_factors, nlm_patch_sizes)}
+    on_val = {name: denoising_methods.nlm_images(y_scaled[:n_val], sigma01, h_factor=h, patch_size=p)
+              for name, (h, p) in grid.items()}
+    best = choose("nlm", on_val)
+    h, p = grid[best]
+    add("nlm", torch.cat([on_val[best], denoising_methods.nlm_images(y_scaled[n_val:], sigma01, h_factor=h, patch_size=p)]),
+        params=best)
+
+    # DDPM alone: the methods of the one method table (``denoising_methods.METHODS``), on every image at once; the
+    # ancestral chain and the mean of K chains draw from one generator, in this order
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + 5000 + sigma)
+    ctx = denoising_methods.Context(unet=unet, scheduler=scheduler, t=t, device=device, n_chains=n_chains,
+                                    generators=dict(ddpm=gen, mean_k=gen))
+    for key in DDPM_ALONE:
+        est = denoising_methods.METHODS[key].fn(ctx, y)
+        add(key, est.x0, nfe=est.nfe, params=f"K={n_chains}" if key == "mean_k" else "")
+
+    # DIP alone: one fit per protocol to the largest budget, the budget chosen on validation
+    fits = dict(fits or {})
+    for protocol, budgets in (("plain", budgets_plain), ("official", budgets_official)):
+        if protocol not in fits:
+            fits[protocol] = fit_budgets(y_scaled, clean, protocol=protocol, budgets=budgets, seed=seed, sigma=sigma,
+                                         device=device, preset=(dip_presets or {}).get(protocol), cache_dir=cache_dir)
+        f = fits[protocol]
+        names = {f"k={k}": k for k in sorted(f["outputs"])}
+        best = choose(f"dip_{protocol}", {n: f["outputs"][k][:n_val] for n, k in names.items()},
+                      {n: dict(k=k) for n, k in names.items()})
+        k = names[best]
+        add(f"dip_{protocol}", f["outputs"][k], its=k, params=best)
+        add(f"dip_{protocol}_oracle", f["oracle"], its=f["iterations"], params="per image")
+
+    # hybrids on the official-protocol fit
+    chosen = denoising_hybrids.run_hybrids(
+        unet, scheduler, fit=fits["official"], y=y, y_scaled=y_scaled, clean=clean, n_val=n_val, t=t, v_obs=v_obs, sigma=sigma, seed=seed,
+        t_truncs=t_truncs, t0s=t0s, readout_chains=readout_chains, add=add, choose=choose)
+
+    if polish:
+        # the earlier chapters' variant, "DIP + T_trunc polishing steps" (tdpm.denoise), at the matched variant's
+        # validated (k, T_trunc): its own DIP fit (the target is y rescaled to T_trunc), then T_trunc steps
+        k, level = chosen["tdpm_matched"]
+        res = tdpm.denoise(unet, scheduler, y, t, t_trunc=level, dip_iterations=k, device=device, reference=clean,
+                           z=dip_input("official", len(clean), clean.shape[-1], seed=seed, sigma=sigma),
+                           generator=torch.Generator().manual_seed(seed * 1_000_003 + 7000 + sigma),
+                           protocol="official", preset=(dip_presets or {}).get("official"), seed=seed,
+                           record_every=k)
+        add("dip_polish", res.x0, nfe=level, its=k, params=f"k={k}, T_trunc={level}",
+            diag=dict(noise_ratio=res.noise_ratio))
+
+    df = pd.DataFrame(rows)
+    df.insert(0, "sigma", sigma)
+    df.insert(1, "t", t)
+    sel = pd.DataFrame(selection).reindex(columns=SELECTION_COLUMNS[2:]).astype(dict(k="Int64", level="Int64"))
+    sel.insert(0, "sigma", sigma)
+    sel.insert(1, "t", t)
+    return df, sel, dict(outputs, clean=clean[parts["test"]], y_scaled=y_scaled[parts["test"]]), fits
