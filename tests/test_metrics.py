@@ -469,3 +469,25 @@ def test_sort_columns_equals_torch_sort_and_keeps_swd_unchanged(monkeypatch):
     fast = sample_metrics.swd(images, fake, **FAST_SWD)
     monkeypatch.setattr(sample_metrics, "_sort_columns", lambda t: torch.sort(t, dim=0).values)
     assert sample_metrics.swd(images, fake, **FAST_SWD) == fast  # bit for bit, so committed SWD values stay reproducible
+
+
+def test_swd_real_cache_gives_the_same_values_and_sorts_the_real_side_once(monkeypatch):
+    real = smooth_images(5, 16, seed=0)
+    fakes = [smooth_images(n, 16, seed=s) for n, s in ((4, 1), (4, 2), (7, 3), (4, 4))]
+    sorts = []
+    original = sample_metrics._sort_columns
+    monkeypatch.setattr(sample_metrics, "_sort_columns", lambda x: sorts.append(1) or original(x))
+    plain = [sample_metrics.swd(real, f, **FAST_SWD) for f in fakes]
+    per_call = len(sorts) // len(fakes)  # both sides, every call
+    sorts.clear()
+    cache: dict = {}
+    cached = [sample_metrics.swd(real, f, real_cache=cache, **FAST_SWD) for f in fakes]
+    assert cached == plain  # exactly: the real side's projections are the ones it would recompute
+    # the fake side every call, the real side once per fake-set size (4 and 7)
+    assert len(sorts) == per_call // 2 * (len(fakes) + 2)
+    assert {k[-4] for k in cache} == {4, 7}  # the key holds the fake-set size
+
+
+def test_sort_columns_is_torch_sort():
+    x = torch.randn(500, 33, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sample_metrics._sort_columns(x), torch.sort(x, dim=0).values)

@@ -194,3 +194,29 @@ def test_fit_budgets_cache_reuses_and_refits_on_change(tiny, tmp_path, monkeypat
     assert set(again) == set(first)
     with pytest.raises(AssertionError, match="refitted"):
         denoising.fit_budgets(y + 0.01, images[:2], **kw)  # another observation: not the cached fit
+
+
+def test_shared_rows_reads_chapter_03s_rows_only_for_the_same_configuration(tmp_path):
+    from tdpmlib.workflow import config, pipeline
+    (tmp_path / "x.npz").touch()
+    make = lambda name, **kw: config.Config.from_params(  # noqa: E731
+        profile="smoke", notebook=name, results_dir=str(tmp_path), data_source=str(tmp_path / "x.npz"),
+        extra_checks={"t0s": lambda n, v: tuple(v), "sigmas": lambda n, v: tuple(v)}, **dict(dict(seed=0), **kw))
+    kw = dict(sigmas=[25], keys=("nlm", "sdedit"), n_val=2, n_test=3)
+    c04 = make("04_example1_dip_init_ddpm", t0s=(0.5,), sigmas=(25, 50))
+    assert denoising.shared_rows(c04, **kw) is None  # chapter 03 has not run
+    c03 = make("03_tdpm_dip", t0s=(0.5,), sigmas=(15, 25, 50))
+    rows = pd.DataFrame(dict(sigma=[25, 25, 25, 50], method_key=["nlm", "sdedit", "tdpm_matched", "nlm"], psnr=[1., 2., 3., 4.]))
+    sel = pd.DataFrame(dict(sigma=[25, 25], method_key=["sdedit", "tdpm_matched"], k=[2, 2], level=[1, 1]))
+    out = c03.out_dir()
+    rows.to_csv(out / "study_rows.csv", index=False)
+    sel.to_csv(out / "study_selection.csv", index=False)
+    assert denoising.shared_rows(c04, **kw) is None  # not finished: no results.csv yet
+    pipeline.save_results(c03, rows, n_val_used=2, n_test_used=3)
+    got_rows, got_sel = denoising.shared_rows(c04, **kw)
+    assert got_rows.psnr.tolist() == [1., 2.] and got_sel.method_key.tolist() == ["sdedit"]
+    assert denoising.shared_rows(c04, **dict(kw, n_test=4)) is None  # other images
+    assert denoising.shared_rows(c04, **dict(kw, sigmas=[25, 35])) is None  # a sigma 03 did not run
+    for other in (dict(seed=1), dict(t0s=(0.25,)), dict(dip_budgets_official="2,3")):
+        c = make("04_example1_dip_init_ddpm", **dict(dict(t0s=(0.5,), sigmas=(25,)), **other))
+        assert denoising.shared_rows(c, **kw) is None, other

@@ -44,24 +44,29 @@ def _show(ax, img):
         ax.imshow(((img.detach().cpu().float() + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
 
 
-def image_rows(rows: dict[str, torch.Tensor], *, scale: float = 1.4, col_titles=None, max_cols: int = MAX_COLS):
+def image_rows(rows: dict[str, torch.Tensor], *, scale: float = 1.4, col_titles=None, max_cols: int = MAX_COLS,
+               upright_labels: bool = True):
     """Images in [-1, 1] grouped by label, each image at most ``scale`` inches and the figure never wider than the page.
 
     Without ``col_titles``: each label's images in lines of at most ``max_cols``, the label above its first line.
-    With ``col_titles`` (one title per column, e.g. one method each): one line per label, the label on the left."""
+    With ``col_titles`` (one title per column, e.g. one method each): one line per label, the label on the left,
+    upright, or along the row's height (``upright_labels=False``), which leaves the images more of the width."""
     labels = list(rows)
     n = max(len(v) for v in rows.values())
     if col_titles is not None:
-        side = min(scale, (PAGE_WIDTH_IN - 0.8) / n)  # 0.8 in for the row labels on the left
-        fig, axes = plt.subplots(len(labels), n, figsize=(side * n + 0.8, side * len(labels) + 0.6), squeeze=False,
+        margin = 0.8 if upright_labels else 0.3  # inches for the row labels on the left
+        side = min(scale, (PAGE_WIDTH_IN - margin) / n)
+        fig, axes = plt.subplots(len(labels), n, figsize=(side * n + margin, side * len(labels) + 0.6), squeeze=False,
                                  gridspec_kw=dict(wspace=0.04, hspace=0.04))
         for r, label in enumerate(labels):
             for c in range(n):
                 _show(axes[r][c], rows[label][c] if c < len(rows[label]) else None)
-            axes[r][0].set_ylabel("\n".join(textwrap.wrap(label, 12)), rotation=0, ha="right", va="center", fontsize=9)
+            axes[r][0].set_ylabel("\n".join(textwrap.wrap(label, 12)) if upright_labels else label,
+                                  rotation=0 if upright_labels else 90, ha="right" if upright_labels else "center",
+                                  va="center", fontsize=9)
         for c, t in enumerate(list(col_titles)[:n]):
             axes[0][c].set_title("\n".join(textwrap.wrap(str(t), max(8, int(side * 11)))), fontsize=9)
-        fig.subplots_adjust(left=0.8 / fig.get_figwidth(), right=0.995, bottom=0.01, top=1 - 0.55 / fig.get_figheight())
+        fig.subplots_adjust(left=margin / fig.get_figwidth(), right=0.995, bottom=0.01, top=1 - 0.55 / fig.get_figheight())
         return fig
     lines_per_label = -(-n // max_cols)  # balanced lines: 8 images in 2 lines of 4, not 6 and 2
     cols = max(1, -(-n // lines_per_label))
@@ -152,10 +157,12 @@ def training_quality(quality: dict, *, floor_col: str = "psnr_training_mean"):
     right.axhline(1.0, color="grey", linestyle="-.", linewidth=1, label="real images (floor)")
     left.set(xlabel="training step", ylabel="PSNR (dB), held-out", title="one-step posterior mean")
     right.set(xlabel="training step", ylabel="SWD / real-vs-real SWD", title="DDIM-50 samples (raw ε step)", yscale="log")
+    # ticks at 1, 1.2, 1.5, 2, 3, 5, 7 per decade: the ratios span less than a decade, where the default gives one
+    right.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1, 1.2, 1.5, 2, 3, 5, 7)))
     right.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     right.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     # legends under the panels, never over the curves
-    left.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
-    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    left.legend(fontsize=9, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    right.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     fig.tight_layout()
     return fig

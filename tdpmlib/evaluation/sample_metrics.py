@@ -33,14 +33,9 @@ FID_NO_WEIGHTS = (
 
 
 class _CustomFeatures(nn.Module):
-    """Adapter for an injected feature extractor.
-
-    torchmetrics' FID needs the feature dimension when it is handed a custom
-    module: it reads a ``num_features`` attribute or else probes the module with
-    a random ``1 x 3 x 299 x 299`` image (wrong size for small models, and on
-    the CPU). We probe once with a real image instead and expose the result as
-    ``num_features``; the output is flattened to ``N x D``.
-    """
+    """Adapter for an injected feature extractor. torchmetrics' FID needs the feature dimension of a custom module:
+    it reads ``num_features`` or else probes with a random ``1 x 3 x 299 x 299`` image (wrong size for small models,
+    and on the CPU). We probe once with a real image instead; the output is flattened to ``N x D``."""
 
     def __init__(self, extractor: nn.Module, probe: Tensor) -> None:
         super().__init__()
@@ -234,26 +229,35 @@ def _normalise_descriptors(desc: Tensor) -> Tensor:
 
 
 def _sort_columns(x: Tensor) -> Tensor:
-    """``torch.sort(x, dim=0).values``. On the CPU through NumPy's vectorised sort, which returns the same values
-    about 2.5 times faster on 2 cores (sorting dominates the SWD: 10^4 descriptors x 512 directions per level)."""
+    """``torch.sort(x, dim=0).values``. On the CPU through NumPy's vectorised sort of the transposed (contiguous)
+    columns, which returns the same values about 4 times faster on 2 cores (sorting dominates the SWD: 10^4
+    descriptors x 512 directions per level)."""
     if x.device.type == "cpu":
-        return torch.from_numpy(np.sort(x.numpy(), axis=0))
+        return torch.from_numpy(np.sort(np.ascontiguousarray(x.numpy().T), axis=1).T)
     return torch.sort(x, dim=0).values
 
 
 def _sliced_wasserstein(
-    a: Tensor, b: Tensor, *, n_projections: int, n_repeats: int, gen: torch.Generator
+    a: Tensor, b: Tensor, *, n_projections: int, n_repeats: int, gen: torch.Generator,
+    cache: dict | None = None, key: tuple = ()
 ) -> float:
-    """Mean |sorted(a @ d) - sorted(b @ d)| over random unit directions d, averaged over repeats."""
+    """Mean |sorted(a @ d) - sorted(b @ d)| over random unit directions d, averaged over repeats. With ``cache``,
+    the sorted projections of ``a`` are stored under ``key`` + (repeat, chunk) and read from there next time (the
+    directions are still drawn, so the generator moves on exactly as without the cache)."""
     chunk = 128  # directions per matmul; bounds memory only (ProGAN: dirs_per_repeat=128)
     results = []
-    for _ in range(n_repeats):
+    for repeat in range(n_repeats):
         total = 0.0
         for start in range(0, n_projections, chunk):
             count = min(chunk, n_projections - start)
             dirs = torch.randn(a.shape[1], count, generator=gen, dtype=torch.float64)
             dirs = (dirs / dirs.norm(dim=0, keepdim=True)).to(a.device, a.dtype)
-            proj_a = _sort_columns(a @ dirs)
+            slot = (*key, repeat, start)
+            proj_a = cache.get(slot) if cache is not None else None
+            if proj_a is None:
+                proj_a = _sort_columns(a @ dirs)
+                if cache is not None:
+                    cache[slot] = proj_a
             proj_b = _sort_columns(b @ dirs)
             total += float((proj_a - proj_b).abs().sum(dtype=torch.float64))
         results.append(total / (a.shape[0] * n_projections))
@@ -261,7 +265,7 @@ def _sliced_wasserstein(
 
 
 def swd(real: Tensor, fake: Tensor, *, n_levels: int | None = None, patch_size: int = 7, patches_per_image: int = 128,
-        n_projections: int = 512, n_repeats: int = 4, seed: int = 0) -> dict:
+        n_projections: int = 512, n_repeats: int = 4, seed: int = 0, real_cache: dict | None = None) -> dict:
     """Multi-scale sliced Wasserstein distance (Karras et al. 2018, ProGAN).
 
     For each level of a Laplacian pyramid (5 x 5 binomial filter; by default as
@@ -281,6 +285,9 @@ def swd(real: Tensor, fake: Tensor, *, n_levels: int | None = None, patch_size: 
     first. Images are on ``[-1, 1]`` (the scale cancels in the normalisation),
     at least 8 x 8 and of equal size in both sets; any ``N >= 1``. Everything
     random comes from one ``torch.Generator`` seeded with ``seed``.
+
+    ``real_cache``, a dict the caller keeps for one ``real`` set, holds that set's sorted projections: many fake
+    sets scored against it sort the real side once per fake-set size (the same values, in about 70% of the time).
     """
     _check_batch(real, "real")
     _check_batch(fake, "fake")
@@ -320,7 +327,10 @@ def swd(real: Tensor, fake: Tensor, *, n_levels: int | None = None, patch_size: 
                 a = a[torch.randperm(len(a), generator=gen)[:count].to(a.device)]
             if len(b) > count:
                 b = b[torch.randperm(len(b), generator=gen)[:count].to(b.device)]
-            value = _sliced_wasserstein(a, b, n_projections=n_projections, n_repeats=n_repeats, gen=gen)
+            key = (seed, n_levels, patch_size, patches_per_image, n_projections, n_repeats, len(real), len(fake),
+                   len(levels))
+            value = _sliced_wasserstein(a, b, n_projections=n_projections, n_repeats=n_repeats, gen=gen,
+                                        cache=real_cache, key=key)
             levels.append(value * 1e3)
     return {"swd_levels": levels, "swd_mean": float(np.mean(levels))}
 

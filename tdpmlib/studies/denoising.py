@@ -55,8 +55,10 @@ given where the candidate has them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -65,7 +67,7 @@ import torch
 
 from ..evaluation import metrics, perceptual
 from ..methods import dip, schedules, tdpm
-from ..workflow import results
+from ..workflow import data, results
 from . import denoising_hybrids, denoising_methods
 
 METHOD_LABELS = {
@@ -293,3 +295,30 @@ def run(unet, scheduler, *, val: torch.Tensor, test: torch.Tensor, train_mean: t
     sel.insert(0, "sigma", sigma)
     sel.insert(1, "t", t)
     return df, sel, dict(outputs, clean=clean[parts["test"]], y_scaled=y_scaled[parts["test"]]), fits
+
+
+# Config fields that do not change the study's rows: where a run writes and under which name, the device asked for
+# (the resolved one is compared), and which sigmas and T_truncs it covers (the rows are filtered by sigma instead).
+_SHARED_IGNORED = {"extra", "run_name", "results_dir", "device", "sigmas", "t_truncs"}
+
+
+def shared_rows(cfg, *, sigmas, keys, n_val: int, n_test: int, source: str = "03_tdpm_dip"):
+    """The rows and selection that chapter ``source``'s finished run of this study computed (``study_rows.csv``,
+    ``study_selection.csv``), at ``sigmas`` and for the methods ``keys``, or None when there is no such run or it
+    ran with a different configuration: another value in any Config field that changes the rows (all but
+    ``_SHARED_IGNORED``), other ``t0s``, data, device, or numbers of images. Each row depends only on those and on
+    sigma, so a chapter that needs some of the same rows (04) reads them instead of computing them again."""
+    d = Path(cfg.results_dir) / cfg.profile / source
+    if not all((d / n).exists() for n in ("results.csv", "config.json", "study_rows.csv", "study_selection.csv")):
+        return None
+    theirs = results.read_json(d / "config.json")
+    mine = json.loads(json.dumps(dict(cfg.to_dict(), data_resolved=data.resolve_source(cfg.data_source or None),
+                                      device_resolved=str(cfg.torch_device)), default=str))
+    fields = {f.name for f in dataclasses.fields(cfg)} - _SHARED_IGNORED | {"t0s", "data_resolved", "device_resolved"}
+    if (any(theirs.get(k) != mine.get(k) for k in fields) or not set(sigmas) <= set(theirs.get("sigmas", ()))
+            or (theirs.get("n_val_used"), theirs.get("n_test_used")) != (n_val, n_test)):
+        return None
+    rows, sel = pd.read_csv(d / "study_rows.csv"), pd.read_csv(d / "study_selection.csv")
+    rows = rows[rows.sigma.isin(sigmas) & rows.method_key.isin(keys)].reset_index(drop=True)
+    sel = sel[sel.sigma.isin(sigmas) & sel.method_key.isin(keys)].reset_index(drop=True)
+    return rows, sel.astype(dict(k="Int64", level="Int64"))

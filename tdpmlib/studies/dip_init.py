@@ -296,6 +296,7 @@ def generation_sweep(unet, scheduler, *, fit_sets: dict, train: torch.Tensor, he
                                               dip_iterations=0, fitted=None)
     rows, summary = [], []
     fid_status = None
+    swd_cache: dict = {}  # the reference side of every SWD below, sorted once (sample_metrics.swd)
     for name, x in samples.items():
         m = meta[name]
         mem = sample_metrics.memorisation(x, train, held)
@@ -307,7 +308,7 @@ def generation_sweep(unet, scheduler, *, fit_sets: dict, train: torch.Tensor, he
             rows.append(dict(task="generate", label=name, **base, image=i, mem_ratio=float(mem["ratio"][i]),
                              d_train=float(d_train[i]), nearest_train=int(idx[i]), d_fit=float(d_fit[i])))
         s = dict(task="generate", label=name, **base, n_images=len(x),
-                 swd=sample_metrics.swd(reference, x, seed=seed)["swd_mean"], mem_ratio_median=mem["ratio_median"],
+                 swd=sample_metrics.swd(reference, x, seed=seed, real_cache=swd_cache)["swd_mean"], mem_ratio_median=mem["ratio_median"],
                  frac_copies=mem["frac_copies"], d_train_mean=mem["d_train_mean"], d_held_mean=mem["d_held_mean"])
         dm, ds = (metrics.mean_std(d_fit) if m["fitted"] is not None else (float("nan"), float("nan")))
         s.update(d_fit_mean=dm, d_fit_std=ds)

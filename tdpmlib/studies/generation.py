@@ -116,7 +116,7 @@ def run_generation(unet, scheduler, *, train: torch.Tensor, held: torch.Tensor, 
     train_ref = train[perm[len(perm) - n_held:]]
 
     samples, rows = {}, []
-    fid_cache = {}
+    fid_cache, swd_cache = {}, {}  # swd_cache: per reference set, its sorted SWD projections (sample_metrics.swd)
 
     def score(key, fake, *, reference, reference_set, nfe, dip_its, fitted=None, note=""):
         label = GENERATION_METHODS[key]
@@ -128,9 +128,10 @@ def run_generation(unet, scheduler, *, train: torch.Tensor, held: torch.Tensor, 
             if fk["status"].startswith("unavailable"):
                 fid_cache["unavailable"] = fk["status"]
         mem = sample_metrics.memorisation(fake, train, held)
+        swd = sample_metrics.swd(reference, fake, seed=seed, real_cache=swd_cache.setdefault(reference_set, {}))["swd_mean"]
         row = dict(method=label, method_key=key, n=len(fake), reference_set=reference_set,
                    n_reference=len(reference), nfe=nfe, dip_iterations=dip_its, fid=fk["fid"], kid_mean=fk["kid_mean"], kid_std=fk["kid_std"],
-                   fid_status=fk["status"], swd=sample_metrics.swd(reference, fake, seed=seed)["swd_mean"],
+                   fid_status=fk["status"], swd=swd,
                    ratio_median=mem["ratio_median"], frac_copies=mem["frac_copies"],
                    d_train_mean=mem["d_train_mean"], d_held_mean=mem["d_held_mean"],
                    ratio_median_fit=None, frac_copies_fit=None, d_fit_mean=None, note=note)
