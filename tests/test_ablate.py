@@ -356,11 +356,12 @@ def test_handover_ratio_is_the_test_median_and_names_the_first_matched_level():
     r = pt[(pt["sigma"] == 25) & (pt["schedule"] == "linear")].set_index("level")
     # test images 3..7: 28 / level + 0.01 i, median at i = 5 (the validation images 0..2 do not count)
     assert r.loc[7, "noise_ratio"] == pytest.approx(4.05) and r.loc[28, "noise_ratio"] == pytest.approx(1.05)
-    text = ablations_paired.handover_text(pt, "linear")
-    assert text.startswith("At σ = 25 (linear, t = 57) the median ratio is 4.05 at 7 (t/8), 1.05 at 28 (t/2); the first "
-                           "within 0.8–1.25 is T_trunc = 28 (t/2), where the matched TDPM-DIP is worse than the DIP alone")
-    far = ablations_paired.handover_text(pt, "linear", band=(0.5, 0.9))
-    assert "no T_trunc of the grid hands over a state within 0.5–0.9; the nearest is T_trunc = 28 (t/2)" in far
+    f = ablations_paired.handover_facts(pt, schedule="linear", sigma=25)
+    assert f["ratios"] == "4.05, 1.05" and f["found"] == "the first within 0.8–1.25 is" and f["level"] == "28 (t/2)"
+    assert f["verdict"] == "worse than" and f["diff"].startswith("-") and f["diff"].endswith("wins 0 of 5")
+    far = ablations_paired.handover_facts(pt, schedule="linear", sigma=25, band=(0.5, 0.9))
+    assert far["found"] == "none lies within 0.5–0.9; the nearest is" and far["level"] == "28 (t/2)"
+    assert set(ablations_paired.handover_facts(pt, schedule="linear", sigma=75).values()) == {"n/a"}
 
 
 def test_chain_budget_and_lr_tables():
@@ -374,6 +375,10 @@ def test_chain_budget_and_lr_tables():
     pk = ablations_paired.budget_paired(rows, chosen, seed=0)
     assert (pk["validated_k"] == 4).all() and len(pk) == 6
     assert "k = 8 would have done better, at most by +0.20 dB" in ablations_paired.budget_text(pk)
+    fk = ablations_paired.budget_facts(pk, sigma=25)
+    assert (fk["k"], fk["n_better"], fk["n_other"], fk["best_k"]) == (4, 1, 2, 8) and fk["best_diff"].startswith("+0.20 dB")
+    fw = ablations_paired.budget_facts(pk[pk["k"] != 8], sigma=25)
+    assert fw["n_better"] == 0 and fw["best_k"] != 8 and fw["best_diff"].startswith("-")
     worse_only = pk[pk["k"] != 8]
     assert "no other budget is better than it" in ablations_paired.budget_text(worse_only)
     lr = rows[rows["ablation"] == "dip_iterations"].assign(ablation="dip_lr")
@@ -382,7 +387,8 @@ def test_chain_budget_and_lr_tables():
     ch = comparison.validated(lr, by=("sigma", "value"))
     pl = ablations_paired.lr_paired(lr, ch, 0.01, seed=0)
     assert list(pl["lr"]) == [0.1, 0.1] and (pl["outcome"] == "worse than").all()
-    assert "learning rate 0.1 (validated k = 4) is worse than the DIP at the protocol's 0.01" in ablations_paired.lr_text(pl)
+    assert ablations_paired.lr_facts(pl) == dict(n=2, n_better=0, n_unclear=0, n_worse=2)
+    assert set(ablations_paired.lr_facts(pd.DataFrame()).values()) == {"n/a"}
 
 
 def test_fmt_diff_keeps_small_differences_visible():
@@ -414,7 +420,17 @@ def test_sentences_follow_the_outcomes():
                               "images, 7 (t/8), is better than the DIP alone (+1.")
     assert "for TDPM-DIP the cosine schedule is better than the linear one at σ = 25" in summary
     assert "Averaging 2 chains is better than one chain at σ = 25 (+0.50 dB" in summary
-    assert "the mean of 2 chains is better than one chain" in ablations_paired.chains_text(pc)
+    fc = ablations_paired.chains_facts(pc, sigma=25)
+    assert fc["level"] == 7 and fc["k2_verdict"] == "better than" and fc["k2_diff"].startswith("+0.50 dB")
+    assert fc["k4_verdict"] == fc["k4_diff"] == "n/a" and fc["kmax"] == 2  # K = 4 was not run
+    ft = ablations_paired.t_trunc_facts(pt, hybrid, schedule="linear", sigma=25)
+    assert (ft["t"], ft["pick"], ft["pick_verdict"], ft["n"], ft["n_better"], ft["n_worse"]) == \
+        (57, "7 (t/8)", "better than", 2, 1, 1)
+    assert ft["best"] == "7 (t/8)" and ft["pick_diff"] == ft["best_diff"] and ft["pick_diff"].startswith("+1.")
+    fs = ablations_paired.schedule_facts(ps, sigma=25)
+    assert fs["tweedie_verdict"] == "better than" and fs["ddpm_verdict"] == "worse than"
+    assert fs["tdpm_matched_diff"].startswith("+0.50 dB")
+    assert all(len(str(v)) <= 80 for d in (fc, ft, fs) for v in d.values())
     t3 = pd.DataFrame([dict(protocol=p, t_trunc=tt, image=i, psnr=10 + tt / 10 + (5 if p == "report" else 0) + 0.1 * i,
                             ssim=0.5, nfe=tt, dip_iterations=100)
                        for p in ("report", "corrected") for tt in (0, 5, 10, 50) for i in range(4)])
@@ -422,3 +438,8 @@ def test_sentences_follow_the_outcomes():
     assert "the report's protocol scores 15.15, 15.65, 16.15, 20.15 dB" in text
     assert "T_trunc = 5 is better than T_trunc = 0 (+0.50 dB" in text and "T_trunc = 50 is better than T_trunc = 10" in text
     assert ablations_paired.table3_paired(t3, 5, 7) is None
+    f3 = ablations_paired.table3_facts(t3)
+    assert f3["t_truncs"] == "0, 5, 10, 50" and f3["report"] == "15.15, 15.65, 16.15, 20.15"
+    assert f3["5v0_verdict"] == "better than" and f3["5v0_diff"].startswith("+0.50 dB")
+    f3b = ablations_paired.table3_facts(t3[t3["t_trunc"] != 50])
+    assert f3b["50v10_verdict"] == f3b["50v10_diff"] == "n/a"

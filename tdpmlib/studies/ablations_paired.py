@@ -1,11 +1,14 @@
-"""Chapter 06's paired tables of the ablation rows (``tdpmlib.studies.ablations``) and the sentences that read them.
+"""Chapter 06's paired tables of the ablation rows (``tdpmlib.studies.ablations``) and the numbers the chapter's prose shows.
 
 Each ``*_paired`` compares rows of one ablation on the test images (``comparison.compare``): every T_trunc > 0
 (ancestral readout) against the DIP alone, every readout at the chosen T_trunc against the DIP alone, cosine
 against linear at matched sigma, K chains against one, every DIP budget against the validated one, other
 learning rates against the protocol's; ``table3_summary`` / ``table3_paired`` read the report's own Table 3 at
-t = 600. The ``*_text`` functions and ``summary_text`` put them into sentences. Cost columns are network
-evaluations and DIP iterations, never seconds.
+t = 600. The ``*_facts`` functions
+return, for one sigma, the numbers and short verdict phrases (each at most 80 characters, "n/a" where the run
+lacks that item) that chapter 06's prose shows; the ``*_text`` functions (deprecated, for chapters 05 and 07 until
+they are converted) put them into sentences. Cost columns are network evaluations and DIP iterations, never
+seconds.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import pandas as pd
 
 from . import denoising
 from ..book.comparison import (WORDS, compare, comparison_text, count_phrase, fmt_diff, fmt_sigma, join_and, outcome,
-                         paired)
+                               paired)
 
 
 def _ancestral(rows: pd.DataFrame) -> pd.DataFrame:
@@ -151,8 +154,11 @@ def table3_paired(t3: pd.DataFrame, a: int, b: int, *, protocol: str = "correcte
 
 
 # --------------------------------------------------------------------------------------------------------
-# Sentences
+# Facts for the prose: per sigma, numbers and short phrases (<= 80 characters), "n/a" where the run lacks an item
 # --------------------------------------------------------------------------------------------------------
+
+NA = "n/a"
+
 
 def fmt_level(level: int, frac: float) -> str:
     """"7 (t/8)": a T_trunc level with its fraction of t(sigma); "0 (DIP alone)"."""
@@ -164,6 +170,131 @@ def fmt_level(level: int, frac: float) -> str:
     return f"{level} (t/{inv:.0f})" if abs(inv - round(inv)) < 1e-9 else f"{level} ({frac:g} t)"
 
 
+def _diff_wins(r) -> str:
+    """"+0.39 dB [+0.28, +0.50], wins 19 of 20"."""
+    return f"{fmt_diff(r)}, wins {int(r['wins'])} of {int(r['n'])}"
+
+
+def _na(keys) -> dict:
+    return {k: NA for k in keys}
+
+
+def t_trunc_facts(paired_t: pd.DataFrame, chosen: pd.DataFrame, *, schedule: str, sigma) -> dict:
+    """For one (schedule, sigma): ``t``, the chosen T_trunc (``pick``, e.g. "14 (t/4)" or "0 (DIP alone)") and
+    how it compares with the DIP alone (``pick_verdict``, ``pick_diff``; "n/a" when it is 0), the outcome counts
+    of the T_trunc > 0 (``n``, ``n_better``, ``n_unclear``, ``n_worse``) and the level with the highest mean
+    difference (``best``, ``best_diff``)."""
+    keys = ("t", "pick", "pick_verdict", "pick_diff", "n", "n_better", "n_unclear", "n_worse", "best", "best_diff")
+    g = paired_t[(paired_t["schedule"] == schedule) & (paired_t["sigma"] == sigma)]
+    c = chosen[(chosen["schedule"] == schedule) & (chosen["sigma"] == sigma)]
+    if g.empty or c.empty:
+        return _na(keys)
+    ch, best = c.iloc[0], g.loc[g["mean_diff"].idxmax()]
+    level = int(ch["nfe"])
+    at = g[g["level"] == level]
+    counts = g["outcome"].value_counts()
+    return dict(t=int(g["t"].iloc[0]), pick=fmt_level(level, float(ch["value"])),
+                pick_verdict=at["outcome"].iloc[0] if len(at) else NA, pick_diff=_diff_wins(at.iloc[0]) if len(at) else NA,
+                n=len(g), n_better=int(counts.get(WORDS["better"], 0)), n_unclear=int(counts.get(WORDS["unclear"], 0)),
+                n_worse=int(counts.get(WORDS["worse"], 0)), best=fmt_level(int(best["level"]), float(best["fraction"])),
+                best_diff=_diff_wins(best))
+
+
+# The band of actual / expected noise std in which the handed-over state counts as the one the chain expects
+# (the target of the experiments issue: 0.8-1.25, i.e. a noise variance within about 0.64-1.56 of the level's).
+MATCHED_BAND = (0.8, 1.25)
+
+
+def handover_facts(paired_t: pd.DataFrame, *, schedule: str, sigma, band: tuple[float, float] = MATCHED_BAND) -> dict:
+    """For one (schedule, sigma): the median noise ratios of the handed-over state from the smallest T_trunc to
+    the largest (``ratios``, "3.71, 2.53, 0.88"), the smallest T_trunc whose ratio lies in ``band`` (or, when none
+    does, the one nearest 1: ``found`` says which) and how it compares with the DIP alone (``verdict``, ``diff``)."""
+    lo, hi = band
+    g = paired_t[(paired_t["schedule"] == schedule) & (paired_t["sigma"] == sigma)].sort_values("level")
+    if g.empty:
+        return _na(("ratios", "found", "level", "verdict", "diff"))
+    inside = g[(g["noise_ratio"] >= lo) & (g["noise_ratio"] <= hi)]
+    if inside.empty:
+        row, found = g.loc[(g["noise_ratio"] - 1).abs().idxmin()], f"none lies within {lo:g}–{hi:g}; the nearest is"
+    else:
+        row, found = inside.iloc[0], f"the first within {lo:g}–{hi:g} is"
+    return dict(ratios=", ".join(f"{r:.2f}" for r in g["noise_ratio"]), found=found,
+                level=fmt_level(int(row["level"]), float(row["fraction"])), verdict=row["outcome"], diff=_diff_wins(row))
+
+
+def schedule_facts(paired_s: pd.DataFrame, *, sigma) -> dict:
+    """For one sigma: ``{method_key}_verdict`` and ``{method_key}_diff`` of schedule a against b (``schedule_paired``)
+    for the DDPM's posterior mean (tweedie), its ancestral sampling (ddpm) and the matched TDPM-DIP."""
+    out = {}
+    g = paired_s[paired_s["sigma"] == sigma].set_index("method_key") if len(paired_s) else pd.DataFrame()
+    for key in ("tweedie", "ddpm", "tdpm_matched"):
+        ok = key in g.index
+        out[f"{key}_verdict"] = g.loc[key, "outcome"] if ok else NA
+        out[f"{key}_diff"] = _diff_wins(g.loc[key]) if ok else NA
+    return out
+
+
+def chains_facts(paired_c: pd.DataFrame, *, sigma, ks=(2, 4)) -> dict:
+    """For one sigma: the T_trunc of the chains (``level``), the mean of K chains against one chain for each K of
+    ``ks`` (``k{K}_verdict``, ``k{K}_diff``) and the most chains run against the DIP alone (``kmax``,
+    ``kmax_verdict``, ``kmax_diff``)."""
+    g = paired_c[paired_c["sigma"] == sigma] if len(paired_c) else paired_c
+    out = dict(level=int(g["level"].iloc[0]) if len(g) else NA)
+    one = g[g["b"] == "one chain"].set_index("K") if len(g) else pd.DataFrame()
+    for K in ks:
+        out[f"k{K}_verdict"] = one.loc[K, "outcome"] if K in one.index else NA
+        out[f"k{K}_diff"] = _diff_wins(one.loc[K]) if K in one.index else NA
+    dip = g[g["b"] == "DIP alone"].sort_values("K") if len(g) else g
+    top = dip.iloc[-1] if len(dip) else None
+    out.update(kmax=int(top["K"]) if top is not None else NA, kmax_verdict=top["outcome"] if top is not None else NA,
+               kmax_diff=_diff_wins(top) if top is not None else NA)
+    return out
+
+
+def budget_facts(paired_k: pd.DataFrame, *, sigma) -> dict:
+    """For one sigma: the validated budget ``k`` and its test PSNR (``psnr``), how many other budgets are better
+    than it on the test images (``n_better`` of ``n_other``) and the other budget with the highest mean
+    difference (``best_k``, ``best_diff``)."""
+    g = paired_k[paired_k["sigma"] == sigma] if len(paired_k) else paired_k
+    if g.empty:
+        return _na(("k", "psnr", "n_better", "n_other", "best_k", "best_diff"))
+    kv = int(g["validated_k"].iloc[0])
+    own, others = g[g["k"] == kv].iloc[0], g[g["k"] != kv]
+    best = others.loc[others["mean_diff"].idxmax()] if len(others) else None
+    return dict(k=kv, psnr=f"{own['a_psnr']:.2f}", n_better=int((others["outcome"] == WORDS["better"]).sum()),
+                n_other=len(others), best_k=int(best["k"]) if best is not None else NA,
+                best_diff=fmt_diff(best) if best is not None else NA)
+
+
+def lr_facts(paired_lr: pd.DataFrame) -> dict:
+    """The learning-rate ablation in counts: ``n`` comparisons (rate and sigma) with the default rate, of which
+    ``n_better`` / ``n_unclear`` / ``n_worse`` ("n/a" each when it was not run)."""
+    if paired_lr is None or not len(paired_lr):
+        return _na(("n", "n_better", "n_unclear", "n_worse"))
+    c = paired_lr["outcome"].value_counts()
+    return dict(n=len(paired_lr), n_better=int(c.get(WORDS["better"], 0)), n_unclear=int(c.get(WORDS["unclear"], 0)),
+                n_worse=int(c.get(WORDS["worse"], 0)))
+
+
+def table3_facts(t3: pd.DataFrame, *, seed: int = 0) -> dict:
+    """The report's Table 3 at t = 600: its T_trunc values (``t_truncs``), the mean PSNR of the report's protocol
+    (``report``) and of the matched TDPM-DIP (``matched``) at each, and T_trunc 5 against 0 and 50 against 10
+    under the matched variant (``5v0_verdict``, ``5v0_diff``, ``50v10_verdict``, ``50v10_diff``; "n/a" when not run)."""
+    s = table3_summary(t3).set_index(["protocol", "t_trunc"])["psnr_mean"]
+    tts = sorted(t3["t_trunc"].unique())
+    out = dict(t_truncs=", ".join(map(str, tts)),
+               report=", ".join(f"{s[('report', t)]:.2f}" for t in tts if ("report", t) in s.index) or NA,
+               matched=", ".join(f"{s[('corrected', t)]:.2f}" for t in tts if ("corrected", t) in s.index) or NA)
+    for a, b in ((5, 0), (50, 10)):
+        r = table3_paired(t3, a, b, seed=seed)
+        out[f"{a}v{b}_verdict"], out[f"{a}v{b}_diff"] = (r["outcome"], fmt_diff(r)) if r else (NA, NA)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sentences (deprecated: for chapters 05 and 07 until they are converted)
+# --------------------------------------------------------------------------------------------------------
+
 def _by_03(chosen_by) -> bool:
     """Whether a choice's ``chosen_by`` is chapter 03 ("03", which reads back from a CSV as 3 or 3.0)."""
     try:
@@ -171,6 +302,9 @@ def _by_03(chosen_by) -> bool:
     except (TypeError, ValueError):
         return False
 
+
+# deprecated: t_trunc_text, schedule_text, budget_text, table3_text and summary_text build sentences; chapters 07 and
+# 05 use them until they are converted (chapter 06 glues the numbers of the ``*_facts`` functions above instead).
 
 def t_trunc_text(paired_t: pd.DataFrame, chosen: pd.DataFrame, schedule: str) -> str:
     """Per sigma, for one schedule: the T_trunc the validation images pick (chapter 03's, where ``chosen`` has
@@ -191,33 +325,6 @@ def t_trunc_text(paired_t: pd.DataFrame, chosen: pd.DataFrame, schedule: str) ->
     return " ".join(out)
 
 
-# The band of actual / expected noise std in which the handed-over state counts as the one the chain expects
-# (the target of the experiments issue: 0.8-1.25, i.e. a noise variance within about 0.64-1.56 of the level's).
-MATCHED_BAND = (0.8, 1.25)
-
-
-def handover_text(paired_t: pd.DataFrame, schedule: str, *, band: tuple[float, float] = MATCHED_BAND) -> str:
-    """Per sigma, for one schedule: the median noise ratio of the state handed over at each T_trunc, and the
-    smallest T_trunc whose median lies in ``band`` with how it compares with the DIP alone there."""
-    lo, hi = band
-    out = []
-    for sigma, g in paired_t[paired_t["schedule"] == schedule].groupby("sigma", sort=True):
-        g = g.sort_values("level")
-        ratios = ", ".join(f"{r:.2f} at {fmt_level(int(lv), float(f))}"
-                           for lv, f, r in zip(g["level"], g["fraction"], g["noise_ratio"]))
-        inside = g[(g["noise_ratio"] >= lo) & (g["noise_ratio"] <= hi)]
-        if inside.empty:
-            row = g.loc[(g["noise_ratio"] - 1).abs().idxmin()]
-            which = f"no T_trunc of the grid hands over a state within {lo:g}–{hi:g}; the nearest is"
-        else:
-            row, which = inside.iloc[0], f"the first within {lo:g}–{hi:g} is"
-        tail = (f"{which} T_trunc = {fmt_level(int(row['level']), float(row['fraction']))}, where "
-                f"{comparison_text(row.to_dict(), a='the matched TDPM-DIP', b='the DIP alone')}")
-        out.append(f"At σ = {fmt_sigma(sigma)} ({schedule}, t = {int(g['t'].iloc[0])}) the median ratio is {ratios}; "
-                   f"{tail}.")
-    return " ".join(out)
-
-
 def schedule_text(paired_s: pd.DataFrame, levels_by_sigma: dict) -> str:
     """Per sigma: cosine against linear for each method (``schedule_paired``); ``levels_by_sigma`` maps sigma to
     a dict schedule -> (t, noise ratio)."""
@@ -227,20 +334,6 @@ def schedule_text(paired_s: pd.DataFrame, levels_by_sigma: dict) -> str:
         a, b = g["a"].iloc[0], g["b"].iloc[0]
         parts = [f"{r['method']}: {comparison_text(r)}" for r in g.to_dict("records") if r["method_key"] != "dip"]
         out.append(f"At σ = {fmt_sigma(sigma)} ({b} t = {lv[b][0]}, {a} t = {lv[a][0]}): " + "; ".join(parts) + ".")
-    return " ".join(out)
-
-
-def chains_text(paired_c: pd.DataFrame) -> str:
-    """Per sigma: the mean of K chains against one chain and against the DIP alone."""
-    out = []
-    for sigma, g in paired_c.groupby("sigma", sort=True):
-        vs_one = g[g["b"] == "one chain"]
-        vs_dip = g[g["b"] == "DIP alone"].sort_values("K")
-        parts = [comparison_text(r, a=f"the mean of {int(r['K'])} chains", b="one chain") for r in vs_one.to_dict("records")]
-        top = vs_dip.iloc[-1]
-        parts.append(comparison_text(top, a=f"the mean of {int(top['K'])} chain{'s' if top['K'] > 1 else ''}",
-                                     b="the DIP alone"))
-        out.append(f"At σ = {fmt_sigma(sigma)} (T_trunc = {int(g['level'].iloc[0])}) " + "; ".join(parts) + ".")
     return " ".join(out)
 
 
@@ -264,15 +357,6 @@ def budget_text(paired_k: pd.DataFrame) -> str:
             text += (f"; no other budget is better than it on the test images (the nearest, k = {int(best['k'])}: "
                      f"{fmt_diff(best)})")
         out.append(text + ".")
-    return " ".join(out)
-
-
-def lr_text(paired_lr: pd.DataFrame) -> str:
-    out = []
-    for r in paired_lr.to_dict("records"):
-        out.append(f"At σ = {fmt_sigma(r['sigma'])} the DIP at learning rate {r['lr']:g} (validated k = {r['k']}) is {r['outcome']} "
-                   f"the DIP at the protocol's {r['default_lr']:g} (k = {r['default_k']}): {fmt_diff(r)}, wins "
-                   f"{int(r['wins'])} of {int(r['n'])}.")
     return " ".join(out)
 
 
