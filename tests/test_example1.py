@@ -206,30 +206,41 @@ def test_generation_trend_follows_the_measured_direction():
         d_fit_train=[base, [v - 0.005 for v in base], [v + 0.11 for v in base]],
         d_fit_held=[base, [v - 0.006 for v in base], [v + 0.12 for v in base]],  # dips at t0 = 25, then grows
         ratio_train=[[0.3] * 8, [0.3] * 8, [0.6, 0.7, 0.3, 0.6, 0.8, 0.6, 0.7, 0.4]])
-    text = dip_init.generation_trend(per, summ)
-    assert text.startswith("Re-noising to larger t₀ moves the outputs away from the images the DIP fitted")
-    assert "does not" not in text
-    assert "grows from 0.136 to 0.246 for the training-image fits (×1.81" in text
-    assert "from t₀ = 0 to t₀ = 200" in text and "falls from 100% to 25% (6 of 8 images stop being copies" in text
-    assert text.endswith("re-noising to larger t₀ reduces memorisation.")
+    tr = dip_init.generation_trend(per, summ)
+    assert (tr["t_lo"], tr["t_hi"]) == (0, 200)
+    t, h = tr["training"], tr["held_out"]
+    assert t["d_fit_word"] == h["d_fit_word"] == "grows"
+    assert t["d_fit_lo"] == pytest.approx(np.mean(base)) and t["d_fit_hi"] == pytest.approx(np.mean(base) + 0.11)
+    assert t["d_fit_change"]["mean_diff"] == pytest.approx(0.11) and t["d_fit_change"]["wins"] == 8
+    assert h["d_fit_change"]["mean_diff"] == pytest.approx(0.12)
+    assert (t["copies_lo"], t["copies_hi"], t["copies_word"]) == (1.0, 0.25, "falls")
+    assert t["copies_change"]["losses"] == 6 and t["copies_change"]["wins"] == 0  # 6 of 8 stop being copies
+    assert t["ratio_word"] == "rises" and t["ratio_lo"] == pytest.approx(0.3) and t["ratio_hi"] == pytest.approx(0.6)
+    assert t["memorisation"] == "reduces"
+    assert tr["full_ratio"] == pytest.approx(0.9) and tr["full_copies"] == 0.0
+    assert "memorisation" not in h and "ratio_word" not in h  # only the training fits can be memorised
 
 
 def test_generation_trend_says_no_clear_change_only_when_there_is_none():
     noisy = [0.10, 0.20, 0.15, 0.12, 0.18, 0.11, 0.19, 0.14]
     per, summ = _trend_tables(d_fit_train=[noisy, noisy, noisy[::-1]], d_fit_held=[noisy, noisy, noisy[::-1]],
                               ratio_train=[[0.3, 0.6] * 4, [0.3, 0.6] * 4, [0.6, 0.3] * 4])
-    text = dip_init.generation_trend(per, summ)
-    assert "does not clearly change how far the outputs are" in text
-    assert "median memorisation ratio does not clearly change" in text
-    assert "fraction of copies (d_train < d_held/2) does not clearly change from 50% to 50%" in text
-    assert text.endswith("re-noising to larger t₀ does not clearly change memorisation.")
+    t = dip_init.generation_trend(per, summ)["training"]
+    assert t["d_fit_word"] == "does not clearly change"
+    assert t["ratio_word"] == "does not clearly change"
+    assert (t["copies_lo"], t["copies_hi"], t["copies_word"]) == (0.5, 0.5, "does not clearly change")
+    assert t["memorisation"] == "does not clearly change"
     # closer and more copies: the opposite direction is reported as such
     per, summ = _trend_tables(d_fit_train=[[0.3] * 8, [0.2] * 8, [v - 0.1 for v in noisy]],
                               d_fit_held=[[0.3] * 8, [0.2] * 8, [v - 0.1 for v in noisy]],
                               ratio_train=[[0.8] * 8, [0.8] * 8, [0.3] * 8])
-    text = dip_init.generation_trend(per, summ)
-    assert text.startswith("Re-noising to larger t₀ brings the outputs closer to")
-    assert "shrinks from 0.300 to" in text and "rises from 0% to 100%" in text
-    assert text.endswith("re-noising to larger t₀ increases memorisation.")
+    tr = dip_init.generation_trend(per, summ)
+    t = tr["training"]
+    assert t["d_fit_word"] == tr["held_out"]["d_fit_word"] == "shrinks" and t["d_fit_lo"] == pytest.approx(0.3)
+    assert (t["copies_lo"], t["copies_hi"], t["copies_word"]) == (0.0, 1.0, "rises")
+    assert t["ratio_word"] == "falls" and t["memorisation"] == "increases"
+    # without the training start there is nothing to say about memorisation
+    tr = dip_init.generation_trend(per[per.start != "DIP fit to training"], summ[summ.start != "DIP fit to training"])
+    assert "training" not in tr and "full_ratio" not in tr and tr["held_out"]["d_fit_word"] == "shrinks"
     with pytest.raises(ValueError, match="two re-noising levels"):
         dip_init.generation_trend(per[per.t0 == 0], summ[summ.t0 == 0])
