@@ -69,7 +69,7 @@ def test_tdpm_dip_generation_reproduces_the_images_it_was_fit_to(generation):
     assert t.loc["tdpm_train", "frac_copies_fit"] == 1 and t.loc["tdpm_held", "frac_copies_fit"] == 1
     assert t.loc["tdpm_train", "frac_copies"] == 1  # copies of training images...
     assert t.loc["tdpm_held", "ratio_median"] > 1   # ...and, fit to held-out images, copies of those
-    assert G.copy_verdict(t.loc["tdpm_train"]) == "reproduces the images it was fit to"
+    assert G.copy_verdict(t.loc["tdpm_train"]) == G.COPIES
 
 
 def test_generation_validation(generation):
@@ -81,9 +81,13 @@ def test_generation_validation(generation):
 
 
 def test_copy_verdict_thresholds():
-    assert G.copy_verdict(dict(frac_copies_fit=0.6, ratio_median_fit=0.9)).startswith("reproduces")
-    assert G.copy_verdict(dict(frac_copies_fit=0.1, ratio_median_fit=0.3)).startswith("reproduces")
-    assert G.copy_verdict(dict(frac_copies_fit=0.1, ratio_median_fit=0.9)).startswith("does not")
+    assert G.copy_verdict(dict(frac_copies_fit=0.6, ratio_median_fit=0.9)) == G.COPIES
+    assert G.copy_verdict(dict(frac_copies_fit=0.1, ratio_median_fit=0.3)) == G.COPIES
+    assert G.copy_verdict(dict(frac_copies_fit=0.1, ratio_median_fit=0.9)) == G.NO_COPIES
+    assert G.copy_verdict(dict(frac_copies_fit=0.5, ratio_median_fit=0.5)) == G.COPIES  # copy_fraction is inclusive
+    assert G.copy_verdict(dict(frac_copies_fit=0.49, ratio_median_fit=0.49)) == G.COPIES  # ratio is exclusive
+    assert G.copy_verdict(dict(frac_copies_fit=0.49, ratio_median_fit=0.5)) == G.NO_COPIES
+    assert G.COPIES != G.NO_COPIES and max(len(G.COPIES), len(G.NO_COPIES)) <= 80  # short glue phrases
 
 
 def test_nearest_rows(generation):

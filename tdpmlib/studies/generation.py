@@ -3,7 +3,7 @@
 ``run_generation`` samples images with DDPM (ancestral), DDIM and TDPM-DIP (Algorithm 3, ``tdpm.tdpm_dip``)
 and scores them against a reference set *the method did not fit*, with SWD, FID/KID (when Inception weights
 are available) and the memorisation test. TDPM-DIP needs clean images to build its DIP target, so it is run
-twice: on training images, as the report did, and on held-out images. ``copy_verdict`` words a TDPM-DIP row
+twice: on training images, as the report did, and on held-out images. ``copy_verdict`` gives a TDPM-DIP row's verdict phrase
 and ``nearest_rows`` lays out generated images beside their nearest training and held-out images.
 
 Method labels live in ``GENERATION_METHODS`` (stable key -> label); the table carries both the label
@@ -172,18 +172,21 @@ def run_generation(unet, scheduler, *, train: torch.Tensor, held: torch.Tensor, 
     return pd.DataFrame(rows), samples
 
 
-def copy_verdict(row, *, copy_fraction: float = 0.5, ratio: float = 0.5) -> str:
-    """Plain wording for a TDPM-DIP generation row: does it reproduce the images it was fit to?
+COPIES, NO_COPIES = "copies the images it was fit to", "does not copy the images it was fit to"
 
-    "reproduces the images it was fit to" when at least ``copy_fraction`` of the samples are copies of a
-    fitted image (``frac_copies_fit``: nearer to it than half the distance to the nearest unfitted image)
-    or the median distance ratio ``ratio_median_fit`` is below ``ratio``; otherwise "does not reproduce the
-    images it was fit to closely enough to count as copies" (which says nothing about their quality: an
-    under-fitted DIP gives noise, not new images).
+
+def copy_verdict(row, *, copy_fraction: float = 0.5, ratio: float = 0.5) -> str:
+    """A short verdict phrase for a TDPM-DIP generation row: does it copy the images it was fit to?
+
+    "copies the images it was fit to" when at least ``copy_fraction`` of the samples are copies of a fitted
+    image (``frac_copies_fit``: nearer to it than half the distance to the nearest unfitted image) or the
+    median distance ratio ``ratio_median_fit`` is below ``ratio``; otherwise "does not copy the images it was
+    fit to" (which says nothing about their quality: an under-fitted DIP gives noise, not new images). The
+    phrase completes a sentence that names the method ("Fit to training images, TDPM-DIP ...").
     """
     if row["frac_copies_fit"] >= copy_fraction or row["ratio_median_fit"] < ratio:
-        return "reproduces the images it was fit to"
-    return "does not reproduce the images it was fit to closely enough to count as copies"
+        return COPIES
+    return NO_COPIES
 
 
 def nearest_rows(generated: torch.Tensor, train: torch.Tensor, held: torch.Tensor, *, k: int = 8,
