@@ -387,8 +387,6 @@ def test_chain_budget_and_lr_tables():
     ch = comparison.validated(lr, by=("sigma", "value"))
     pl = ablations_paired.lr_paired(lr, ch, 0.01, seed=0)
     assert list(pl["lr"]) == [0.1, 0.1] and (pl["outcome"] == "worse than").all()
-    assert ablations_paired.lr_facts(pl) == dict(n=2, n_better=0, n_unclear=0, n_worse=2)
-    assert set(ablations_paired.lr_facts(pd.DataFrame()).values()) == {"n/a"}
 
 
 def test_fmt_diff_keeps_small_differences_visible():

@@ -266,16 +266,6 @@ def budget_facts(paired_k: pd.DataFrame, *, sigma) -> dict:
                 best_diff=fmt_diff(best) if best is not None else NA)
 
 
-def lr_facts(paired_lr: pd.DataFrame) -> dict:
-    """The learning-rate ablation in counts: ``n`` comparisons (rate and sigma) with the default rate, of which
-    ``n_better`` / ``n_unclear`` / ``n_worse`` ("n/a" each when it was not run)."""
-    if paired_lr is None or not len(paired_lr):
-        return _na(("n", "n_better", "n_unclear", "n_worse"))
-    c = paired_lr["outcome"].value_counts()
-    return dict(n=len(paired_lr), n_better=int(c.get(WORDS["better"], 0)), n_unclear=int(c.get(WORDS["unclear"], 0)),
-                n_worse=int(c.get(WORDS["worse"], 0)))
-
-
 def table3_facts(t3: pd.DataFrame, *, seed: int = 0) -> dict:
     """The report's Table 3 at t = 600: its T_trunc values (``t_truncs``), the mean PSNR of the report's protocol
     (``report``) and of the matched TDPM-DIP (``matched``) at each, and T_trunc 5 against 0 and 50 against 10
