@@ -41,7 +41,10 @@ def test_the_paper_profile_fits_each_gpu_class(gpu):
     assert p["dip_peak"] <= budget and p["sample_peak"] <= budget
     if gpu == "T4":  # a paper-size DIP network holds about 1.1 GB: 64 at once would need ~70 GB
         assert p["dip_batch"] < 16
-    assert "networks at once" in memory.describe(p)
+    gib = 2 ** 30
+    assert memory.describe(p) == (f"DIP {p['dip_batch']} × dip-paper ({p['dip_peak'] / gib:.1f} GiB), sampling "
+                                  f"{p['sample_batch']} × ddpm-paper ({p['sample_peak'] / gib:.1f} GiB); "
+                                  f"budget {budget / gib:.1f} GiB")
 
 
 def test_larger_gpus_fit_larger_batches():
@@ -55,7 +58,9 @@ def test_the_cpu_keeps_the_configured_batches():
     assert memory.device_budget("cpu") is None
     assert memory.dip_batch_limit("dip-paper", resolution=64, device="cpu", cap=500) == 500
     p = memory.plan(dip_preset="tiny", ddpm_preset="tiny", resolution=8, budget=None, dip_cap=7, sample_cap=9)
-    assert (p["dip_batch"], p["sample_batch"]) == (7, 9) and "CPU" in memory.describe(p)
+    assert (p["dip_batch"], p["sample_batch"]) == (7, 9)
+    assert memory.describe(p).startswith("DIP 7 × tiny (") and memory.describe(p).endswith("; CPU, no cap")
+    assert len(memory.describe(p)) <= 80
 
 
 def test_fit_dip_in_chunks_equals_one_batch():

@@ -135,12 +135,12 @@ def plan(*, dip_preset: str, ddpm_preset: str, resolution: int, budget: int | No
 
 
 def describe(p: dict) -> str:
-    """The plan in one line, for a notebook's run details."""
+    """The plan as one short table cell for a notebook's run details (not a sentence), e.g.
+    "DIP 16 × dip-cpu (0.1 GiB), sampling 64 × ddpm-cpu (0.2 GiB); CPU, no cap"."""
     gib = 2 ** 30
-    where = "no GPU memory cap (CPU)" if p["budget"] is None else f"of a {p['budget'] / gib:.1f} GiB budget"
-    return (f"DIP ({p['dip_preset']}) {p['dip_batch']} networks at once (about {p['dip_peak'] / gib:.1f} GiB), "
-            f"sampling ({p['ddpm_preset']}) {p['sample_batch']} images at once (about {p['sample_peak'] / gib:.1f} GiB), "
-            f"{where}")
+    where = "CPU, no cap" if p["budget"] is None else f"budget {p['budget'] / gib:.1f} GiB"
+    return (f"DIP {p['dip_batch']} × {p['dip_preset']} ({p['dip_peak'] / gib:.1f} GiB), "
+            f"sampling {p['sample_batch']} × {p['ddpm_preset']} ({p['sample_peak'] / gib:.1f} GiB); {where}")
 
 
 def sample_batch_limit(unet, *, resolution: int, device, cap: int, fraction: float = FRACTION) -> int:
