@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tdpmlib.book import comparison
-from tdpmlib.studies import claims, claims_audit, conclusions, timing
+from tdpmlib.studies import claims, claims_audit, conclusions, headline, timing
 from tdpmlib.studies.claims import CONFIGURATION, NOT_COMPARABLE, NOT_REPRODUCED, REPRODUCED, verdict
 
 
@@ -336,29 +336,17 @@ def test_assess_says_when_fid_is_unavailable():
     assert "not run under this profile" in a.at["T3-5-psnr", "reason"]
 
 
-def test_display_and_sentences():
+def test_display_and_schedule_tables():
     a = claims_audit.assess(claims_audit.measure(claims.claims_table(), **all_tables()), profile="paper")
     d = claims_audit.display_table(a).set_index("claim")
     assert d.at["T2-tdpm-ssim", "claimed"] == "0.970" and d.at["T2-tdpm-psnr", "corrected protocol"] == "8.65"
     assert d.at["T2-dir-tdpm-ddpm", "claimed"] == "+19.23" and d.at["T1-ddpm-steps", "claimed"] == "1000"
     assert d.at["T2-dir-tdpm-ddpm", "corrected protocol"].startswith("-0.50 [-0.50, -0.50]")
     assert d.at["T1-dir-seconds", "corrected protocol"] == "-1.50" and d.at["T1-ddpm-fid", "report's protocol"] == "60.00"
-    t1 = claims_audit.table_sentence(a, "Table 1")
-    assert t1.startswith("Of the 7 claims taken from Table 1,") and "2 further entries are configuration" in t1
-    assert "1 further entry is a configuration" in claims_audit.table_sentence(a, "Table 2")
-    text = claims_audit.schedule_text(a, {"linear": 782.0, "cosine": 177.0})
-    assert text.startswith("At matched t, t = 600 (where the cosine schedule has added noise of σ ≈ 177 and the linear "
-                           "one σ ≈ 782, on the 0..255 scale), cosine is better than linear for DDPM (+1.00 dB)")
-    assert "At matched σ = 25, cosine is better than linear for DDPM (+0.55 dB)" in text
-    assert "not clearly different from linear for the DIP (+0.00 dB)" in text
-    assert "holds in 7 of the 9 comparisons measured" in text
-    assert claims_audit.schedule_summary(a) == ("The report's “cosine raises every method” holds in 3 of the 3 comparisons "
-                                          "at matched t and in 4 of the 6 comparisons at matched σ.")
     st = claims_audit.schedule_table(a)
     assert len(st) == 9 and set(st["method"]) == {"DDPM", "DIP", "TDPM-DIP"}
     none = claims_audit.assess(claims_audit.measure(claims.claims_table()), profile="cpu")
-    assert claims_audit.schedule_text(none) == "The schedule claims could not be measured in this run."
-    assert claims_audit.schedule_summary(none) == "The schedule claims could not be measured in this run."
+    assert set(claims_audit.schedule_table(none)["verdict"]) == {NOT_COMPARABLE}  # nothing measured
 
 
 # ------------------------------------------------------------------------------------------ standalone
@@ -410,27 +398,35 @@ def test_best_by_family_uses_the_validation_images():
     assert conclusions.best_by_family(rows).set_index(["sigma", "family"])["method_key"][(25, "hybrid")] == "tdpm_matched"
 
 
-def test_answer_in_quality_and_speed():
+def test_headline_reads_outcomes_time_ratios_and_glues_short_values():
     rows = fake_study_rows()
-    fam = dict(zip(rows["method"], rows["family"]))
-    ans = conclusions.answer(study_paired(rows), timings=fake_timings(rows))
-    assert list(ans["outcome"]) == ["worse than", "better than"] * 2
-    details = conclusions.answer_details(ans, families=fam)
-    assert details.startswith("At σ = 25 the best hybrid on the validation images, TDPM-DIP, matched state, is worse "
-                              "than the best DDPM alone, DDPM posterior mean (-2.")
-    assert "better than the best DIP alone, DIP, official protocol (+0.33 dB" in details and "1.10× its time" in details
-    overall = conclusions.answer_overall(ans)
-    assert overall.startswith("In quality (PSNR on the test images) the best combination of DDPM and DIP beats one of "
-                              "them but not the other at σ = 25 and 50.")
-    assert "it is slower than both at σ = 25 and 50" in overall
-    both = ans.assign(outcome="better than", time_ratio=0.5)
-    assert "beats both methods alone at σ = 25 and 50" in conclusions.answer_overall(both)
-    assert "faster than both at σ = 25 and 50" in conclusions.answer_overall(both)
-    mixed = ans.assign(outcome=["not clearly different from", "worse than", "better than", "better than"],
-                       time_ratio=[0.5, 2.0, 2.0, 2.0])
-    o = conclusions.answer_overall(mixed)
-    assert "beats both methods alone at σ = 50 and beats neither at σ = 25 (and is worse than at least one of them at σ = 25)" in o
-    assert "slower than both at σ = 50 and faster than one and slower than the other at σ = 25" in o
+    head = headline.headline(study_paired(rows), timings=fake_timings(rows))
+    assert list(head["phrase"]) == ["worse than", "better than"] * 2 and list(head["family"]) == ["DDPM", "DIP"] * 2
+    assert head["time_ratio"].tolist() == pytest.approx([55.0, 1.1] * 2)  # 5.5 s against 0.1 s and 5.0 s
+    assert headline.headline(study_paired(rows))["time_ratio"].isna().all()  # no benchmark, no time ratio
+    values = headline.glue_values(head, prefix="x")
+    assert values["x_hybrid_s25"] == "TDPM-DIP, one chain" and values["x_ddpm_s50"] == "DDPM posterior mean"
+    assert values["x_vs_dip_s25"] == "better than" and values["x_vs_ddpm_time_s50"] == "55.0×"
+    assert values["x_vs_dip_wins_s25"] == "4 of 4" and values["x_vs_ddpm_diff_s25"].startswith("-2.")
+    assert len(values) == 2 * (1 + 2 * 5) and max(map(len, map(str, values.values()))) <= 80
+    rows.loc[rows["method_key"] == "tdpm_matched", "psnr"] += 5  # now best on every image: the phrases flip
+    assert set(headline.headline(study_paired(rows))["phrase"]) == {"better than"}
+
+
+def test_headline_table_one_row_per_approach_with_the_best_marked():
+    rows = fake_study_rows()
+    ex2 = pd.DataFrame([dict(sigma255=s + 0.3, rule_key=k, rule=k, image=i, psnr=20.0 + i, ssim=0.4, iterations=100 + 10 * i)
+                        for s in (25, 50) for k in ("guided", "fixed") for i in range(3)])
+    t = headline.headline_table(rows, ex2, timings=fake_timings(rows))
+    assert list(t["method"]) == ["DDPM posterior mean (best DDPM alone)", "DIP (official protocol)", "TDPM-DIP, one chain",
+                                 "DIP then SDEdit (Example 1)", "DIP stopped by the DDPM (Example 2)",
+                                 "non-local means (floor)"]
+    assert t["best_s25"].tolist() == [True] + [False] * 5 and t["best_s50"].sum() == 1
+    row = t.set_index("method").loc["TDPM-DIP, one chain"]
+    assert row["nfe"] == "7" and row["dip_iterations"] == "400" and row["seconds"] == "5.5"
+    assert row["psnr_s25"] - row["psnr_s50"] == pytest.approx(2.5)  # psnr - (sigma - 25) / 10
+    assert t.set_index("method").loc["DIP stopped by the DDPM (Example 2)", "seconds"] == "–"  # no case in the benchmark
+    assert headline.headline_table(rows, None, sigmas=(25,)).columns.tolist()[:2] == ["method", "psnr_s25"]
 
 
 def test_hybrid_comparisons_and_speed():
@@ -440,10 +436,6 @@ def test_hybrid_comparisons_and_speed():
     assert len(comp) == 2 * 2 * 2 and set(comp["against_key"]) == {"tweedie", "dip_official"}
     r = comp[(comp["sigma"] == 25) & (comp["hybrid_key"] == "sdedit") & (comp["family"] == "DIP")].iloc[0]
     assert r["mean_diff"] == pytest.approx(-0.975) and r["outcome"] == "worse than" and r["time_ratio"] == pytest.approx(1.2)
-    text = conclusions.hybrid_text(comp, "tdpm_matched", "The matched TDPM-DIP")
-    assert text.startswith("The matched TDPM-DIP: at σ = 25 it is worse than the best DDPM alone (-2.")
-    assert "better than the best DIP alone (+0.33" in text and text.endswith(").")
-    assert conclusions.hybrid_text(comp, "dip_polish", "X") == "X is not in this run's study."
     assert conclusions.speed_table(rows)["seconds"].isna().all()  # seconds only from chapter 08's benchmark
     sp = conclusions.speed_table(rows, fake_timings(rows))
     assert sp.loc[0, "seconds"] == pytest.approx(0.1) and sp.loc[1, "seconds"] == pytest.approx(5.0)
@@ -460,9 +452,6 @@ def test_example2_pairs_the_guided_rule_with_the_others():
     comp = conclusions.example2_paired(per)
     assert list(comp["against"]) == ["fixed 100", "ES-WMV", "discrepancy (single stage)"]  # no oracle
     assert list(comp["outcome"]) == ["better than", "better than", "worse than"]
-    text = conclusions.example2_text(comp)
-    assert text == ("At σ = 25 the DDPM-guided stop is better than fixed 100 and ES-WMV and worse than "
-                    "discrepancy (single stage).")
     assert conclusions.example2_paired(per.assign(sigma_nominal=25.0))["level"].iloc[0] == "σ = 25"  # read back as float
     by_level = conclusions.example2_paired(per.drop(columns="sigma_nominal"))
     assert by_level["level"].iloc[0] == "t = 57"
@@ -470,7 +459,6 @@ def test_example2_pairs_the_guided_rule_with_the_others():
     assert conclusions.example2_paired(split)["mean_diff"].tolist() == pytest.approx(comp["mean_diff"].tolist())
     with pytest.raises(ValueError, match="needs the columns"):
         conclusions.example2_paired(per.drop(columns="psnr"))
-    assert conclusions.example2_text(pd.DataFrame()) == "Chapter 05's table has no guided rule to compare."
     # the rewritten chapter 05: rule keys, labels without "oracle", a sigma column
     labels = {"guided": "guided by the DDPM schedule", "fixed": "fixed budget (chosen on validation)",
               "oracle": "best iteration of the fit (upper bound)"}
@@ -496,40 +484,3 @@ def test_summary_table_one_row_per_approach_and_level():
     g = at25.iloc[-2]
     assert g["psnr"] == pytest.approx(21.0) and g["dip_iterations"] == pytest.approx(110) and g["nfe"] == 0 and g["n"] == 3
     assert set(t["sigma"]) == {25, 50} and set(conclusions.summary_table(rows, None, sigmas=(15, 25))["sigma"]) == {25}
-
-
-def test_executive_summary_reads_outcomes_numbers_and_time_ratios():
-    rows = fake_study_rows()
-    comp = conclusions.hybrid_comparisons(rows, timings=fake_timings(rows))
-    text = conclusions.executive_summary(comp, best={25: "tdpm_matched", 50: "tdpm_matched"}, claims="Audit.",
-                                       context="Scope.")
-    assert ("the answer is no: in quality the best combination beats the DIP alone but not the DDPM alone, and in "
-            "speed it is slower than the DDPM alone and slower than the DIP alone.") in text
-    # the matched hybrid is 2.7 - 0.025 dB below the posterior mean (its validation choice) on every test image
-    assert "worse than the best DDPM alone (DDPM posterior mean) at σ = 25 and 50 by 2.67 dB" in text \
-        or "by 2.68 dB" in text
-    assert "wins on 0 of 4 test images, and takes 55 times as long" in text      # 5.5 s against 0.1 s
-    assert "better than the best DIP alone (DIP, official protocol)" in text and "1.10 times as long" in text
-    # the other hybrid gets its own sentence: 22.025 - 26 and 22.025 - 23 dB
-    assert ("The other combinations score DIP then SDEdit (Example 1), -3.97 dB against the best DDPM alone and "
-            "-0.97 dB against the best DIP alone.") in text
-    assert text.endswith("Audit. Scope.")
-    # when the hybrid is best on every image at every level, the verdict flips
-    rows.loc[rows["method_key"] == "tdpm_matched", "psnr"] += 5
-    yes = conclusions.executive_summary(conclusions.hybrid_comparisons(rows), best={25: "tdpm_matched", 50: "tdpm_matched"})
-    assert "the answer is yes in quality" in yes and "better than the best DDPM alone" in yes
-    with pytest.raises(ValueError, match="best hybrids"):
-        conclusions.executive_summary(comp, best={25: "nope"})
-
-
-def test_generation_summary_reads_speed_copies_and_swd():
-    gen = pd.DataFrame([dict(method_key="ddpm", seconds_per_image=10.0, frac_copies=0.0, frac_copies_fit=np.nan, swd=40.0),
-                        dict(method_key="tdpm_train", seconds_per_image=2.5, frac_copies=1.0, frac_copies_fit=0.75, swd=50.0),
-                        dict(method_key="real", seconds_per_image=0.0, frac_copies=1.0, frac_copies_fit=np.nan, swd=39.5)])
-    assert "times" not in conclusions.generation_summary(gen).split(", but")[0]  # no benchmark, no speed-up
-    text = conclusions.generation_summary(gen, speedup=4.0)
-    assert "4.0 times faster per sample" in text and "75% of its samples are copies" in text
-    assert "50.0 against the DDPM's 40.0 and real images' 39.5" in text and "held-out images instead" not in text
-    assert conclusions.generation_summary(gen[gen["method_key"] != "ddpm"]) == ""
-    bench = conclusions.generation_summary(gen, speedup=3.37, speed_source="in chapter 08's benchmark")
-    assert "3.4 times faster per sample than the DDPM with 1000 steps in chapter 08's benchmark" in bench

@@ -41,7 +41,8 @@ def test_gpu_the_wheel_cannot_use_is_reported(monkeypatch):
 
 def test_repository_is_the_books(monkeypatch):
     url = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]["url"]
-    assert conclusions.REPOSITORY == url
+    from tdpmlib.workflow import remote
+    assert remote.REPOSITORY == url
     monkeypatch.delenv("TDPM_NOTEBOOKS_URL", raising=False)
     assert conclusions.notebook_url("03_tdpm_dip") == url.replace("github.com", "raw.githubusercontent.com") + "/main/notebooks/03_tdpm_dip.ipynb"
 

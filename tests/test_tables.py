@@ -42,3 +42,10 @@ def test_width_counts_wrapping_text_at_wrap_and_single_words_in_full():
     assert tables.width(shown) == tables.WRAP + 50 + 2
     with pytest.warns(UserWarning, match="132 characters wide"):
         tables.html_table(pd.DataFrame({"a": ["y" * 65], "b": ["z" * 65]}))
+
+
+def test_html_table_bolds_the_flagged_cells_only():
+    df = pd.DataFrame({"method": ["a", "b"], "psnr": [1.5, 2.5]})
+    out = tables.html_table(df, columns={"method": "Method", "psnr": "PSNR (dB)"}, bold={"psnr": [False, True]})
+    assert out.count("<strong>") == 1 and "<strong>2.5" in out and "<strong>1.5" not in out
+    assert "<strong>" not in tables.html_table(df)

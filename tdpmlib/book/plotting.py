@@ -166,3 +166,26 @@ def training_quality(quality: dict, *, floor_col: str = "psnr_training_mean"):
     right.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     fig.tight_layout()
     return fig
+
+
+def paired_differences(rows, *, label: str = "b_short", xlabel: str = "difference in test PSNR (dB)",
+                       title: str = ""):
+    """Paired differences with their 95% intervals, one horizontal bar per row of ``rows`` (``mean_diff``,
+    ``ci_low``, ``ci_high``, ``sigma`` and the comparator's name in ``label``), grouped by sigma, the zero line
+    marked; right of it, the first method is better. Full page width, fonts of at least 9 pt."""
+    rows = list(rows.to_dict("records")) if hasattr(rows, "to_dict") else list(rows)
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH_IN, 0.55 * len(rows) + 1.3))
+    colors = dict(zip(dict.fromkeys(r[label] for r in rows), sns.color_palette("colorblind")))
+    ys = list(range(len(rows)))[::-1]
+    for y, r in zip(ys, rows):
+        lo, hi = r["mean_diff"] - r["ci_low"], r["ci_high"] - r["mean_diff"]
+        ax.errorbar(r["mean_diff"], y, xerr=[[lo], [hi]], fmt="o", color=colors[r[label]], capsize=4, markersize=7)
+    ax.axvline(0, color="0.3", linewidth=1)
+    ax.set_yticks(ys, [f"σ = {int(r['sigma'])}: vs {r[label]}" for r in rows], fontsize=10)
+    ax.tick_params(axis="x", labelsize=10)
+    ax.set_xlabel(xlabel, fontsize=10)
+    if title:
+        ax.set_title(title, fontsize=11)
+    ax.grid(axis="x", alpha=0.4)
+    fig.tight_layout()
+    return fig

@@ -157,22 +157,27 @@ def _is_number(text: str) -> bool:
     return text == MISSING or bool(_NUMERIC.match(text))
 
 
-def _html(shown: pd.DataFrame) -> str:
-    """The shown table as HTML: numeric columns right-aligned (class ``num``), text left-aligned (``text``)."""
+def _html(shown: pd.DataFrame, marks: dict | None = None) -> str:
+    """The shown table as HTML: numeric columns right-aligned (class ``num``), text left-aligned (``text``); the
+    cells that ``marks`` ({shown header: one bool per row}) flags in bold."""
     kinds = ["num" if all(_is_number(str(v)) for v in shown[c]) else "text" for c in shown.columns]
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
-    rows = "".join("<tr>" + "".join(f"<td class='{k}'>{html.escape(str(v))}</td>" for k, v in zip(kinds, r)) + "</tr>"
-                   for r in shown.itertuples(index=False))
+    flags = [list((marks or {}).get(c, [False] * len(shown))) for c in shown.columns]
+    cell = lambda v, on: f"<strong>{html.escape(str(v))}</strong>" if on else html.escape(str(v))  # noqa: E731
+    rows = "".join("<tr>" + "".join(f"<td class='{k}'>{cell(v, f[i])}</td>" for k, v, f in zip(kinds, r, flags)) + "</tr>"
+                   for i, r in enumerate(shown.itertuples(index=False)))
     return f"<table class='tdpm-table'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
 def html_table(df: pd.DataFrame, *, columns=None, digits: int = 3, caption: str | None = None, source=None,
-               command: str | None = None) -> str:
-    """The HTML of a shown table (see ``show``)."""
+               command: str | None = None, bold: dict | None = None) -> str:
+    """The HTML of a shown table (see ``show``); ``bold`` maps a column of ``df`` to one bool per row, the cells
+    to print in bold (e.g. the best value)."""
     shown = frame(df, columns=columns, digits=digits)
     if width(shown) > MAX_CHARS:
         warnings.warn(f"table is {width(shown)} characters wide (more than {MAX_CHARS}); pivot or split it", stacklevel=3)
-    body = _html(shown)
+    names = columns if isinstance(columns, dict) else {c: header(c) for c in (columns or df.columns)}
+    body = _html(shown, {names[c]: list(m) for c, m in (bold or {}).items() if names.get(c) in shown.columns})
     cap = f"<p class='tdpm-caption'>{html.escape(caption)}</p>" if caption else ""
     foot = note(source, command)
     foot = f"<p class='tdpm-source'>{foot}</p>" if foot else ""

@@ -5,8 +5,8 @@ and under the corrected one; for a direction claim the paired comparison over im
 pick (``paired_measurement``), or for set statistics and times the difference of the two value measurements.
 Times are read from chapter 08's timing benchmark only (``timings``, ``tdpmlib.studies.timing``).
 ``assess`` adds ``comparable``, ``verdict`` and ``reason`` by the rules of ``tdpmlib.studies.claims``. The display
-helpers (``display_table``, ``counts``, ``table_sentence``, ``schedule_table``, ``schedule_text``,
-``schedule_summary``) turn the assessed table into chapter 07's tables and sentences.
+helpers (``display_table``, ``counts``, ``schedule_table``, ``claims_html``) turn the assessed table into chapter
+07's tables.
 
 Per-image sources: chapter 03's ``denoising.csv`` (t = 600) and ``study_rows.csv`` (sigma), chapter 06's
 ``table3.csv`` (its t = 600 T_trunc table) and ``rows.csv`` (sigma; ``choices.csv`` names each schedule's
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..book import comparison
-from .claims import (ABLATION_SIGMAS, COLUMN, CONFIGURATION, HYBRID, NOT_COMPARABLE, REPRODUCED, SOURCES, VERDICTS,
+from .claims import (COLUMN, CONFIGURATION, HYBRID, NOT_COMPARABLE, SOURCES, VERDICTS,
                      as_number, as_text, comparability, direction_verdict, fmt_number, is_missing, verdict)
 from .timing import seconds_or_none
 
@@ -214,7 +214,6 @@ def assess(measured: pd.DataFrame, *, profile: str) -> pd.DataFrame:
     return out
 
 
-
 # ------------------------------------------------------------------------------------------------------
 # Tables and sentences on the claims
 # ------------------------------------------------------------------------------------------------------
@@ -271,25 +270,6 @@ def counts(assessed: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
-def _count_text(assessed: pd.DataFrame) -> str:
-    n = assessed["verdict"].value_counts()
-    rep, nrep, nc = (int(n.get(v, 0)) for v in VERDICTS)
-    return (f"{rep} {'is' if rep == 1 else 'are'} reproduced, {nrep} {'is' if nrep == 1 else 'are'} not reproduced "
-            f"and {nc} cannot be compared in this run")
-
-
-def table_sentence(assessed: pd.DataFrame, table: str) -> str:
-    """'Of the N claims of Table k, R are reproduced, ...' (configuration entries counted apart)."""
-    t = assessed[assessed["table"] == table]
-    conf = int((t["verdict"] == CONFIGURATION).sum())
-    t = t[t["verdict"] != CONFIGURATION]
-    text = f"Of the {len(t)} claims taken from {table}, {_count_text(t)}."
-    if conf:
-        text += (f" {conf} further {'entry is a' if conf == 1 else 'entries are'} configuration (a step count the "
-                 f"method is set to), not {'a claim' if conf == 1 else 'claims'}.")
-    return text
-
-
 def schedule_table(assessed: pd.DataFrame) -> pd.DataFrame:
     """The schedule claims (Table 4's directions) side by side: matched t against matched sigma, per method."""
     d = assessed[(assessed["table"] == "Table 4") & (assessed["kind"] == "direction")]
@@ -302,49 +282,3 @@ def schedule_table(assessed: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def schedule_text(assessed: pd.DataFrame, sigma_t600: dict | None = None) -> str:
-    """'At matched t ... At matched sigma ...' for the claim that the cosine schedule raises every method;
-    ``sigma_t600`` (schedule -> pixel sigma of level 600) adds how different the noise at matched t is."""
-    d = assessed[(assessed["table"] == "Table 4") & (assessed["kind"] == "direction")].set_index("claim_id")
-    names = dict(ddpm="DDPM", dip="the DIP", tdpm="TDPM-DIP")
-
-    def part(suffix):
-        bits = []
-        for key, name in names.items():
-            cid = f"T4-dir-{key}{suffix}"
-            if cid in d.index and d.at[cid, "outcome"]:
-                bits.append(f"{d.at[cid, 'outcome']} linear for {name} "
-                            f"({fmt_number(float(d.at[cid, 'corrected']), 'psnr', True)} dB)")
-        return comparison.join_and(bits) if bits else None
-
-    out = []
-    t600 = part("")
-    if t600:
-        noise = ("" if not sigma_t600 else f" (where the cosine schedule has added noise of σ ≈ {sigma_t600['cosine']:.0f} "
-                 f"and the linear one σ ≈ {sigma_t600['linear']:.0f}, on the 0..255 scale)")
-        out.append(f"At matched t, t = 600{noise}, cosine is {t600}.")
-    for s in ABLATION_SIGMAS:
-        p = part(f"-s{s}")
-        if p:
-            out.append(f"At matched σ = {s}, cosine is {p}.")
-    if not out:
-        return "The schedule claims could not be measured in this run."
-    held = int((d["verdict"] == REPRODUCED).sum())
-    measured = int((d["verdict"] != NOT_COMPARABLE).sum())
-    out.append(f"The report's “cosine raises every method” holds in {held} of the {measured} comparisons measured.")
-    return " ".join(out)
-
-
-def schedule_summary(assessed: pd.DataFrame) -> str:
-    """'The report's “cosine raises every method” holds in a of the b comparisons at matched t and in c of the d
-    at matched sigma' (comparisons that were measured)."""
-    d = assessed[(assessed["table"] == "Table 4") & (assessed["kind"] == "direction")
-                 & (assessed["verdict"] != NOT_COMPARABLE)]
-    parts = []
-    for prefix, name in (("matched t", "matched t"), ("matched σ", "matched σ")):
-        g = d[d["setting"].str.startswith(prefix)]
-        if len(g):
-            parts.append(f"{int((g['verdict'] == REPRODUCED).sum())} of the {len(g)} comparisons at {name}")
-    if not parts:
-        return "The schedule claims could not be measured in this run."
-    return "The report's “cosine raises every method” holds in " + " and in ".join(parts) + "."

@@ -4,13 +4,11 @@
 ``summary_table`` lists the approaches the book compares and ``speed_table`` the best of each family with every
 hybrid. A method's cost is always its network evaluations (``nfe``) and DIP iterations, read from the rows; its
 seconds per image come only from chapter 08's timing benchmark (``timings``: ``tdpmlib.studies.timing.read``), never from
-the rows themselves, and are missing (NaN) where the benchmark has no case for it. ``generation_summary`` is the
-one sentence on TDPM-DIP as a generator, with the one generation speed-up (``timing.generation_speedup``).
+the rows themselves, and are missing (NaN) where the benchmark has no case for it.
 """
 
 from __future__ import annotations
 
-import math
 
 import pandas as pd
 
@@ -99,34 +97,3 @@ def summary_table(study_rows: pd.DataFrame, example2_rows: pd.DataFrame | None =
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def generation_summary(gen: pd.DataFrame, *, speedup: float | None = None, speed_source: str = "") -> str:
-    """One sentence on TDPM-DIP as a generator (chapter 03's generation.csv): its speed against DDPM-1000, the
-    book's one generation speed-up ``speedup`` (``timing.generation_speedup``; with ``speed_source``, e.g. "in
-    chapter 08's benchmark"; left out when None), and what its samples are (the fraction that copy the images its
-    DIPs were fit to, ``frac_copies_fit``), with the SWD of both and of real images. Empty when the table lacks
-    those rows."""
-    g = gen.set_index("method_key")
-    if not {"tdpm_train", "ddpm"} <= set(g.index):
-        return ""
-    t, d = g.loc["tdpm_train"], g.loc["ddpm"]
-    where = f" {speed_source}" if speed_source else ""
-    steps = int(d.get("nfe", 1000))
-    if speedup is None or not math.isfinite(speedup):
-        speed = "As a generator, TDPM-DIP as the report runs it"
-        if {"nfe", "dip_iterations"} <= set(g.columns):
-            speed += (f" takes {int(t['nfe'])} network evaluations after a {int(t['dip_iterations'])}-iteration DIP "
-                      f"per sample against the DDPM's {steps}")
-        else:
-            speed += " is timed only in chapter 08"
-    else:
-        word, factor = ("faster", speedup) if speedup >= 1 else ("slower", 1 / speedup)
-        speed = (f"As a generator, TDPM-DIP as the report runs it is {factor:.1f} times {word} per sample than the DDPM "
-                 f"with {steps} steps{where}")
-    text = (f"{speed}, but {t['frac_copies_fit']:.0%} of its samples are copies of the training images its DIPs were "
-            f"fit to (of the DDPM's samples, {d['frac_copies']:.0%} copy a training image)")
-    if "tdpm_held" in g.index:
-        text += f", and {g.loc['tdpm_held', 'frac_copies_fit']:.0%} when the DIPs are fit to held-out images instead"
-    swd = f"sliced Wasserstein distance to held-out images, lower is better: {t['swd']:.1f} against the DDPM's {d['swd']:.1f}"
-    if "real" in g.index:
-        swd += f" and real images' {g.loc['real', 'swd']:.1f}"
-    return f"{text} ({swd})."
