@@ -114,10 +114,8 @@ def test_readout_paired_compares_each_readout_at_the_choice_with_the_dip_alone()
     # the T_trunc table keeps to the ancestral readout
     pt = ablations_paired.t_trunc_paired(rows, seed=0)
     assert len(pt) == 2 * 2 * 3 and pt["level"].tolist()[:3] == [7, 14, 28]
-    # the sentence names chapter 03 as the chooser (also when "03" was read back from a CSV as 3)
-    for by in ("03", 3, 3.0):
-        text = ablations_paired.t_trunc_text(pt, choices.assign(chosen_by=by), "linear")
-        assert text.startswith("At σ = 25 (linear schedule, t = 57) chapter 03's validation images pick T_trunc = 14 (t/4).")
+    # the facts read chapter 03's choice (14 at sigma 25) and the other schedule's own
+    f = ablations_paired.t_trunc_facts(pt, choices, schedule="linear", sigma=25)
+    assert f["pick"] == "14 (t/4)" and f["pick_verdict"] == "better than" and f["pick_diff"].startswith("+0.55 dB")
     other = ablations_choice.t_trunc_choices(rows, {}, schedule="cosine", main_schedule="linear")
-    assert "At σ = 25 (cosine schedule, t = 57) the validation images pick T_trunc = 14" in \
-        ablations_paired.t_trunc_text(pt, other, "cosine")
+    assert ablations_paired.t_trunc_facts(pt, other, schedule="cosine", sigma=25)["pick"].startswith("14")

@@ -4,8 +4,8 @@ Chapters 03, 05, 06 and 07 compare methods on the same test images: ``paired`` m
 ``image`` and summarises the differences (``stats.paired``: mean difference, 95% bootstrap interval, wins);
 ``outcome`` reads the interval in one vocabulary (``WORDS``: "better than" / "not clearly different from" /
 "worse than", no threshold). ``validated`` makes a choice on the validation images, ``pick`` and ``compare``
-select rows and compare them on the test images. The formatting helpers (``fmt_diff``, ``fmt_sigma``,
-``join_and``, ``count_phrase``, ``comparison_text``) write those summaries into sentences.
+select rows and compare them on the test images. The formatting helpers (``fmt_diff``, ``fmt_ratio``, ``fmt_sigma``)
+turn a summary into the short values a chapter glues into its sentences.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def compare(rows: pd.DataFrame, sel_a: dict, sel_b: dict, *, seed: int = 0, spli
 
 
 # --------------------------------------------------------------------------------------------------------
-# Sentences
+# Short values for the chapters' sentences
 # --------------------------------------------------------------------------------------------------------
 
 def fmt_diff(r) -> str:
@@ -89,24 +89,3 @@ def fmt_ratio(v) -> str:
 def fmt_sigma(sigma) -> str:
     """25 for 25, 25.0 or "25" (values read back from CSV may be floats)."""
     return f"{float(sigma):g}"
-
-
-def join_and(parts) -> str:
-    parts = list(parts)
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
-def count_phrase(outcomes, ref: str) -> str:
-    """"2 are better than the DIP alone, 1 is not clearly different from it and 1 is worse than it"."""
-    c = pd.Series(list(outcomes), dtype=object).value_counts()
-    parts = []
-    for w in WORDS.values():
-        n = int(c.get(w, 0))
-        if n:
-            parts.append(f"{n} {'is' if n == 1 else 'are'} {w} {'it' if parts else ref}")
-    return join_and(parts)
-
-
-def comparison_text(r, *, a: str | None = None, b: str | None = None) -> str:
-    """"A is better than B (+0.42 dB [+0.10, +0.75], wins 15 of 20)" for one paired summary."""
-    return (f"{a or r['a']} is {r['outcome']} {b or r['b']} ({fmt_diff(r)}, wins {int(r['wins'])} of {int(r['n'])})")
