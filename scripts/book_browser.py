@@ -7,7 +7,8 @@ Offline, the CDN MathJax the pages load cannot be reached and formulas would sta
 ``--mathjax DIR`` (a MathJax 3 ``es5`` folder, as ``npm install mathjax@3`` writes; ``make pdf`` fetches one
 into _build/mathjax) the pages are copied to a scratch folder, pointed at that copy and served on localhost.
 Screenshots are taken ``--height`` px tall, cropped below the page's end and cut into ``--tile``-px pieces that
-are readable one by one. Needs Debian's ``chromium`` (``scripts/install_pdf_tools.sh``).
+are readable one by one; each page's height in screens goes to ``heights.csv`` beside them and to the
+output. Needs Debian's ``chromium`` (``scripts/install_pdf_tools.sh``).
 """
 from __future__ import annotations
 
@@ -96,13 +97,24 @@ def screenshots(a) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     for old in a.out.glob("*.png"):
         old.unlink()
+    from PIL import Image
+
+    heights = []
     with served(a.html, a.mathjax) as (url, tmp, site):
         for p in pages(site):
             rel = p.relative_to(site)
             png = a.out / (str(rel.with_suffix("")).replace("/", "__") + ".png")
             chromium(a.chromium, tmp / "profile", f"--window-size={a.width},{a.height}", f"--screenshot={png}",
                      f"{url}/{rel}")
-            print(*crop_and_tile(png, a.tile), sep="\n")
+            pieces = crop_and_tile(png, a.tile)
+            height = sum(Image.open(q).height for q in pieces)
+            heights.append((str(rel), height))
+            print(*pieces, sep="\n")
+    # each page's height in screens of the capture size (the book's target: at most 8 of 1280 x 1600)
+    lines = ["page,height_px,screens"] + [f"{r},{h},{h / a.tile:.1f}" for r, h in heights]
+    (a.out / "heights.csv").write_text("\n".join(lines) + "\n")
+    for r, h in heights:
+        print(f"{r:45s} {h:6d} px  {h / a.tile:4.1f} screens{'  (more than 8)' if h > 8 * a.tile else ''}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,62 @@ def test_runner_points_source_notes_at_the_run_profile(tmp_path):
     assert cells[0].source == ("Data: `results/paper/03_tdpm_dip/x.csv` · recompute: "
                                "`python scripts/run_notebooks.py --profile paper --only 03_tdpm_dip`")
     assert cells[1].source == "results/cpu/ stays in prose"
+
+
+# ------------------------------------------------------------------ prose by people, numbers by code (issue 30)
+GLUE_MAX_CHARS = 80
+GLUE_REF = re.compile(r"\{glue(?::\w+)?\}`(?:([^`:]+\.ipynb)::)?([A-Za-z0-9_]+)")
+
+
+def glued_values(nb: dict) -> dict:
+    """{name: text} of every value a notebook glues (myst-nb's display data with a scrapbook name)."""
+    out = {}
+    for c in nb["cells"]:
+        for o in c.get("outputs", []):
+            name = o.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name:
+                text = o.get("data", {}).get("application/papermill.record/text/plain", "")
+                out[name] = "".join(text) if isinstance(text, list) else text
+    return out
+
+
+def long_glued_text(nb: dict, limit: int = GLUE_MAX_CHARS) -> list[str]:
+    """Names of glued text values (strings, shown as their repr) longer than ``limit`` characters."""
+    return [n for n, v in glued_values(nb).items() if v[:1] in "'\"" and len(v) - 2 > limit]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_glued_text_is_a_number_or_a_short_phrase(path):
+    """Sentences live in the markdown; a glued string is at most a short phrase."""
+    assert not long_glued_text(json.loads(path.read_text())), path.name
+
+
+@pytest.mark.parametrize("path", [REPO / "intro.md", *NOTEBOOKS], ids=lambda p: p.stem)
+def test_every_glue_reference_has_its_value(path):
+    """Every {glue} reference in the markdown names a value its notebook (or the notebook it points at) glues."""
+    if path.suffix == ".md":
+        text, own = path.read_text(), {}
+    else:
+        nb = json.loads(path.read_text())
+        text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+        own = glued_values(nb)
+    glued = {}
+    for doc, name in GLUE_REF.findall(text):
+        if doc:
+            source = (path.parent / doc).resolve()
+            glued.setdefault(source, glued_values(json.loads(source.read_text())))
+            assert name in glued[source], f"{path.name}: {doc}::{name} is not glued"
+        else:
+            assert name in own, f"{path.name}: {name} is not glued"
+    for d in re.findall(r"```\{glue(?::figure)?\} (\w+)\n(?::doc: (\S+))?", text):
+        name, doc = d
+        values = glued_values(json.loads((path.parent / doc).read_text())) if doc else own
+        assert name in values, f"{path.name}: figure/table {name} is not glued"
+
+
+def test_the_glue_checks_catch_a_sentence():
+    out = {"output_type": "display_data", "metadata": {"scrapbook": {"name": "x"}},
+           "data": {"application/papermill.record/text/plain": "'" + "word " * 20 + "'"}}
+    num = {"output_type": "display_data", "metadata": {"scrapbook": {"name": "n"}},
+           "data": {"application/papermill.record/text/plain": "1.2345678901234567"}}
+    assert long_glued_text({"cells": [{"cell_type": "code", "outputs": [out, num]}]}) == ["x"]
