@@ -195,6 +195,7 @@ def train_or_load(cfg: Config, train_images: torch.Tensor, *, schedule: str | No
                    hardware=results.hardware(cfg.torch_device))
     results.write_json(mdir / "train_summary.json", summary)
     results.write_json(done, tcfg)  # written last: its presence marks a finished model
+    (mdir / "checkpoint.pt").unlink(missing_ok=True)  # only needed to resume; the paper DDPM's is 1.4 GB
     return out["ema_unet"].to(cfg.torch_device).eval(), scheduler, dict(log=log, loaded=False, **summary)
 
 

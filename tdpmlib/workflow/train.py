@@ -303,6 +303,7 @@ def train_parallel(cfg, train_images: torch.Tensor, *, callback=None, callback_e
                            hardware=results.hardware(acc.device), num_processes=acc.num_processes)
             results.write_json(mdir / "train_summary.json", summary)
             results.write_json(done, tcfg)  # written last: its presence marks a finished model
+            (mdir / "checkpoint.pt").unlink(missing_ok=True)  # only needed to resume
     if not acc.is_main_process:
         return None, {}
     unet = ddpm.load_unet(mdir / "unet_ema", cfg.torch_device)
