@@ -1,0 +1,49 @@
+"""A Sphinx extension for the book: a figure whose label starts with ``tab-`` is numbered and referred to as a table.
+
+A chapter prints its tables as HTML outputs, which MyST's ``{table}`` directive cannot wrap, so they reach Sphinx as
+figures (a ``{glue:figure}`` or a cell's ``mystnb.figure`` metadata with a caption and a ``name``). Left as figures
+they would be called "Fig. 4"; this turns each one labelled ``tab-...`` into a node that Sphinx numbers with the
+tables ("Table 4", in the ``numref`` text and in the caption), with its caption above it, as tables have.
+Enabled in ``_config.yml`` (``sphinx.extra_extensions``).
+"""
+
+from docutils import nodes
+from sphinx.transforms import SphinxTransform
+
+PREFIX = "tab-"
+
+
+class captioned_table(nodes.General, nodes.Element):
+    """A figure that holds a table: numbered as a table, caption first."""
+
+
+class TablesFromFigures(SphinxTransform):
+    # before the domains record their labels (SphinxDomains, priority 850), so that a label names the new node
+    default_priority = 800
+
+    def apply(self, **kwargs) -> None:
+        for fig in list(self.document.findall(nodes.figure)):
+            if not any(name.startswith(PREFIX) for name in fig["names"]):
+                continue
+            captions = [c for c in fig.children if isinstance(c, nodes.caption)]
+            rest = [c for c in fig.children if not isinstance(c, nodes.caption)]
+            table = captioned_table(fig.rawsource, *captions, *rest, **fig.attributes)
+            table.source, table.line = fig.source, fig.line
+            fig.replace_self(table)
+            for node_id in table["ids"]:
+                self.document.ids[node_id] = table
+
+
+def visit_html(self, node) -> None:
+    self.body.append(self.starttag(node, "figure", CLASS="align-default tdpm-table-figure"))
+
+
+def depart_html(self, node) -> None:
+    self.body.append("</figure>\n")
+
+
+def setup(app):
+    app.add_enumerable_node(captioned_table, "table", html=(visit_html, depart_html),
+                            singlehtml=(visit_html, depart_html))
+    app.add_transform(TablesFromFigures)
+    return dict(parallel_read_safe=True, parallel_write_safe=True)
