@@ -17,7 +17,7 @@
   bootstrap interval, wins), read in the book's one vocabulary (``comparison.outcome``: "better than" / "worse
   than" / "not clearly different from"): "reproduced" when the interval lies on the claimed side of 0, else "not
   reproduced". There is no fixed threshold. Set statistics (FID) and wall-clock times have one number per method,
-  no per-image pairing: their direction is read from the sign, and the reason says so.
+  no per-image pairing: their direction is read from the sign, and the verdict's ``why`` says so.
 
 Times come from one place: the seconds claims (``source="timings"``) name cases of chapter 08's timing benchmark
 (``tdpmlib.studies.timing``) in ``same`` and ``corrected``, never a results table's own seconds.
@@ -48,7 +48,6 @@ HIGHER, LOWER, EQUAL = "higher than", "lower than", "equal to"  # unpaired direc
 # How far a value claim's measurement may be from the claimed number.
 VALUE_TOL = dict(psnr=1.0, ssim=0.02, fid=5.0, steps=0, seconds=0, frac_copies_fit=0.5)
 DIGITS = dict(psnr=2, ssim=3, fid=2, steps=0, seconds=2, frac_copies_fit=2)
-UNITS = dict(psnr=" dB", ssim="", fid="", steps="", seconds=" s", frac_copies_fit="")
 # Where a metric lives in the summary tables ("steps" is computed: nfe + dip_iterations; "seconds" is read from
 # chapter 08's timing benchmark, source "timings").
 COLUMN = dict(psnr="psnr_mean", ssim="ssim_mean", fid="fid", frac_copies_fit="frac_copies_fit")
@@ -296,95 +295,103 @@ def fmt_number(x, metric, signed=False) -> str:
 # Comparability and the verdicts
 # ------------------------------------------------------------------------------------------------------
 
+# Why a verdict is what it is: one short phrase per case, the same in every row that has it (chapter 07 explains
+# each phrase once, beside the tables; the row itself shows the numbers).
+WHY_HARDWARE = "the report's hardware is not stated"
+WHY_BUDGET = "another DIP budget than the report's"
+WHY_PROFILE = "a smaller setup than the report's"
+WHY_NO_FID = "FID is not available in this run"
+WHY_FID_SAMPLES = "fewer than 1000 samples"
+WHY_FID_REFERENCE = "fewer than 1000 reference images"
+WHY_NOT_RUN = "not run in this profile"
+WHY_SETTING = "a setting, not a result"
+WHY_WITHIN = "within the tolerance"
+WHY_OUTSIDE = "outside the tolerance"
+WHY_AS_CLAIMED = "the claimed direction"
+WHY_REVERSED = "the opposite direction"
+WHY_UNCLEAR = "the 95% interval includes 0"
+WHY_SIGN = ", by the sign (one number per method)"  # appended to a direction's phrase when it has no pairs
+WHYS = (WHY_HARDWARE, WHY_BUDGET, WHY_PROFILE, WHY_NO_FID, WHY_FID_SAMPLES, WHY_FID_REFERENCE, WHY_NOT_RUN,
+        WHY_SETTING, WHY_WITHIN, WHY_OUTSIDE, WHY_AS_CLAIMED, WHY_REVERSED, WHY_UNCLEAR)
+
+
 def comparability(metric: str, *, profile: str, fid_status=None, n=None, n_reference=None, dip_iterations=None,
                   report_dip_iterations=None) -> tuple[bool, str]:
-    """Can an absolute measurement of ``metric`` be compared with the report's number? Returns (ok, why not).
+    """Can an absolute measurement of ``metric`` be compared with the report's number? Returns (ok, why not),
+    ``why`` one of the ``WHY_*`` phrases ("" when it can).
 
     Wall-clock seconds never can (the report does not state its hardware). Nothing can when the run fits the
     DIP for another number of iterations than the report. Otherwise counts and fractions (``ALWAYS_COMPARABLE``)
     always can; everything else needs the paper profile (64 px and the report's networks), and FID@1k also
     needs FID to be available, at least 1000 samples and at least 1000 reference images."""
     if metric == "seconds":
-        return False, "wall-clock times depend on the hardware, which the report does not state"
+        return False, WHY_HARDWARE
     if None not in (dip_iterations, report_dip_iterations) and report_dip_iterations > 0 \
             and dip_iterations != report_dip_iterations:  # 0: the claim's method fits no DIP
-        return False, (f"this run fits the DIP for {dip_iterations:.0f} iterations, the report for "
-                       f"{report_dip_iterations:.0f}")
+        return False, WHY_BUDGET
     if metric in ALWAYS_COMPARABLE:
         return True, ""
     if profile != "paper":
-        return False, (f"the {profile} profile runs smaller images and networks than the report "
-                       f"({REPORT_RESOLUTION} px, a {REPORT_DDPM_PARAMS_M} M-parameter DDPM)")
+        return False, WHY_PROFILE
     if metric == "fid":
         if as_text(fid_status) is not None and not str(fid_status).startswith("ok"):
-            return False, f"FID is not available in this run ({fid_status})"
+            return False, WHY_NO_FID
         if n is not None and n < 1000:
-            return False, f"FID@1k needs 1000 samples; this run scored {n:.0f}"
+            return False, WHY_FID_SAMPLES
         if n_reference is not None and n_reference < 1000:
-            return False, f"the reference set has only {n_reference:.0f} images (FID is biased at small sizes)"
+            return False, WHY_FID_REFERENCE
     return True, ""
 
 
-def verdict(claimed, measured_same_protocol, measured_corrected, *, metric: str, tolerance: float,
-            comparable: bool = True, why: str = "") -> tuple[str, str]:
-    """The verdict on one value claim and a reason built from the numbers.
+def verdict(claimed: float, measured_corrected, *, tolerance: float, comparable: bool = True,
+            why: str = "") -> tuple[str, str]:
+    """(verdict, why) of one value claim; ``why`` is a ``WHY_*`` phrase (the numbers stand in the claim's row).
 
-    It rests on the corrected-protocol measurement; the report-protocol one is quoted beside it. "not comparable"
-    when the corrected measurement is missing or ``comparable`` is False (``why`` says why); "reproduced" when it
-    is within ``tolerance`` of ``claimed``; else "not reproduced"."""
-    same = None if is_missing(measured_same_protocol) else float(measured_same_protocol)
-    corr = None if is_missing(measured_corrected) else float(measured_corrected)
-    same_text = "" if same is None else f"; the report's protocol gives {fmt_number(same, metric)}"
-    claim_text = f"claimed {fmt_number(claimed, metric)}"
-    if corr is None:
-        return NOT_COMPARABLE, f"no measurement under the corrected protocol ({why or 'not run'}); {claim_text}{same_text}"
+    It rests on the corrected-protocol measurement alone (the report-protocol one is only shown beside it). "not
+    comparable" when the measurement is missing (``why`` or "not run") or ``comparable`` is False (``why`` says
+    why); "reproduced" when it is within ``tolerance`` of ``claimed``; else "not reproduced"."""
+    if is_missing(measured_corrected):
+        return NOT_COMPARABLE, why or WHY_NOT_RUN
     if not comparable:
-        return NOT_COMPARABLE, f"{why}; measured {fmt_number(corr, metric)} under the corrected protocol, {claim_text}{same_text}"
-    off = corr - claimed
-    if abs(off) <= tolerance:
-        return REPRODUCED, f"measured {fmt_number(corr, metric)}, within ±{tolerance:g} of the {claim_text}{same_text}"
-    return NOT_REPRODUCED, (f"measured {fmt_number(corr, metric)}, {fmt_number(off, metric, True)} from the {claim_text} "
-                            f"(tolerance ±{tolerance:g}){same_text}")
+        return NOT_COMPARABLE, why
+    if abs(float(measured_corrected) - claimed) <= tolerance:
+        return REPRODUCED, WHY_WITHIN
+    return NOT_REPRODUCED, WHY_OUTSIDE
 
 
-def direction_verdict(claimed: float, summary: dict | None, *, metric: str, a_label: str, b_label: str,
-                      paired: bool = True, same=None, why: str = "") -> tuple[str, str, str | None]:
-    """(verdict, reason, outcome) of a direction claim ``a - b`` with the claimed sign of ``claimed``.
+def direction_verdict(claimed: float, summary: dict | None, *, paired: bool = True,
+                      why: str = "") -> tuple[str, str, str | None]:
+    """(verdict, why, outcome) of a direction claim ``a - b`` with the claimed sign of ``claimed``.
 
     ``summary``: the measured paired summary (``mean_diff``, ``ci_low``, ``ci_high``, ``wins``, ``n``), or for
     ``paired=False`` just ``mean_diff``. With a paired summary the outcome is ``comparison.outcome`` ("better than",
     "worse than", "not clearly different from": a higher or lower score, PSNR here) and the claim is "reproduced"
     when it is the claimed one; otherwise (FID, seconds: lower is the claim) the sign of the difference decides,
-    the outcome is "higher than" / "lower than", and the reason says that there is no interval. Missing:
-    "not comparable"."""
-    same_text = "" if is_missing(same) else f"; the report's protocol gives {fmt_number(float(same), metric, True)}"
-    want = BETTER if claimed > 0 else WORSE
+    the outcome is "higher than" / "lower than", and ``why`` says that it went by the sign. Missing:
+    "not comparable" (``why`` or "not run")."""
     if summary is None or is_missing(summary.get("mean_diff")):
-        return NOT_COMPARABLE, f"a measurement is missing ({why or 'not run'}); claimed {fmt_number(claimed, metric, True)}{same_text}", None
+        return NOT_COMPARABLE, why or WHY_NOT_RUN, None
     d = float(summary["mean_diff"])
-    unit = UNITS.get(metric, "")
     if paired:
+        want = BETTER if claimed > 0 else WORSE
         out = comparison.outcome(summary)
-        detail = (f"{fmt_number(d, metric, True)}{unit} [{fmt_number(summary['ci_low'], metric, True)}, "
-                  f"{fmt_number(summary['ci_high'], metric, True)}], wins {int(summary['wins'])} of {int(summary['n'])}")
     else:  # a set statistic or a time: the sign, in words that do not say which way is good
         want = HIGHER if claimed > 0 else LOWER
         out = HIGHER if d > 0 else LOWER if d < 0 else EQUAL
-        detail = f"{fmt_number(d, metric, True)}{unit}, one number per method (no per-image pairing): sign only"
-    text = f"{a_label} − {b_label}: {detail}; claimed {fmt_number(claimed, metric, True)}{same_text}"
+    how = "" if paired else WHY_SIGN
     if out == want:
-        return REPRODUCED, text, out
+        return REPRODUCED, WHY_AS_CLAIMED + how, out
     if out in (UNCLEAR, EQUAL):
-        return NOT_REPRODUCED, f"no clear difference: {text}", out
-    return NOT_REPRODUCED, f"the direction is reversed: {text}", out
+        return NOT_REPRODUCED, (WHY_UNCLEAR if paired else "no difference" + how), out
+    return NOT_REPRODUCED, WHY_REVERSED + how, out
 
 
-def value_verdict(claim_id: str, measured, *, profile: str, same=None, dip_iterations=None) -> tuple[str, str]:
-    """The verdict on one value claim from a single measurement, by the same rule as ``assessment.assess`` (for chapters
+def value_verdict(claim_id: str, measured, *, profile: str, dip_iterations=None) -> tuple[str, str]:
+    """(verdict, why) of one value claim from a single measurement, by the rule of ``claims_audit.assess`` (for chapters
     that quote a claim beside their own number, so that they and chapter 07 say the same)."""
     c = next((c for c in CLAIMS if c["claim_id"] == claim_id and c["kind"] == "value"), None)
     if c is None:
         raise ValueError(f"claim_id={claim_id!r} is not a value claim")
     ok, why = comparability(c["metric"], profile=profile, dip_iterations=dip_iterations,
                             report_dip_iterations=c["report_dip_iterations"])
-    return verdict(c["claimed"], same, measured, metric=c["metric"], tolerance=c["tolerance"], comparable=ok, why=why)
+    return verdict(c["claimed"], measured, tolerance=c["tolerance"], comparable=ok, why=why)

@@ -4,7 +4,8 @@
 and under the corrected one; for a direction claim the paired comparison over images of the rows its selectors
 pick (``paired_measurement``), or for set statistics and times the difference of the two value measurements.
 Times are read from chapter 08's timing benchmark only (``timings``, ``tdpmlib.studies.timing``).
-``assess`` adds ``comparable``, ``verdict`` and ``reason`` by the rules of ``tdpmlib.studies.claims``. The display
+``assess`` adds ``comparable``, ``verdict`` and ``reason`` (a short ``claims.WHY_*`` phrase) by the rules of
+``tdpmlib.studies.claims``. The display
 helpers (``display_table``, ``counts``, ``schedule_table``, ``claims_html``) turn the assessed table into chapter
 07's tables.
 
@@ -15,14 +16,12 @@ validated T_trunc).
 
 from __future__ import annotations
 
-import html
-
 import numpy as np
 import pandas as pd
 
 from ..book import comparison
-from .claims import (COLUMN, CONFIGURATION, HYBRID, NOT_COMPARABLE, SOURCES, VERDICTS,
-                     as_number, as_text, comparability, direction_verdict, fmt_number, is_missing, verdict)
+from .claims import (COLUMN, CONFIGURATION, HYBRID, NOT_COMPARABLE, SOURCES, VERDICTS, WHY_NO_FID, WHY_NOT_RUN,
+                     WHY_SETTING, as_number, as_text, comparability, direction_verdict, fmt_number, is_missing, verdict)
 from .timing import seconds_or_none
 
 _GEN, _DEN, _T3, _DEN_ROWS, _T3_ROWS, _STUDY_ROWS, _ABL_ROWS, _TIME = SOURCES
@@ -181,10 +180,7 @@ def assess(measured: pd.DataFrame, *, profile: str) -> pd.DataFrame:
     comp, verdicts, reasons, outcomes = [], [], [], []
     for claim in out.to_dict("records"):
         if claim["kind"] == "configuration":
-            setting = claim["corrected"]
-            comp.append(True), outcomes.append(None), verdicts.append(CONFIGURATION)
-            reasons.append("a setting of the method, not a result" + (
-                "" if is_missing(setting) else f"; this run: {fmt_number(float(setting), claim['metric'])}"))
+            comp.append(True), outcomes.append(None), verdicts.append(CONFIGURATION), reasons.append(WHY_SETTING)
             continue
         if claim["kind"] == "value":
             status = as_text(claim["fid_status"])
@@ -192,23 +188,16 @@ def assess(measured: pd.DataFrame, *, profile: str) -> pd.DataFrame:
                                     n_reference=as_number(claim["n_reference"]), dip_iterations=as_number(claim["dip_iterations"]),
                                     report_dip_iterations=as_number(claim["report_dip_iterations"]))
             if is_missing(claim["corrected"]):
-                ok = False
-                why = (f"FID is not available in this run ({status})" if status and not status.startswith("ok")
-                       else "not run under this profile")
-            v, reason = verdict(claim["claimed"], claim["same"], claim["corrected"], metric=claim["metric"],
-                                tolerance=claim["tolerance"], comparable=ok, why=why)
+                ok, why = False, WHY_NO_FID if status and not status.startswith("ok") else WHY_NOT_RUN
+            v, reason = verdict(claim["claimed"], claim["corrected"], tolerance=claim["tolerance"], comparable=ok, why=why)
             comp.append(ok), verdicts.append(v), reasons.append(reason), outcomes.append(None)
             continue
-        why = "not run under this profile"
         statuses = [as_text(by_id.at[k, "fid_status"]) for k in (claim["a"], claim["b"]) if as_text(by_id.at[k, "fid_status"])]
-        if statuses and not statuses[0].startswith("ok"):
-            why = f"FID is not available in this run ({statuses[0]})"
+        why = WHY_NO_FID if statuses and not statuses[0].startswith("ok") else WHY_NOT_RUN
         summary = None if is_missing(claim["corrected"]) else dict(
             mean_diff=claim["corrected"], ci_low=claim["ci_low"], ci_high=claim["ci_high"], wins=claim["wins"],
             n=claim["n_pairs"])
-        v, reason, o = direction_verdict(claim["claimed"], summary, metric=claim["metric"], a_label=claim["a_label"],
-                                         b_label=claim["b_label"], paired=bool(claim["paired"]), same=claim["same"],
-                                         why=why)
+        v, reason, o = direction_verdict(claim["claimed"], summary, paired=bool(claim["paired"]), why=why)
         comp.append(v != NOT_COMPARABLE), verdicts.append(v), reasons.append(reason), outcomes.append(o)
     out["comparable"], out["verdict"], out["reason"], out["outcome"] = comp, verdicts, reasons, outcomes
     return out
@@ -226,12 +215,13 @@ def _cell(c: dict, col: str) -> str:
     text = fmt_number(float(x), c["metric"], signed)
     if col == "corrected" and signed and c.get("paired") and not is_missing(c.get("ci_low")):
         text += f" [{fmt_number(c['ci_low'], c['metric'], True)}, {fmt_number(c['ci_high'], c['metric'], True)}]"
+        text += f", {int(c['wins'])}/{int(c['n_pairs'])}"
     return text
 
 
 def display_table(assessed: pd.DataFrame) -> pd.DataFrame:
-    """The assessed claims with numbers formatted per metric, for display (directions: mean paired difference
-    and its 95% interval)."""
+    """The assessed claims with numbers formatted per metric, for display (directions: mean paired difference,
+    its 95% interval and the wins, "+1.51 [+1.33, +1.68], 20/20")."""
     rows = []
     for c in assessed.to_dict("records"):
         rows.append({"table": c["table"], "claim": c["claim_id"], "method": c["method"], "setting": c["setting"],
@@ -247,19 +237,18 @@ METRIC_NAMES = {"fid": "FID", "psnr": "PSNR (dB)", "ssim": "SSIM", "frac_copies_
 
 def claims_html(assessed: pd.DataFrame, table: str, *, source=None, command: str | None = None) -> str:
     """One of the report's tables as the book shows it: a numbered row per claim (method, setting, metric, the
-    claimed value, both protocols' measurements and the verdict) and, under it, each row's reason in full."""
+    claimed value, both protocols' measurements, the verdict and its short reason)."""
     from ..book import tables
 
     t = display_table(assessed[assessed["table"] == table]).reset_index(drop=True)
     t.insert(0, "#", range(1, len(t) + 1))
     t["metric"] = [("Δ " if m.endswith(" (difference)") else "") + METRIC_NAMES.get(m.removesuffix(" (difference)"), m)
                    for m in t["metric"]]
-    body = tables.html_table(t.drop(columns=["table", "claim", "reason"]), source=source, command=command,
+    return tables.html_table(t.drop(columns=["table", "claim"]), source=source, command=command,
                              columns={"#": "#", "method": "Method", "setting": "Setting", "metric": "Metric",
                                       "claimed": "Claimed", "report's protocol": "Report's protocol",
-                                      "corrected protocol": "Corrected protocol", "verdict": "Verdict"})
-    reasons = "".join(f"<li>{html.escape(str(r))}</li>" for r in t["reason"])
-    return f"{body}<ol class='tdpm-reasons'>{reasons}</ol>"
+                                      "corrected protocol": "Corrected protocol", "verdict": "Verdict",
+                                      "reason": "Why"})
 
 
 def counts(assessed: pd.DataFrame) -> pd.DataFrame:
