@@ -22,7 +22,12 @@ SOURCE = """Doc
 
    Another table.
 
-See :numref:`fig-a`, :numref:`tab-b` and :numref:`tab-c`.
+.. captioned-table:: A table of any content.
+   :name: tab-d
+
+   Some text.
+
+See :numref:`fig-a`, :numref:`tab-b`, :numref:`tab-c` and :numref:`tab-d`.
 """
 
 
@@ -30,7 +35,8 @@ def build(tmp_path, extensions):
     src = tmp_path / "src"
     src.mkdir()
     (src / "conf.py").write_text(f"extensions = {extensions!r}\nnumfig = True\n")
-    (src / "index.rst").write_text(SOURCE)
+    text = SOURCE if extensions else SOURCE[:SOURCE.index(".. captioned-table")] + SOURCE[SOURCE.index("See "):]
+    (src / "index.rst").write_text(text.replace(" and :numref:`tab-d`", "") if not extensions else text)
     for name in ("a.png", "b.png", "c.png"):
         (src / name).write_bytes(b"")
     app = sphinx_app.Sphinx(str(src), str(src), str(tmp_path / "out"), str(tmp_path / "doctrees"), "html",
@@ -43,7 +49,8 @@ def test_tab_labels_become_numbered_tables_with_the_caption_first(tmp_path):
     html, status = build(tmp_path, ["tdpmlib.book.sphinx_tables"])
     assert status == 0
     refs = html[html.index("See "):]
-    assert "Fig. 1" in refs and "Table 1" in refs and "Table 2" in refs and "Fig. 2" not in refs
+    assert "Fig. 1" in refs and "Table 1" in refs and "Table 2" in refs and "Table 3" in refs and "Fig. 2" not in refs
+    assert html.index("Table 3") < html.index("Some text")
     table = html[html.index('id="tab-b"'):html.index('id="tab-c"')]
     assert table.index("Table 1") < table.index("b.png")  # the caption above the table
     assert "tdpm-table-figure" in html[html.rindex("<figure", 0, html.index('id="tab-b"')):html.index('id="tab-b"')]
