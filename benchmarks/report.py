@@ -221,36 +221,56 @@ def target_hit(runs: list[dict], tid: str) -> dict | None:
                 extrapolated=row["extrapolated"])
 
 
+FIG_FONT = 11  # pt; the figure is shown about 1:1 in the book's text column, so this is its smallest text
+LABEL_WIDTH = 40  # characters per line of a bar's label, so that the labels leave the bars half the width
+
+
+def _bar_label(label: str) -> str:
+    """A bar's label wrapped to ``LABEL_WIDTH`` characters per line (each given line wrapped on its own)."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, LABEL_WIDTH, break_on_hyphens=False) for line in label.split("\n"))
+
+
 def speedup_figure(runs: list[dict]):
-    """Horizontal bars: each measured speed-up against its baseline, one panel per run, targets as red ticks."""
+    """Horizontal bars: each measured speed-up against its baseline, one panel per run, targets as red ticks.
+
+    Every text is at least ``FIG_FONT`` points; the log x axis labels only its major ticks (1×, 2×, 5×, 10×, ...),
+    so that no tick label runs into another."""
     import matplotlib
     import matplotlib.pyplot as plt
 
     data = speedups(runs)
     groups = list(dict.fromkeys(data["hardware"])) or ["no measurements"]
-    heights = [max(1, (data["hardware"] == g).sum()) for g in groups]
-    fig, axes = plt.subplots(len(groups), 1, figsize=(8.2, 0.6 * sum(heights) + 1.3 * len(groups)),
-                             gridspec_kw=dict(height_ratios=heights), squeeze=False)
+    labels = [_bar_label(lab) for lab in data["label"]]
+    lines = [max(1, sum(lab.count("\n") + 1 for lab, h in zip(labels, data["hardware"]) if h == g)) for g in groups]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(8.2, 0.24 * sum(lines) + 1.4 * len(groups)),
+                             gridspec_kw=dict(height_ratios=lines), squeeze=False)
     for ax, g in zip(axes[:, 0], groups):
-        d = data[data["hardware"] == g].reset_index(drop=True)
+        sel = (data["hardware"] == g).to_numpy()
+        d = data[sel].reset_index(drop=True)
         ax.barh(range(len(d)), d["ratio"] - 1, left=1, color="C0")
         for i, (ratio, target) in enumerate(zip(d["ratio"], d["target"])):
-            ax.text(ratio, i, f" {ratio:.2f}×", va="center", fontsize=9, clip_on=True)
+            ax.text(ratio, i, f" {ratio:.2f}×", va="center", fontsize=FIG_FONT, clip_on=True)
             if target == target:
                 ax.plot([target, target], [i - 0.45, i + 0.45], color="C3", lw=2.5,
                         label="target" if i == d["target"].first_valid_index() else None)
         ax.axvline(1.0, color="grey", lw=1, ls="--")
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.set_yticks(range(len(d)), [lab.replace("\n", "\n  ") for lab in d["label"]], fontsize=9)
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.tick_params(axis="both", labelsize=FIG_FONT)
+        ax.set_yticks(range(len(d)), [lab for lab, s in zip(labels, sel) if s])
         ax.invert_yaxis()
-        ax.set_title(g, fontsize=10)
-        ax.set_xlabel("speed-up over the baseline measured in the same run (log scale; dashed: 1×)")
-        ax.set_xlim(right=max(2.0, float(d["ratio"].max()) * 1.8) if len(d) else None)  # room for the labels
+        ax.set_title(g, fontsize=FIG_FONT + 1)
+        ax.set_xlabel("speed-up over the baseline of the same run (log scale)", fontsize=FIG_FONT)
+        ax.set_xlim(left=min(0.8, float(d["ratio"].min()) * 0.9) if len(d) else None,
+                    right=max(2.5, float(d["ratio"].max()) * 2.0) if len(d) else None)  # room for the values
         if d["target"].notna().any():
-            ax.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="lower right", fontsize=FIG_FONT)
         if not len(d):
-            ax.text(0.5, 0.5, "no measurements", ha="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, "no measurements", ha="center", transform=ax.transAxes, fontsize=FIG_FONT)
     fig.tight_layout()
     return fig
 
