@@ -66,12 +66,12 @@ def _stat(path, user, idle):
 def test_cpu_probe_subtracts_this_process(tmp_path):
     stat, own = tmp_path / "stat", iter([0.0, 1.0])
     _stat(stat, 100, 900)
-    probe = timing.CpuProbe(stat, own_cpu=lambda: next(own), clock_ticks=100)
+    probe = timing.CpuProbe(stat, own_cpu=lambda: next(own), clock_ticks=100, min_seconds=0)
     probe.start()
     _stat(stat, 300, 1500)  # 200 busy ticks of 800; this process used 1 s = 100 ticks
     assert probe.stop() == pytest.approx(100 / 800)
     own = iter([0.0, 2.0])  # this process used all of the busy time: nobody else ran
-    probe = timing.CpuProbe(stat, own_cpu=lambda: next(own), clock_ticks=100)
+    probe = timing.CpuProbe(stat, own_cpu=lambda: next(own), clock_ticks=100, min_seconds=0)
     _stat(stat, 100, 900)
     probe.start()
     _stat(stat, 300, 1500)
@@ -86,14 +86,28 @@ def test_quiet_is_decided_from_the_probe(tmp_path):
         _stat(stat, 400, 1600)  # others took 400 of 1000 ticks (this process: ~0 CPU while sleeping)
 
     loud = timing.Case(key="loud", method="m", nfe=0, dip_iterations=0, fn=busy_others)
-    df = timing.run([loud], batch=1, warmup=0, probe=timing.CpuProbe(stat, own_cpu=lambda: 0.0, clock_ticks=100))
+    df = timing.run([loud], batch=1, warmup=0, probe=timing.CpuProbe(stat, own_cpu=lambda: 0.0, clock_ticks=100, min_seconds=0))
     assert df.at[0, "others_cpu_share"] == pytest.approx(0.4)
     assert df.at[0, "quiet"] is not None and not df.at[0, "quiet"]
     _stat(stat, 0, 1000)
     calm = timing.Case(key="calm", method="m", nfe=0, dip_iterations=0, fn=lambda _: _stat(stat, 20, 1980))
-    df2 = timing.run([calm], batch=1, warmup=0, probe=timing.CpuProbe(stat, own_cpu=lambda: 0.0, clock_ticks=100))
+    df2 = timing.run([calm], batch=1, warmup=0, probe=timing.CpuProbe(stat, own_cpu=lambda: 0.0, clock_ticks=100, min_seconds=0))
     assert df2.at[0, "others_cpu_share"] == pytest.approx(0.02) and bool(df2.at[0, "quiet"])
-    assert timing.quiet(pd.concat([df, df2])) is False and timing.quiet(df2) is True
+    both = pd.concat([df, df2]).assign(seconds_per_image=1.0)  # the fake cases take no time; say they took 1 s
+    assert timing.quiet(both) is False and timing.quiet(both.iloc[1:]) is True
+
+
+def test_a_span_shorter_than_the_probe_can_measure_has_no_share(tmp_path):
+    stat = tmp_path / "stat"
+    _stat(stat, 0, 1000)
+    case = timing.Case(key="short", method="m", nfe=0, dip_iterations=0, fn=lambda _: _stat(stat, 400, 1600))
+    df = timing.run([case], batch=1, warmup=0, probe=timing.CpuProbe(stat, own_cpu=lambda: 0.0, clock_ticks=100))
+    assert np.isnan(df.at[0, "others_cpu_share"]) and df.at[0, "quiet"] is None  # 400 of 1000 ticks, but in no time
+    # a committed file from before: its short cases do not decide the verdict, its long ones do
+    old = pd.DataFrame(dict(seconds_per_image=[0.003, 2.0, 2.0], batch=[1, 1, 1], repeats=[1, 1, 1],
+                            quiet=[False, True, True]))
+    assert timing.measurable(old).tolist() == [False, True, True] and timing.quiet(old) is True
+    assert timing.quiet(old.assign(quiet=[True, True, False])) is False
 
 
 def test_without_proc_the_share_is_unknown(tmp_path):

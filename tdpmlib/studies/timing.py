@@ -34,6 +34,9 @@ from ..workflow import results
 FILE = "timings.csv"
 PRODUCER = "08_performance"
 QUIET_SHARE = 0.10  # the cores count as quiet when other processes used less than this share of the CPU time
+# /proc/stat counts CPU time in clock ticks (10 ms on Linux): over a shorter span than this the share is a count of
+# one or two ticks (a 3 ms case read 72%), so it is not measured
+MIN_PROBE_SECONDS = 0.1
 # The generation speed-up: the full DDPM chain against the report's TDPM-DIP (T_trunc + 1 network evaluations after
 # a 100-iteration DIP at lr 1e-4, ``tdpm.tdpm_dip``), both timed here.
 GEN_DDPM, GEN_TDPM = "gen_ddpm", "gen_tdpm_report"
@@ -74,13 +77,14 @@ class CpuProbe:
     From the aggregate ``cpu`` line of ``stat_path`` (Linux's /proc/stat, in clock ticks): busy = all time but
     idle and iowait, total = all of it; others = (busy - this process's CPU time) / total, clipped at 0. This
     process's time comes from ``own_cpu`` (default ``time.process_time``: every thread of it). ``stop`` returns
-    None where the file cannot be read (no /proc) or no tick passed."""
+    None where the file cannot be read (no /proc), no tick passed, or less than ``min_seconds`` of wall time."""
 
     def __init__(self, stat_path="/proc/stat", *, own_cpu: Callable[[], float] = time.process_time,
-                 clock_ticks: int | None = None):
+                 clock_ticks: int | None = None, min_seconds: float = MIN_PROBE_SECONDS):
         self.stat_path = Path(stat_path)
         self.own_cpu = own_cpu
         self.clock_ticks = clock_ticks or _clock_ticks()
+        self.min_seconds = min_seconds
         self._start = None
 
     def _read(self) -> tuple[int, int] | None:
@@ -94,14 +98,14 @@ class CpuProbe:
         return total - fields[3] - fields[4], total
 
     def start(self) -> None:
-        self._start = (self._read(), self.own_cpu())
+        self._start = (self._read(), self.own_cpu(), time.perf_counter())
 
     def stop(self) -> float | None:
         if self._start is None:
             raise RuntimeError("CpuProbe.stop() before start()")
-        (before, own0), after = self._start, self._read()
+        (before, own0, t0), after = self._start, self._read()
         self._start = None
-        if before is None or after is None or after[1] <= before[1]:
+        if before is None or after is None or after[1] <= before[1] or time.perf_counter() - t0 < self.min_seconds:
             return None
         own = (self.own_cpu() - own0) * self.clock_ticks
         return max(0.0, (after[0] - before[0] - own) / (after[1] - before[1]))
@@ -180,9 +184,17 @@ def run(cases, *, batch: int, repeats: int = 1, warmup: int = 1, device="cpu", p
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def measurable(frame: pd.DataFrame) -> pd.Series:
+    """Which cases' timed calls lasted ``MIN_PROBE_SECONDS`` or more (about: the median call times the repeats),
+    long enough for their CPU share to mean something; for files written before ``CpuProbe`` refused shorter
+    spans."""
+    return frame["seconds_per_image"] * frame["batch"] * frame["repeats"] >= MIN_PROBE_SECONDS
+
+
 def quiet(frame: pd.DataFrame) -> bool | None:
-    """True when every case ran on quiet cores, False when one did not, None when it is unknown for all."""
-    q = frame["quiet"].dropna()
+    """True when every case long enough to measure (``measurable``) ran on quiet cores, False when one did not,
+    None when it is unknown for all."""
+    q = frame.loc[measurable(frame), "quiet"].dropna()
     if q.empty:
         return None
     return bool(q.astype(str).str.lower().isin(["true", "1", "1.0"]).all())
