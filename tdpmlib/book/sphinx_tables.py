@@ -71,8 +71,9 @@ def depart_html(self, node) -> None:
 
 
 def setup(app):
-    app.add_enumerable_node(captioned_table, "table", html=(visit_html, depart_html),
-                            singlehtml=(visit_html, depart_html))
+    # html only: a handler for a builder's own name (singlehtml) would hide every html-format handler of other
+    # extensions from that builder (Sphinx's registry looks up the name first, the format only without it)
+    app.add_enumerable_node(captioned_table, "table", html=(visit_html, depart_html))
     app.add_transform(TablesFromFigures)
     app.add_directive("captioned-table", CaptionedTable)
     return dict(parallel_read_safe=True, parallel_write_safe=True)
