@@ -489,3 +489,4 @@ def test_chapter_07_explains_every_reason_phrase():
     text = " ".join(text.split())
     missing = [w for w in (*claims.WHYS, claims.WHY_SIGN.strip(", ")) if f"*{w}*" not in text]
     assert not missing, missing
+

@@ -296,21 +296,22 @@ def fmt_number(x, metric, signed=False) -> str:
 # ------------------------------------------------------------------------------------------------------
 
 # Why a verdict is what it is: one short phrase per case, the same in every row that has it (chapter 07 explains
-# each phrase once, beside the tables; the row itself shows the numbers).
-WHY_HARDWARE = "the report's hardware is not stated"
-WHY_BUDGET = "another DIP budget than the report's"
-WHY_PROFILE = "a smaller setup than the report's"
-WHY_NO_FID = "FID is not available in this run"
-WHY_FID_SAMPLES = "fewer than 1000 samples"
-WHY_FID_REFERENCE = "fewer than 1000 reference images"
+# each phrase once, beside the tables; the row itself shows the numbers). Short, so that the tables stay within
+# the page's width (``tables.MAX_CHARS``).
+WHY_HARDWARE = "hardware not stated"
+WHY_BUDGET = "another DIP budget"
+WHY_PROFILE = "a smaller setup"
+WHY_NO_FID = "no FID in this run"
+WHY_FID_SAMPLES = "under 1000 samples"
+WHY_FID_REFERENCE = "under 1000 reference images"
 WHY_NOT_RUN = "not run in this profile"
 WHY_SETTING = "a setting, not a result"
-WHY_WITHIN = "within the tolerance"
-WHY_OUTSIDE = "outside the tolerance"
-WHY_AS_CLAIMED = "the claimed direction"
-WHY_REVERSED = "the opposite direction"
-WHY_UNCLEAR = "the 95% interval includes 0"
-WHY_SIGN = ", by the sign (one number per method)"  # appended to a direction's phrase when it has no pairs
+WHY_WITHIN = "within tolerance"
+WHY_OUTSIDE = "outside tolerance"
+WHY_AS_CLAIMED = "as claimed"
+WHY_REVERSED = "reversed"
+WHY_UNCLEAR = "interval includes 0"
+WHY_SIGN = ", by sign"  # appended to a direction's phrase when it has no pairs (one number per method)
 WHYS = (WHY_HARDWARE, WHY_BUDGET, WHY_PROFILE, WHY_NO_FID, WHY_FID_SAMPLES, WHY_FID_REFERENCE, WHY_NOT_RUN,
         WHY_SETTING, WHY_WITHIN, WHY_OUTSIDE, WHY_AS_CLAIMED, WHY_REVERSED, WHY_UNCLEAR)
 

@@ -237,18 +237,18 @@ METRIC_NAMES = {"fid": "FID", "psnr": "PSNR (dB)", "ssim": "SSIM", "frac_copies_
 
 def claims_html(assessed: pd.DataFrame, table: str, *, source=None, command: str | None = None) -> str:
     """One of the report's tables as the book shows it: a numbered row per claim (method, setting, metric, the
-    claimed value, both protocols' measurements, the verdict and its short reason)."""
+    claimed value, both protocols' measurements, and the verdict with its short reason in brackets)."""
     from ..book import tables
 
     t = display_table(assessed[assessed["table"] == table]).reset_index(drop=True)
     t.insert(0, "#", range(1, len(t) + 1))
     t["metric"] = [("Δ " if m.endswith(" (difference)") else "") + METRIC_NAMES.get(m.removesuffix(" (difference)"), m)
                    for m in t["metric"]]
-    return tables.html_table(t.drop(columns=["table", "claim"]), source=source, command=command,
+    t["verdict"] = t["verdict"] + " (" + t["reason"] + ")"  # one column: a table of nine would not fit the page
+    return tables.html_table(t.drop(columns=["table", "claim", "reason"]), source=source, command=command,
                              columns={"#": "#", "method": "Method", "setting": "Setting", "metric": "Metric",
                                       "claimed": "Claimed", "report's protocol": "Report's protocol",
-                                      "corrected protocol": "Corrected protocol", "verdict": "Verdict",
-                                      "reason": "Why"})
+                                      "corrected protocol": "Corrected protocol", "verdict": "Verdict (why)"})
 
 
 def counts(assessed: pd.DataFrame) -> pd.DataFrame:
