@@ -289,3 +289,31 @@ def test_stopping_curves_fit_a_book_page(tmp_path):
     path = results.save_figure(fig, tmp_path / "curves.png", dpi=100)
     plt.close(fig)
     assert Image.open(path).size[0] <= 8.3 * 100
+
+
+def test_stopping_curves_cut_the_axis_and_point_to_late_stops():
+    """With ``x_max`` the x axis ends there; a stop beyond it sits at the right edge with its iteration written
+    beside it, and a stop inside it is drawn where it is."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+
+    its = np.arange(0, 5000, 5)
+    hist = pd.DataFrame(dict(t_obs=57, image=0, iteration=its, psnr_ref=20 + np.log1p(its), split="test"))
+    rows = pd.DataFrame([dict(t_obs=57, sigma=25, image=0, rule="early", stop=300, psnr=24.0),
+                         dict(t_obs=57, sigma=25, image=0, rule="late", stop=4969, psnr=22.0)])
+    fig = guided_stopping.plot_stopping_curves(hist, hist, rows, image=0, x_max=1200)
+    ax = fig.axes[0]
+    assert ax.get_xlim() == (0, 1200)
+    offsets = [tuple(c.get_offsets()[0]) for c in ax.collections]
+    assert offsets == [(300, 24.0), (1200, 22.0)]
+    assert [t.get_text() for t in ax.texts] == ["4969 →"]
+    plt.close(fig)
+    fig = guided_stopping.plot_stopping_curves(hist, hist, rows, image=0, x_max=None)
+    assert fig.axes[0].get_xlim()[1] >= 4969 and not fig.axes[0].texts
+    plt.close(fig)
+    with pytest.raises(ValueError, match="x_max"):
+        guided_stopping.plot_stopping_curves(hist, hist, rows, image=0, x_max=0)
