@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from tdpmlib.evaluation import metrics
 from tdpmlib.methods import dip, models, schedules, tdpm
-from tdpmlib.studies import denoising_methods as D, report_protocol as E
+from tdpmlib.studies import denoising as S, denoising_methods as D, report_protocol as E
 
 
 def smooth(n, size, seed):
@@ -194,7 +194,9 @@ def test_corrected_methods_are_never_handed_the_clean_image(unets, denoised):
         assert list(inspect.signature(m.fn).parameters) == ["ctx", "y"], key
     for key, m in D.WITH_CLEAN.items():
         assert list(inspect.signature(m.fn).parameters) == ["ctx", "y", "clean"], key
-    assert not set(D.METHODS) & set(D.WITH_CLEAN) and set(D.DENOISING_METHODS) == set(D.METHODS) | set(D.WITH_CLEAN)
+    assert not set(D.METHODS) & set(D.WITH_CLEAN)
+    assert set(D.DENOISING_METHODS) == {k for k, m in (D.METHODS | D.WITH_CLEAN).items() if m.in_report}
+    assert {"dip_plain", "dip_official", "dip_official_oracle"} <= set(D.METHODS | D.WITH_CLEAN) - set(D.DENOISING_METHODS)
     assert all(m.protocol == "corrected" and m.target == "clean" for m in D.METHODS.values())
     # Setting A's context rebuilt by hand, minus anything clean: every corrected method, given only (ctx, y),
     # reproduces run_denoising's output exactly, so the runner handed it nothing more.
@@ -205,12 +207,17 @@ def test_corrected_methods_are_never_handed_the_clean_image(unets, denoised):
     z = torch.randn(clean.shape, generator=gens["z"])
     ctx = NoCleanContext(unet=unet, scheduler=sched, schedule="linear", schedule_index=1, t=12, t_trunc=10,
                          n_chains=2, dip_iterations=2, dip_iterations_long=4,
-                         dip_kw=dict(preset="tiny", lr=1e-2, device="cpu"), device="cpu", seed=0, chunk=0, z=z,
-                         generators={p: gens[p] for p in ("ddpm", "mean_k", "tdpm")})
+                         dip_kw=dict(preset="tiny", lr=1e-2, device="cpu"), device="cpu", seed=0, dip_seed=0, chunk=0,
+                         z=z, generators={p: gens[p] for p in ("ddpm", "mean_k", "tdpm")})
     assert not any(torch.is_tensor(v) and v.shape == clean.shape and torch.equal(v, clean) for v in vars(ctx).values())
     for key, m in D.METHODS.items():
-        est = m.fn(ctx, y)
-        assert torch.equal(est.x0, outs["A"][key]), key
+        if m.in_report:
+            est = m.fn(ctx, y)
+            assert torch.equal(est.x0, outs["A"][key]), key
+    # the sigma study's grid entry reads the same shared fit: its candidates are the report's two budgets
+    grid = D.METHODS["dip_plain"].fn(ctx, y)
+    assert list(grid) == ["k=2", "k=4"] and [e.dip_iterations for e in grid.values()] == [2, 4]
+    assert torch.equal(grid["k=2"].x0, outs["A"]["dip_short"]) and torch.equal(grid["k=4"].x0, outs["A"]["dip_long"])
     with pytest.raises(AssertionError, match="clean image"):
         ctx.clean
 
@@ -243,6 +250,44 @@ def test_the_oracle_must_watch_the_shared_fit_from_its_start(unets):
     D.dip_short(ctx, y)
     with pytest.raises(RuntimeError, match="observe it must run first"):
         D.dip_oracle(ctx, y, clean)
+
+
+def test_one_table_entry_changes_both_studies(unets, monkeypatch):
+    """The report's rows and the sigma study run a method through the same table entry and runner
+    (``run_methods``): replacing the entry replaces the method in both."""
+    calls = []
+
+    def constant(ctx, y):
+        calls.append(len(y))
+        return D.Estimate(torch.zeros_like(y), nfe=0, dip_iterations=0)
+
+    monkeypatch.setitem(D.METHODS, "nlm", D.Method("Non-local means (σ given)", constant))
+    clean = smooth(3, 8, 9)
+    st = [dict(name="A", schedule="linear", t=30, sigma255=None)]
+    df = E.run_denoising(unets, clean=clean, settings=st, methods=["nlm"], **DEN_KW)
+    gray = metrics.psnr(torch.zeros_like(clean), clean)
+    torch.testing.assert_close(torch.tensor(df.psnr.values, dtype=torch.float32), gray, rtol=0, atol=1e-5)
+    unet, sched = unets["linear"]
+    rows, *_ = S.run(unet, sched, val=clean[:1], test=clean[1:], train_mean=torch.zeros(1, 3, 8, 8), sigma=50,
+                     seed=0, device="cpu", budgets_plain=(1,), budgets_official=(1,), t_truncs=(0.5,), t0s=(0.5,),
+                     n_chains=1, readout_chains=(1,), nlm_h_factors=(0.8, 1.2), nlm_patch_sizes=(3,),
+                     dip_presets={"plain": "tiny", "official": "skip-tiny"}, polish=False)
+    nlm = rows[rows.method_key == "nlm"].sort_values(["split", "image"])
+    assert sorted(nlm.psnr.round(4)) == sorted(gray.double().round(decimals=4).tolist())
+    assert calls == [3, 1, 1, 2]  # the report's chunk, then the study's two validation candidates and its test images
+
+
+def test_run_methods_checks_its_keys_and_hands_clean_only_to_the_oracles(unets):
+    unet, sched = unets["linear"]
+    ctx = D.Context(unet=unet, scheduler=sched, t=20, device="cpu", generators={})
+    y = torch.zeros(1, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"methods \['bm3d'\] are not allowed"):
+        D.run_methods(ctx, y, ["bm3d"])
+    with pytest.raises(ValueError, match=r"methods \['dip_oracle'\] need the clean image"):
+        D.run_methods(ctx, y, ["tweedie", "dip_oracle"])
+    with pytest.raises(ValueError, match=r"methods \['dip_plain'\] are not allowed"):
+        E.run_denoising(unets, clean=smooth(1, 8, 1), settings=[dict(name="A", schedule="linear", t=5)],
+                        methods=["dip_plain"], **DEN_KW)  # a grid entry: the sigma study's, not a report row
 
 
 def test_dip_batch_limit_is_the_cap_on_the_cpu():

@@ -8,7 +8,7 @@ validation images, scores on the test images. The choices and paired comparisons
 ``tdpmlib.book.comparison`` (the book's one vocabulary) and ``tdpmlib.studies.ablations_paired`` (chapter 06's paired tables and
 the sentences on them).
 
-The DIP is the study's validated official-protocol DIP: ``official_fit`` calls ``study.fit_budgets`` with the
+The DIP is the study's validated official-protocol DIP: ``official_fit`` calls ``denoising.fit_budgets`` with the
 study's own arguments, so it loads chapter 03's cached fit (``results/<profile>/cache``) instead of fitting
 again; its budget k is the one with the best mean validation PSNR (``validated_budget``, as in the study).
 
@@ -101,7 +101,7 @@ def observe(val: torch.Tensor, test: torch.Tensor, sigma: int, scheduler, *, see
 
 
 def official_fit(obs: Observed, *, budgets, seed: int, device, preset: str, lr: float | None = None, cache_dir=None):
-    """The official-protocol DIP fit of ``study.fit_budgets``, with the study's arguments (so chapter 03's cached
+    """The official-protocol DIP fit of ``denoising.fit_budgets``, with the study's arguments (so chapter 03's cached
     fit is loaded when it exists; ``lr`` None is the study's own)."""
     return denoising.fit_budgets(obs.y_scaled, obs.clean, protocol="official", budgets=budgets, seed=seed, sigma=obs.sigma,
                              device=device, preset=preset, lr=lr, cache_dir=cache_dir)

@@ -56,7 +56,6 @@ given where the candidate has them.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import math
@@ -68,7 +67,8 @@ import torch
 from ..evaluation import metrics, perceptual
 from ..methods import dip, schedules, tdpm
 from ..workflow import data, results
-from . import denoising_hybrids, denoising_methods
+from . import denoising_fits, denoising_hybrids, denoising_methods
+from .denoising_fits import dip_input, fit_budgets  # noqa: F401  (the study's DIP fit, as chapters 02 and 05 call it)
 
 METHOD_LABELS = {
     "noisy": "noisy input (floor)",
@@ -108,56 +108,12 @@ def split_eval(held: torch.Tensor, *, n_val: int, n_test: int, seed: int = 0) ->
     return held[perm[:n_val]], held[perm[n_val:n_val + n_test]]
 
 
-def _image_generators(seed: int, sigma: int, n: int, purpose: int):
-    return [torch.Generator().manual_seed(seed * 1_000_003 + 100_000 * purpose + 1000 * sigma + i) for i in range(n)]
-
-
 def observe(clean: torch.Tensor, sigma: int, scheduler, *, seed: int) -> tuple[torch.Tensor, int]:
     """(y, t): the observation at level t(sigma), image i's noise from its own generator."""
     t = schedules.t_for_sigma(scheduler, sigma)
-    noise = torch.stack([torch.randn(clean.shape[1:], generator=g) for g in _image_generators(seed, sigma, len(clean), 1)])
+    noise = torch.stack([torch.randn(clean.shape[1:], generator=g)
+                         for g in denoising_fits.image_generators(seed, sigma, len(clean), 1)])
     return schedules.q_sample(clean, t, noise, scheduler).float(), t
-
-
-def dip_input(protocol: str, n: int, size: int, *, seed: int, sigma: int) -> torch.Tensor:
-    """Per-image DIP inputs z (``dip.draw_input`` of the protocol, image i from its own generator)."""
-    return torch.cat([dip.draw_input(protocol, (1, size, size), g)
-                      for g in _image_generators(seed, sigma, n, 2 if protocol == "plain" else 3)])
-
-
-def fit_budgets(y_scaled: torch.Tensor, clean: torch.Tensor, *, protocol: str, budgets, seed: int, sigma: int,
-                device, preset: str | None = None, lr: float | None = None, record_every: int | None = None,
-                cache_dir=None) -> dict:
-    """One DIP fit per image to max(budgets); returns outputs at every budget, the oracle output (best iteration
-    per image against ``clean``: an upper bound) with its iteration, the fit's length and the history. No
-    seconds: a budget's cost is its iterations (wall clock comes from one benchmark, chapter 08).
-
-    With ``cache_dir`` the result is stored there (``results.save_checkpoint``) under a name that hashes every
-    input, so chapters that need the same fit load it instead of fitting again; any change refits."""
-    budgets = sorted(set(budgets))
-    record_every = record_every or max(1, budgets[0] // 4)
-    p = dip.check_protocol(protocol)  # hash the settings the fit really uses, so a changed default refits
-    preset, lr = preset or p.preset, p.lr if lr is None else lr
-    path = None
-    if cache_dir is not None:
-        h = hashlib.sha256()
-        for tensor in (y_scaled, clean):
-            h.update(tensor.float().contiguous().numpy().tobytes())
-        h.update(repr((protocol, budgets, seed, sigma, preset, lr, record_every, torch.device(device).type)).encode())
-        path = Path(cache_dir) / f"dip_{protocol}_sigma{sigma}_{h.hexdigest()[:16]}.pt"
-        if path.exists():
-            saved = results.load_checkpoint(path)
-            saved.pop("seconds", None)  # stored by earlier versions
-            return dict(saved, history=pd.DataFrame(saved["history"]))
-    z = dip_input(protocol, len(y_scaled), y_scaled.shape[-1], seed=seed, sigma=sigma)
-    fit = dip.fit_dip(y_scaled, iterations=budgets[-1], z=z, protocol=protocol, preset=preset, lr=lr, seed=seed,
-                      device=device, reference=clean, keep=budgets, record_every=record_every,
-                      generator=torch.Generator().manual_seed(seed * 1_000_003 + 4000 + sigma))
-    out = dict(outputs=fit.outputs, oracle=fit.best_output, oracle_iteration=fit.best_iteration,
-               iterations=budgets[-1], history=fit.history)
-    if path is not None:
-        results.save_checkpoint(path, dict(out, history=fit.history.to_dict(orient="list")))
-    return out
 
 
 def score(x: torch.Tensor, clean: torch.Tensor) -> dict:
@@ -215,9 +171,15 @@ def run(unet, scheduler, *, val: torch.Tensor, test: torch.Tensor, train_mean: t
     clean = torch.cat([val, test])
     n_val = len(val)
     y, t = observe(clean, sigma, scheduler, seed=seed)
-    ab = float(schedules.alpha_bar(scheduler, t))
-    v_obs = (1 - ab) / ab
-    y_scaled = (y / ab ** 0.5).float()
+    # one context for every image: the DDPM-alone chains draw from one generator (the ancestral chain, then the
+    # mean of K chains), the DIP fits use the study's seeding and cache (``Context.dip_fit``)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + 5000 + sigma)
+    ctx = denoising_methods.Context(unet=unet, scheduler=scheduler, t=t, device=device, n_chains=n_chains,
+                                    generators=dict(ddpm=gen, mean_k=gen), seed=seed, dip_seed=seed, sigma=sigma,
+                                    dip_budgets={"plain": budgets_plain, "official": budgets_official},
+                                    dip_presets=dict(dip_presets or {}), cache_dir=cache_dir, fits=dict(fits or {}))
+    v_obs = (1 - ctx.abar) / ctx.abar
+    y_scaled = ctx.y_scaled(y).float()
     parts = {"val": slice(0, n_val), "test": slice(n_val, len(clean))}
     rows, outputs, selection = [], {}, []
 
@@ -236,57 +198,52 @@ def run(unet, scheduler, *, val: torch.Tensor, test: torch.Tensor, train_mean: t
                          for p, v in means.items())
         return best
 
-    # floors; non-local means with the true sigma, its strength and patch size chosen on validation
+    def run_one(key, c=ctx, images=slice(None)):
+        return denoising_methods.run_methods(c, y[images], [key])[key]
+
+    # floors; non-local means (the method table's) with the true sigma, its strength and patch size chosen on
+    # validation
     add("noisy", y_scaled.clamp(-1, 1))
     add("train_mean", train_mean.expand_as(clean))
-    sigma01 = v_obs ** 0.5 / 2
-    grid = {f"h={h:g}*sigma, patch={p}": (h, p) for h, p in itertools.product(nlm_h_factors, nlm_patch_sizes)}
-    on_val = {name: denoising_methods.nlm_images(y_scaled[:n_val], sigma01, h_factor=h, patch_size=p)
-              for name, (h, p) in grid.items()}
+    grid = {f"h={h:g}*sigma, patch={p}": dataclasses.replace(ctx, nlm_h_factor=h, nlm_patch_size=p)
+            for h, p in itertools.product(nlm_h_factors, nlm_patch_sizes)}
+    on_val = {name: run_one("nlm", c, parts["val"]).x0 for name, c in grid.items()}
     best = choose("nlm", on_val)
-    h, p = grid[best]
-    add("nlm", torch.cat([on_val[best], denoising_methods.nlm_images(y_scaled[n_val:], sigma01, h_factor=h, patch_size=p)]),
-        params=best)
+    add("nlm", torch.cat([on_val[best], run_one("nlm", grid[best], parts["test"]).x0]), params=best)
 
-    # DDPM alone: the methods of the one method table (``denoising_methods.METHODS``), on every image at once; the
-    # ancestral chain and the mean of K chains draw from one generator, in this order
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + 5000 + sigma)
-    ctx = denoising_methods.Context(unet=unet, scheduler=scheduler, t=t, device=device, n_chains=n_chains,
-                                    generators=dict(ddpm=gen, mean_k=gen))
-    for key in DDPM_ALONE:
-        est = denoising_methods.METHODS[key].fn(ctx, y)
+    # DDPM alone, on every image at once, in this order (``DDPM_ALONE``)
+    for key, est in denoising_methods.run_methods(ctx, y, DDPM_ALONE).items():
         add(key, est.x0, nfe=est.nfe, params=f"K={n_chains}" if key == "mean_k" else "")
 
-    # DIP alone: one fit per protocol to the largest budget, the budget chosen on validation
-    fits = dict(fits or {})
-    for protocol, budgets in (("plain", budgets_plain), ("official", budgets_official)):
-        if protocol not in fits:
-            fits[protocol] = fit_budgets(y_scaled, clean, protocol=protocol, budgets=budgets, seed=seed, sigma=sigma,
-                                         device=device, preset=(dip_presets or {}).get(protocol), cache_dir=cache_dir)
-        f = fits[protocol]
-        names = {f"k={k}": k for k in sorted(f["outputs"])}
-        best = choose(f"dip_{protocol}", {n: f["outputs"][k][:n_val] for n, k in names.items()},
-                      {n: dict(k=k) for n, k in names.items()})
-        k = names[best]
-        add(f"dip_{protocol}", f["outputs"][k], its=k, params=best)
-        add(f"dip_{protocol}_oracle", f["oracle"], its=f["iterations"], params="per image")
+    # DIP alone: one fit per protocol to the largest budget (the oracles' clean image comes with it), the budget
+    # chosen on validation
+    dips = denoising_methods.run_methods(ctx, y, ("dip_oracle", "dip_official_oracle", "dip_plain", "dip_official"),
+                                         clean=clean)
+    for protocol, oracle in (("plain", "dip_oracle"), ("official", "dip_official_oracle")):
+        cands = dips[f"dip_{protocol}"]
+        best = choose(f"dip_{protocol}", {n: e.x0[parts["val"]] for n, e in cands.items()},
+                      {n: dict(k=e.dip_iterations) for n, e in cands.items()})
+        add(f"dip_{protocol}", cands[best].x0, its=cands[best].dip_iterations, params=best)
+        add(f"dip_{protocol}_oracle", dips[oracle].x0, its=dips[oracle].dip_iterations, params="per image")
 
     # hybrids on the official-protocol fit
     chosen = denoising_hybrids.run_hybrids(
-        unet, scheduler, fit=fits["official"], y=y, y_scaled=y_scaled, clean=clean, n_val=n_val, t=t, v_obs=v_obs, sigma=sigma, seed=seed,
-        t_truncs=t_truncs, t0s=t0s, readout_chains=readout_chains, add=add, choose=choose)
+        unet, scheduler, fit=ctx.fits["official"], y=y, y_scaled=y_scaled, clean=clean, n_val=n_val, t=t,
+        v_obs=v_obs, sigma=sigma, seed=seed, t_truncs=t_truncs, t0s=t0s, readout_chains=readout_chains, add=add,
+        choose=choose)
 
     if polish:
-        # the earlier chapters' variant, "DIP + T_trunc polishing steps" (tdpm.denoise), at the matched variant's
-        # validated (k, T_trunc): its own DIP fit (the target is y rescaled to T_trunc), then T_trunc steps
+        # the earlier chapters' variant, "DIP + T_trunc polishing steps" (the table's ``tdpm_dip``), at the matched
+        # variant's validated (k, T_trunc): its own DIP fit (the target is y rescaled to T_trunc), then T_trunc steps
         k, level = chosen["tdpm_matched"]
-        res = tdpm.denoise(unet, scheduler, y, t, t_trunc=level, dip_iterations=k, device=device, reference=clean,
-                           z=dip_input("official", len(clean), clean.shape[-1], seed=seed, sigma=sigma),
-                           generator=torch.Generator().manual_seed(seed * 1_000_003 + 7000 + sigma),
-                           protocol="official", preset=(dip_presets or {}).get("official"), seed=seed,
-                           record_every=k)
-        add("dip_polish", res.x0, nfe=level, its=k, params=f"k={k}, T_trunc={level}",
-            diag=dict(noise_ratio=res.noise_ratio))
+        polish_ctx = dataclasses.replace(
+            ctx, tdpm_level=level, dip_iterations=k, z=dip_input("official", len(clean), clean.shape[-1], seed=seed,
+                                                                 sigma=sigma),
+            generators=dict(tdpm=torch.Generator().manual_seed(seed * 1_000_003 + 7000 + sigma)),
+            dip_kw=dict(protocol="official", preset=ctx.dip_presets.get("official"), device=device))
+        est = run_one("tdpm_dip", polish_ctx)
+        add("dip_polish", est.x0, nfe=est.nfe, its=k, params=f"k={k}, T_trunc={level}",
+            diag=dict(noise_ratio=tdpm.noise_ratio(est.state, clean, level, scheduler)))
 
     df = pd.DataFrame(rows)
     df.insert(0, "sigma", sigma)
@@ -294,7 +251,7 @@ def run(unet, scheduler, *, val: torch.Tensor, test: torch.Tensor, train_mean: t
     sel = pd.DataFrame(selection).reindex(columns=SELECTION_COLUMNS[2:]).astype(dict(k="Int64", level="Int64"))
     sel.insert(0, "sigma", sigma)
     sel.insert(1, "t", t)
-    return df, sel, dict(outputs, clean=clean[parts["test"]], y_scaled=y_scaled[parts["test"]]), fits
+    return df, sel, dict(outputs, clean=clean[parts["test"]], y_scaled=y_scaled[parts["test"]]), ctx.fits
 
 
 # Config fields that do not change the study's rows: where a run writes and under which name, the device asked for

@@ -11,9 +11,16 @@
   scored against its own target y / sqrt(abar_t), and TDPM-DIP whose target is built from the clean image.
 
 ``DENOISING_METHODS`` (key -> label template) and ``REPORT_PROTOCOL`` list the tables' keys for the notebooks.
-``Estimate`` is (x0 estimate, network evaluations, DIP iterations); seconds come only from chapter 08's
-benchmark. The plain DIP fit to y / sqrt(abar_t) is shared by several rows (``Context.plain_dip``); work that
-does not depend on y is done once per run (``Context.once``). ``tdpmlib.studies.report_protocol.run_denoising`` runs the tables and scores the rows.
+``Estimate`` is (x0 estimate, network evaluations, DIP iterations, and for TDPM-DIP the state handed to the
+chain); seconds come only from chapter 08's benchmark. A method with a grid of settings (``dip_plain``,
+``dip_official``: every budget of one fit) returns its candidates, ``{params: Estimate}``, for the caller to
+choose among on validation images. Every DIP row reads one fit per (chunk, protocol), ``Context.dip_fit``
+(``denoising_fits.fit_budgets``); work that does not depend on y is done once per run (``Context.once``).
+
+``run_methods`` is THE runner: both studies hand it a context, the observation and the keys they want, the
+report's t = 600 rows (``report_protocol.run_denoising``, ``REPORT_KEYS``) and the sigma study
+(``denoising.run``: floors, DDPM alone, DIP at its budgets, the oracles, the earlier TDPM-DIP variant). The
+sigma study's hybrids are built on the DIP fit this returns (``denoising_hybrids``).
 """
 
 from __future__ import annotations
@@ -25,8 +32,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from ..evaluation import metrics
 from ..methods import ddpm, dip, schedules, tdpm
+from .denoising_fits import fit_budgets
 
 # Generator offsets of the report rows that do not depend on y (added to the run's seed through ``generator``).
 OFFSETS = dict(report_dip_clean=3100, report_tdpm_clean=3110)  # report_tdpm_clean: + the schedule's index
@@ -44,14 +51,18 @@ class Estimate(NamedTuple):
     x0: torch.Tensor              # the estimate of the chunk's clean images, CPU, [-1, 1] scale
     nfe: int                      # DDPM network evaluations per image
     dip_iterations: int           # DIP iterations per image
+    state: torch.Tensor | None = None  # TDPM-DIP: the state handed to the chain at level nfe (diagnostics)
 
 
 @dataclass(kw_only=True)
 class Context:
     """What a denoising method may use for one chunk of images of one setting. No clean image: by construction
     the corrected methods cannot see it. Generators are per setting and purpose and continue across chunks.
-    The DDPM-alone methods need only the network, the level, ``n_chains``, the device and their generators, so
-    the sigma study (``denoising.run``) hands them a context with the DIP fields left at their defaults."""
+
+    DIP fits (``dip_fit``) are seeded one of two ways: the report's (``sigma`` None: the chunk's ``z`` for the
+    plain protocol and ``dip_seed``), or the sigma study's (``sigma`` given: ``denoising_fits.dip_input`` per
+    image and protocol, a generator from (seed, sigma), fits cached in ``cache_dir``). ``dip_budgets`` maps a
+    protocol to its budget grid (default: ``dip_iterations`` and ``dip_iterations_long``)."""
     unet: torch.nn.Module
     scheduler: object
     t: int                         # the observation's level
@@ -61,27 +72,32 @@ class Context:
     schedule: str = ""
     schedule_index: int = 0        # the schedule's position among the run's schedules (report seeding)
     t_trunc: int = 0               # TDPM-DIP's T_trunc, in the report's meaning (``tdpm.report_level``)
+    tdpm_level: int | None = None  # or the level its chain starts at, given directly (the sigma study)
     dip_iterations: int = 0
     dip_iterations_long: int = 0
-    dip_kw: dict = field(default_factory=dict)   # preset, lr, device: keyword arguments of dip.fit_dip
+    dip_kw: dict = field(default_factory=dict)   # preset, lr, device (and protocol for TDPM-DIP's own fit)
+    dip_budgets: dict = field(default_factory=dict)   # protocol -> budgets of its fit
+    dip_presets: dict = field(default_factory=dict)   # protocol -> network preset (default: dip_kw's, else its own)
+    nlm_h_factor: float = 0.8      # non-local means: h = factor * sigma (``nlm_images``)
+    nlm_patch_size: int | None = None
     seed: int = 0                  # the run's seed
+    dip_seed: int = 0              # the DIP networks' seed (the report: per chunk; the sigma study: the run's)
+    sigma: int | None = None       # the sigma study's pixel noise level: selects its DIP seeding (above)
+    cache_dir: object = None       # where the sigma study's DIP fits are cached (``fit_budgets``)
     chunk: int = 0                 # the chunk's index
     z: torch.Tensor | None = None  # the chunk's DIP input, shared by the DIP rows and TDPM-DIP
     run_memo: dict = field(default_factory=dict)   # shared by every context of a run: see ``once``
-    _memo: dict = field(default_factory=dict, repr=False)
+    fits: dict = field(default_factory=dict)       # protocol -> ``fit_budgets`` result of this chunk (``dip_fit``)
 
     @property
     def abar(self) -> float:
         return float(schedules.alpha_bar(self.scheduler, self.t))
 
     @property
-    def dip_seed(self) -> int:
-        return self.seed * 1_000 + self.chunk
-
-    @property
     def t_trunc_used(self) -> int:
-        """The level the report's T_trunc starts its chain at (T_trunc + 1), capped at the observation's level."""
-        return min(tdpm.report_level(self.t_trunc), self.t)
+        """The level TDPM-DIP's chain starts at: ``tdpm_level`` if given, else where the report's T_trunc starts
+        its chain (T_trunc + 1), capped at the observation's level."""
+        return self.tdpm_level if self.tdpm_level is not None else min(tdpm.report_level(self.t_trunc), self.t)
 
     @property
     def ddim_steps(self) -> int:
@@ -98,18 +114,22 @@ class Context:
             self.run_memo[key] = make()
         return self.run_memo[key]
 
-    def plain_dip(self, y: torch.Tensor, *, observers=()) -> dip.DIPResult:
-        """ONE ``dip.fit_dip`` on y / sqrt(abar_t) for ``dip_iterations_long`` iterations, keeping the output at
-        ``dip_iterations``; every row of the chunk that reads it shares it. ``observers`` are evaluation-only
-        monitors (the oracle's); they must come with the first call, since the fit runs once."""
-        if "plain_dip" not in self._memo:
-            fit = dip.fit_dip(self.y_scaled(y), iterations=self.dip_iterations_long, z=self.z, seed=self.dip_seed,
-                              keep=(self.dip_iterations,), record_every=self.dip_iterations_long,
-                              monitors=observers, **self.dip_kw)
-            self._memo["plain_dip"] = (fit, tuple(observers))
-        fit, attached = self._memo["plain_dip"]
-        if any(o not in attached for o in observers):
-            raise RuntimeError("the shared plain DIP fit has already run; rows that observe it must run first")
+    def dip_fit(self, y: torch.Tensor, protocol: str = "plain", *, clean: torch.Tensor | None = None) -> dict:
+        """ONE ``denoising_fits.fit_budgets`` per protocol on y / sqrt(abar_t) to the largest of its budgets;
+        every row of the chunk that reads it shares it. ``clean`` (evaluation only: it ranks the iterations for
+        the oracle and never feeds the fit) must come with the first call, since the fit runs once."""
+        if protocol not in self.fits:
+            budgets = self.dip_budgets.get(protocol) or (self.dip_iterations, self.dip_iterations_long)
+            kw = dict(preset=self.dip_presets.get(protocol) or self.dip_kw.get("preset"), lr=self.dip_kw.get("lr"))
+            if self.sigma is None:  # the report's seeding: the chunk's z and seed
+                kw.update(z=self.z, record_every=max(budgets))
+            else:  # the sigma study's: per-image inputs, a generator from (seed, sigma), cached
+                kw.update(sigma=self.sigma, cache_dir=self.cache_dir)
+            self.fits[protocol] = fit_budgets(self.y_scaled(y), clean, protocol=protocol, budgets=budgets,
+                                              seed=self.dip_seed, device=self.device, **kw)
+        fit = self.fits[protocol]
+        if clean is not None and "oracle" not in fit:
+            raise RuntimeError("the shared DIP fit has already run; rows that observe it must run first")
         return fit
 
 
@@ -144,15 +164,31 @@ def mean_of_chains(ctx: Context, y: torch.Tensor) -> Estimate:
 
 
 def dip_short(ctx: Context, y: torch.Tensor) -> Estimate:
-    """The shared plain DIP fit (``Context.plain_dip``) after ``dip_iterations``."""
-    fit = ctx.plain_dip(y)
-    return Estimate(fit.outputs[ctx.dip_iterations], nfe=0, dip_iterations=ctx.dip_iterations)
+    """The shared plain DIP fit (``Context.dip_fit``) after ``dip_iterations``."""
+    fit = ctx.dip_fit(y)
+    return Estimate(fit["outputs"][ctx.dip_iterations], nfe=0, dip_iterations=ctx.dip_iterations)
 
 
 def dip_long(ctx: Context, y: torch.Tensor) -> Estimate:
     """The shared plain DIP fit after all ``dip_iterations_long`` iterations."""
-    fit = ctx.plain_dip(y)
-    return Estimate(fit.output, nfe=0, dip_iterations=ctx.dip_iterations_long)
+    fit = ctx.dip_fit(y)
+    return Estimate(fit["outputs"][ctx.dip_iterations_long], nfe=0, dip_iterations=ctx.dip_iterations_long)
+
+
+def dip_budgets(ctx: Context, y: torch.Tensor, *, protocol: str) -> dict[str, Estimate]:
+    """Candidates ``{"k=<budget>": Estimate}``: the shared fit of ``protocol`` at every budget of its grid."""
+    fit = ctx.dip_fit(y, protocol)
+    return {f"k={k}": Estimate(x, nfe=0, dip_iterations=k) for k, x in sorted(fit["outputs"].items())}
+
+
+def dip_plain(ctx: Context, y: torch.Tensor) -> dict[str, Estimate]:
+    """The report's DIP protocol (``dip.PROTOCOLS["plain"]``) at every budget of its grid."""
+    return dip_budgets(ctx, y, protocol="plain")
+
+
+def dip_official(ctx: Context, y: torch.Tensor) -> dict[str, Estimate]:
+    """The official protocol of Ulyanov et al. (``dip.PROTOCOLS["official"]``) at every budget of its grid."""
+    return dip_budgets(ctx, y, protocol="official")
 
 
 def tdpm_dip(ctx: Context, y: torch.Tensor) -> Estimate:
@@ -162,7 +198,7 @@ def tdpm_dip(ctx: Context, y: torch.Tensor) -> Estimate:
     res = tdpm.denoise(ctx.unet, ctx.scheduler, y, ctx.t, t_trunc=ctx.t_trunc_used, dip_iterations=ctx.dip_iterations,
                        generator=ctx.generators["tdpm"], z=ctx.z, seed=ctx.dip_seed, record_every=ctx.dip_iterations,
                        **ctx.dip_kw)
-    return Estimate(res.x0, nfe=ctx.t_trunc_used, dip_iterations=ctx.dip_iterations)
+    return Estimate(res.x0, nfe=ctx.t_trunc_used, dip_iterations=ctx.dip_iterations, state=res.state)
 
 
 def nlm_images(y_scaled: torch.Tensor, sigma01: float, *, h_factor: float = 0.8,
@@ -188,41 +224,30 @@ def nlm_images(y_scaled: torch.Tensor, sigma01: float, *, h_factor: float = 0.8,
 
 def nl_means(ctx: Context, y: torch.Tensor) -> Estimate:
     """scikit-image non-local means on y / sqrt(abar_t) on the [0, 1] scale with the true equivalent sigma
-    sqrt((1 - abar_t) / abar_t) / 2, h = 0.8 sigma, patch 5 (3 below 24 px), distance 6."""
+    sqrt((1 - abar_t) / abar_t) / 2, h = ``ctx.nlm_h_factor`` sigma (0.8), patch ``ctx.nlm_patch_size`` (5; 3
+    below 24 px), distance 6."""
     sigma01 = math.sqrt((1 - ctx.abar) / ctx.abar) / 2
-    return Estimate(nlm_images(ctx.y_scaled(y), sigma01), nfe=0, dip_iterations=0)
+    return Estimate(nlm_images(ctx.y_scaled(y), sigma01, h_factor=ctx.nlm_h_factor, patch_size=ctx.nlm_patch_size),
+                    nfe=0, dip_iterations=0)
 
 
 # --------------------------------------------------------------------------- #
 # Rows that see the clean image: the oracle and the report's protocol
 # --------------------------------------------------------------------------- #
-class BestIteration:
-    """Evaluation only: a ``dip.fit_dip`` monitor that keeps, per image, the output with the best PSNR against
-    ``clean`` (the same bookkeeping as ``fit_dip(reference=...)``). It watches the fit and feeds nothing back."""
-
-    def __init__(self, clean: torch.Tensor):
-        self.clean = clean
-        self.psnr = self.iteration = self.output = None
-
-    def update(self, k, out, loss=None):
-        if self.psnr is None:
-            self.clean = self.clean.to(out.device)
-            self.psnr = torch.full((len(out),), -float("inf"))
-            self.iteration = torch.zeros(len(out), dtype=torch.long)
-        p = metrics.psnr(out, self.clean).cpu()
-        better = p > self.psnr
-        self.psnr = torch.where(better, p, self.psnr)
-        self.iteration = torch.where(better, torch.full_like(self.iteration, k), self.iteration)
-        self.output = out.cpu() if self.output is None else torch.where(better[:, None, None, None], out.cpu(),
-                                                                         self.output)
+def _oracle(ctx: Context, y: torch.Tensor, clean: torch.Tensor, protocol: str) -> Estimate:
+    fit = ctx.dip_fit(y, protocol, clean=clean)
+    return Estimate(fit["oracle"], nfe=0, dip_iterations=fit["iterations"])
 
 
 def dip_oracle(ctx: Context, y: torch.Tensor, clean: torch.Tensor) -> Estimate:
-    """Upper bound, not a method: the iteration of the shared plain DIP fit with the best PSNR against the clean
-    image. The fit itself sees only y; the clean image only ranks its iterations."""
-    best = BestIteration(clean)
-    ctx.plain_dip(y, observers=(best,))  # the fit runs once; the observer ranks its iterations
-    return Estimate(best.output, nfe=0, dip_iterations=ctx.dip_iterations_long)
+    """Upper bound, not a method: per image, the iteration of the shared plain DIP fit with the best PSNR against
+    the clean image. The fit itself sees only y; the clean image only ranks its iterations."""
+    return _oracle(ctx, y, clean, "plain")
+
+
+def dip_official_oracle(ctx: Context, y: torch.Tensor, clean: torch.Tensor) -> Estimate:
+    """``dip_oracle`` of the shared official-protocol fit."""
+    return _oracle(ctx, y, clean, "official")
 
 
 def report_dip_clean(ctx: Context, y: torch.Tensor, clean: torch.Tensor) -> Estimate:
@@ -238,8 +263,7 @@ def report_dip_clean(ctx: Context, y: torch.Tensor, clean: torch.Tensor) -> Esti
 def report_dip_y(ctx: Context, y: torch.Tensor, clean: torch.Tensor) -> Estimate:
     """The report's measurement of DIP on y: the shared plain fit at ``dip_iterations``, scored against its own
     target y / sqrt(abar_t) (``target="y_scaled"`` in its table entry); it does not use the clean image."""
-    fit = ctx.plain_dip(y)
-    return Estimate(fit.outputs[ctx.dip_iterations], nfe=0, dip_iterations=ctx.dip_iterations)
+    return dip_short(ctx, y)
 
 
 def report_tdpm_clean(ctx: Context, y: torch.Tensor, clean: torch.Tensor) -> Estimate:
@@ -263,6 +287,7 @@ class Method:
     protocol: str = "corrected"          # "report": the report's protocol (not comparable with the others)
     measured_against: str = "clean"      # "dip_target": scored against the image the DIP was fit to
     target: str = "clean"                # the image the PSNR/SSIM are computed against: "clean" or "y_scaled"
+    in_report: bool = True               # run by the report's t = 600 protocol (False: the sigma study's only)
 
 
 # fn(ctx, y): the corrected protocol, never handed the clean image.
@@ -275,13 +300,19 @@ METHODS = {
     "dip_long": Method("DIP on y/√ᾱ ({dip_iterations_long} it.)", dip_long),
     "tdpm_dip": Method("TDPM-DIP (DIP fit to y, T_trunc = {t_trunc})", tdpm_dip),
     "nlm": Method("Non-local means (σ given)", nl_means),
+    # the sigma study's DIP rows: candidates at every budget, the budget chosen on validation images
+    "dip_plain": Method("DIP, report's protocol", dip_plain, in_report=False),
+    "dip_official": Method("DIP, official protocol", dip_official, in_report=False),
 }
 
-# fn(ctx, y, clean): an upper bound and the report's measurements. They run before METHODS, in this order, so
-# that the oracle's observer rides along the shared plain DIP fit (keep it first). The oracle keeps the
-# protocol label "corrected": it ranks the corrected fit's iterations and is scored like the corrected rows.
+# fn(ctx, y, clean): upper bounds and the report's measurements. They run before METHODS (``run_methods``), in
+# this order, so that the oracles' clean images come with the first call of the shared DIP fits (keep them
+# first). An oracle keeps the protocol label "corrected": it ranks the corrected fit's iterations and is scored
+# like the corrected rows.
 WITH_CLEAN = {
     "dip_oracle": Method("DIP oracle best iteration (upper bound)", dip_oracle),
+    "dip_official_oracle": Method("DIP, official protocol, best iteration (upper bound)", dip_official_oracle,
+                                  in_report=False),
     "report_dip_clean": Method("DIP fit to the clean image (report), vs its target", report_dip_clean,
                                protocol="report", measured_against="dip_target"),
     "report_dip_y": Method("DIP fit to y, vs its own target y/√ᾱ (report's measurement)", report_dip_y,
@@ -290,8 +321,25 @@ WITH_CLEAN = {
                                 protocol="report"),
 }
 
-DENOISING_METHODS = {k: m.label for k, m in (METHODS | WITH_CLEAN).items()}  # the tables as imported
+DENOISING_METHODS = {k: m.label for k, m in (METHODS | WITH_CLEAN).items() if m.in_report}  # the report's rows
 REPORT_PROTOCOL = tuple(k for k, m in WITH_CLEAN.items() if m.protocol == "report")
+
+
+def run_methods(ctx: Context, y: torch.Tensor, keys, *, clean: torch.Tensor | None = None) -> dict:
+    """THE runner of both denoising studies: ``{key: fn(ctx, y)}`` for the keys of ``METHODS`` and
+    ``{key: fn(ctx, y, clean)}`` for those of ``WITH_CLEAN`` (read now, so an added entry runs), the latter
+    first, each group in the order given. A value is an ``Estimate``, or ``{params: Estimate}`` for a method with
+    a grid. ``clean`` is handed only to ``WITH_CLEAN``'s rows; asking for one of them without it is an error."""
+    keys = list(keys)
+    bad = [k for k in keys if k not in METHODS and k not in WITH_CLEAN]
+    if bad:
+        raise ValueError(f"methods {bad} are not allowed; use keys of {list(METHODS | WITH_CLEAN)}")
+    needs = [k for k in keys if k in WITH_CLEAN]
+    if needs and clean is None:
+        raise ValueError(f"methods {needs} need the clean image (clean=...); the others see only y")
+    out = {k: WITH_CLEAN[k].fn(ctx, y, clean) for k in needs}
+    out.update({k: METHODS[k].fn(ctx, y) for k in keys if k in METHODS})
+    return out
 
 
 def denoising_labels(*, dip_iterations: int, dip_iterations_long: int, n_chains: int, t_trunc: int) -> dict:

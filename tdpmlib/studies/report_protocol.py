@@ -1,16 +1,16 @@
 """Notebook 03's denoising protocol: TDPM-DIP and its baselines on noisy observations.
 
 ``run_denoising`` observes each clean image x_0 at each setting's level t, y = sqrt(abar_t) x_0 +
-sqrt(1 - abar_t) eps (``tdpm.observe``), runs the methods of ``tdpmlib.studies.denoising_methods`` and scores each estimate
-against the clean image: one row per (setting, method, image). The corrected-protocol methods
-(``denoisers.METHODS``) are handed only a context and the observation; the oracle and the report-protocol
-rows (``denoisers.WITH_CLEAN``) are also handed the clean image. ``summarise`` turns the rows into
+sqrt(1 - abar_t) eps (``tdpm.observe``), runs the methods of ``tdpmlib.studies.denoising_methods`` through its
+runner (``run_methods``, the one the sigma study uses too) and scores each estimate against the clean image: one
+row per (setting, method, image). The corrected-protocol methods (``METHODS``) are handed only a context and the
+observation; the oracle and the report-protocol rows (``WITH_CLEAN``) are also handed the clean image. ``summarise`` turns the rows into
 mean ± std per group. A method's cost is its network evaluations (``nfe``) and DIP iterations; its seconds per
 image come from chapter 08's timing benchmark (``tdpmlib.studies.timing``), not from these rows. ``dip_batch_limit``,
 ``chunks`` and ``check_sigmas`` are shared with ``tdpmlib.studies.generation``.
 
 Randomness: every draw comes from a CPU ``torch.Generator`` seeded from ``seed`` and a fixed offset per
-purpose (``OFFSETS``, ``denoisers.OFFSETS``); a setting's offsets also depend on its name (CRC32), so adding
+purpose (``OFFSETS``, ``denoising_methods.OFFSETS``); a setting's offsets also depend on its name (CRC32), so adding
 or reordering settings leaves the observations of the others unchanged.
 """
 
@@ -25,7 +25,7 @@ import torch
 from ..evaluation import metrics, perceptual
 from ..methods import memory, schedules, tdpm
 from ..workflow import config
-from .denoising_methods import Context, denoising_labels, generator, METHODS, WITH_CLEAN
+from .denoising_methods import Context, denoising_labels, generator, METHODS, run_methods, WITH_CLEAN
 
 # A setting's generator offsets: OFFSETS["setting"] + 10 * (crc32(setting name) % 100_000) + purpose index.
 OFFSETS = dict(setting=10_000)
@@ -105,8 +105,8 @@ def run_denoising(unets: dict, *, clean: torch.Tensor, settings: list[dict], dev
     ``y = tdpm.observe(clean, t, scheduler, ...)``; each entry of ``METHODS`` gets ``(ctx, y)`` and each entry
     of ``WITH_CLEAN`` gets ``(ctx, y, clean)`` (see the module doc and each function's docstring), one chunk
     of at most ``batch_size`` images at a time (on CUDA at most ``dip_batch_limit`` DIP networks).
-    ``methods`` selects a subset of the tables' keys (default: all, in table order: ``METHODS``, then
-    ``WITH_CLEAN``).
+    ``methods`` selects a subset of the report's rows (default: every entry with ``in_report``, in table order:
+    ``METHODS``, then ``WITH_CLEAN``); they run through ``denoising_methods.run_methods``.
 
     Columns: setting, schedule, t, sigma255 (the equivalent sigma of level t, ``schedules.sigma_at``),
     sigma255_requested, method, method_key, protocol, measured_against, image (index into ``clean``), psnr,
@@ -126,15 +126,14 @@ def run_denoising(unets: dict, *, clean: torch.Tensor, settings: list[dict], dev
     if clean.ndim != 4 or clean.shape[1] != 3 or len(clean) == 0:
         raise ValueError(f"clean has shape {tuple(clean.shape)}; use N x 3 x H x W with N >= 1")
     table = METHODS | WITH_CLEAN  # read at call time: an entry added to either table is run
-    methods = list(table) if methods is None else list(methods)
-    bad = [m for m in methods if m not in table]
+    methods = [k for k, m in table.items() if m.in_report] if methods is None else list(methods)
+    bad = [m for m in methods if m not in table or not table[m].in_report]
     if bad:
-        raise ValueError(f"methods {bad} are not allowed; use keys of {list(table)}")
+        raise ValueError(f"methods {bad} are not allowed; use keys of {[k for k, m in table.items() if m.in_report]}")
     _check_settings(settings, unets)
     labels = denoising_labels(dip_iterations=dip_iterations, dip_iterations_long=dip_iterations_long,
                               n_chains=n_chains, t_trunc=t_trunc)
-    with_clean = [k for k in WITH_CLEAN if k in methods]
-    corrected = [k for k in METHODS if k in methods]
+    keys = [k for k in WITH_CLEAN if k in methods] + [k for k in METHODS if k in methods]  # the table's order
     size = dip_batch_limit(dip_preset, resolution=clean.shape[-1], device=device, cap=batch_size)
     dip_kw = dict(preset=dip_preset, lr=dip_lr, device=device)
     run_memo, rows, all_outputs = {}, [], {}
@@ -150,12 +149,10 @@ def run_denoising(unets: dict, *, clean: torch.Tensor, settings: list[dict], dev
         for c, (a, b) in enumerate(chunks(len(clean), size)):
             ctx = Context(unet=unet, scheduler=sched, schedule=schedule, schedule_index=sorted(unets).index(schedule),
                           t=t, t_trunc=t_trunc, n_chains=n_chains, dip_iterations=dip_iterations,
-                          dip_iterations_long=dip_iterations_long, dip_kw=dip_kw,
-                          device=device, seed=seed, chunk=c, z=z_all[a:b], generators=method_gens, run_memo=run_memo)
-            for key in with_clean:
-                parts[key].append(WITH_CLEAN[key].fn(ctx, y[a:b], clean[a:b]))
-            for key in corrected:
-                parts[key].append(METHODS[key].fn(ctx, y[a:b]))
+                          dip_iterations_long=dip_iterations_long, dip_kw=dip_kw, device=device, seed=seed,
+                          dip_seed=seed * 1_000 + c, chunk=c, z=z_all[a:b], generators=method_gens, run_memo=run_memo)
+            for key, est in run_methods(ctx, y[a:b], keys, clean=clean[a:b]).items():
+                parts[key].append(est)
         y_scaled = y / math.sqrt(float(schedules.alpha_bar(sched, t)))
         sigma_eq = float(schedules.sigma_at(sched, t))
         outputs = {}
