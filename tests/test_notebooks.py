@@ -216,15 +216,28 @@ def shown_cells(nb: dict):
 def unsourced_outputs(nb: dict) -> list[int]:
     """Shown cells with a figure or a table (not the folded run details) and no note naming the results file and
     the recompute command: neither in their own output (tables.show, tables.figure_note) nor in a markdown cell
-    tagged ``source-note`` right after them."""
+    tagged ``source-note`` right after them. Consecutive code cells (no prose between them, e.g. one benchmark's
+    three cost tables) share one such note, given once under any of them or right after the last."""
     cells, bad = nb["cells"], []
+
+    def sourced(i):
+        html = ["".join(o.get("data", {}).get("text/html", "")) for o in cells[i].get("outputs", [])]
+        return any("tdpm-source" in h for h in html) or (
+            i + 1 < len(cells) and "source-note" in cells[i + 1].get("metadata", {}).get("tags", []))
+
+    def run_of(i):  # the consecutive code cells around cell i
+        a = b = i
+        while a > 0 and cells[a - 1]["cell_type"] == "code":
+            a -= 1
+        while b + 1 < len(cells) and cells[b + 1]["cell_type"] == "code":
+            b += 1
+        return range(a, b + 1)
+
     for i, c in shown_cells(nb):
         html = ["".join(o.get("data", {}).get("text/html", "")) for o in c.get("outputs", [])]
         has = any("image/png" in o.get("data", {}) for o in c.get("outputs", [])) or any(
             "<table" in h and "tdpm-run-details" not in h for h in html)
-        noted = any("tdpm-source" in h for h in html) or (
-            i + 1 < len(cells) and "source-note" in cells[i + 1].get("metadata", {}).get("tags", []))
-        if has and not noted:
+        if has and not any(sourced(j) for j in run_of(i)):
             bad.append(i)
     return bad
 
@@ -258,10 +271,13 @@ def test_the_book_shows_no_warnings(path):
 
 def test_the_source_checks_catch_a_missing_note():
     fig = {"output_type": "display_data", "data": {"image/png": "x"}, "metadata": {}}
-    nb = {"cells": [{"cell_type": "code", "metadata": {}, "outputs": [fig]},
-                    {"cell_type": "code", "metadata": {}, "outputs": [fig]},
-                    {"cell_type": "markdown", "metadata": {"tags": ["source-note"]}, "source": "Figure: `results/cpu/x`"}]}
-    assert unsourced_outputs(nb) == [0]
+    note = {"cell_type": "markdown", "metadata": {"tags": ["source-note"]}, "source": "Figure: `results/cpu/x`"}
+    prose = {"cell_type": "markdown", "metadata": {}, "source": "Some prose."}
+    code = {"cell_type": "code", "metadata": {}, "outputs": [fig]}
+    nb = {"cells": [code, prose, code, note]}
+    assert unsourced_outputs(nb) == [0]  # prose between: the note below the second figure is not the first's
+    assert unsourced_outputs({"cells": [code, code, note]}) == []  # consecutive figures share the note below them
+    assert unsourced_outputs({"cells": [code, code, prose]}) == [0, 1]
 
 
 def test_runner_points_source_notes_at_the_run_profile(tmp_path):
