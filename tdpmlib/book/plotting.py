@@ -142,7 +142,7 @@ def errorbars(df, *, x: str, y: str, hue: str | None = None, title: str | None =
 def training_quality(quality: dict, *, floor_col: str = "psnr_training_mean"):
     """Held-out quality against training steps, one colour per schedule (label -> ``train.quality`` rows):
     left, PSNR of the one-step posterior mean at each recorded level with the training-mean image's PSNR
-    at t = 600 as a dashed floor; right, DDIM-50 SWD over the real-vs-real floor (1 = as good as real)."""
+    at t = 600 as a dash-dot floor; right, DDIM-50 SWD over the real-vs-real floor (1 = as good as real)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(PAGE_WIDTH_IN, 4.6))
     levels = [("psnr_posterior_mean_sigma25", "-", "σ = 25"), ("psnr_posterior_mean_sigma50", "--", "σ = 50"),
               ("psnr_posterior_mean_t600", ":", "t = 600")]
@@ -162,8 +162,13 @@ def training_quality(quality: dict, *, floor_col: str = "psnr_training_mean"):
     right.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     right.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     # legends under the panels, never over the curves
-    left.legend(fontsize=9, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
-    right.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    for ax in (left, right):  # 10-11 pt: the figure is shown a little narrower than it is drawn
+        ax.tick_params(labelsize=10)
+        ax.xaxis.label.set_size(11)
+        ax.yaxis.label.set_size(11)
+        ax.title.set_size(11)
+    left.legend(fontsize=10, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    right.legend(fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     fig.tight_layout()
     return fig
 
