@@ -65,7 +65,7 @@ import pandas as pd
 import torch
 
 from ..evaluation import metrics, perceptual
-from ..methods import dip, schedules, tdpm
+from ..methods import schedules, tdpm
 from ..workflow import data, results
 from . import denoising_fits, denoising_hybrids, denoising_methods
 from .denoising_fits import dip_input, fit_budgets  # noqa: F401  (the study's DIP fit, as chapters 02 and 05 call it)

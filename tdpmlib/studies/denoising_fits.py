@@ -4,7 +4,7 @@
 costs no extra fitting, and, when the clean images are given, the oracle output (the best iteration per image
 against them: an upper bound, evaluation only). Every DIP row of the denoising tables reads such a fit through
 ``denoising_methods.Context.dip_fit``: the report's t = 600 rows (a grid of two budgets) and the sigma study's
-validated budgets alike. Chapters 02 and 05 call it directly for the same fits.
+validated budgets alike. Chapter 02 calls ``fit_budgets`` and chapter 05 ``dip_input`` directly, for the same fits.
 
 Seeding: either the caller's z (and optional generator) or, with ``sigma``, the sigma study's per-image inputs
 (``dip_input``: image i's z from its own generator, so it does not depend on how images are grouped) and a

@@ -18,7 +18,7 @@ choose among on validation images. Every DIP row reads one fit per (chunk, proto
 (``denoising_fits.fit_budgets``); work that does not depend on y is done once per run (``Context.once``).
 
 ``run_methods`` is THE runner: both studies hand it a context, the observation and the keys they want, the
-report's t = 600 rows (``report_protocol.run_denoising``, ``REPORT_KEYS``) and the sigma study
+report's t = 600 rows (``report_protocol.run_denoising``: the entries with ``in_report``) and the sigma study
 (``denoising.run``: floors, DDPM alone, DIP at its budgets, the oracles, the earlier TDPM-DIP variant). The
 sigma study's hybrids are built on the DIP fit this returns (``denoising_hybrids``).
 """
